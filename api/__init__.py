@@ -1,0 +1,1 @@
+"""The HTTP API: validates requests, stores uploads, enqueues work, serves recommendations."""

@@ -1,0 +1,78 @@
+"""The Flask application factory."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+from flask import Flask, g, request
+from flask_smorest import Api
+
+from api import data, errors, ops, recommendations, training, webhooks
+from api.context import Services
+from api.parsing import parser
+from shared.config import Settings
+from shared.registry import connect
+from shared.storage import open_storage
+from worker.celery_app import make_celery
+
+API_PREFIX = "/v1/recommender"
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    """Build the API for ``settings`` (read from the environment when omitted)."""
+    settings = settings or Settings.from_env()
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    app = Flask("recsys")
+    app.config.update(
+        API_TITLE="Recommender training service",
+        API_VERSION="1.0",
+        OPENAPI_VERSION="3.0.3",
+        OPENAPI_URL_PREFIX="/",
+        OPENAPI_JSON_PATH="openapi.json",
+        OPENAPI_SWAGGER_UI_PATH="docs",
+        OPENAPI_SWAGGER_UI_URL="https://cdn.jsdelivr.net/npm/swagger-ui-dist/",
+        OPENAPI_REDOC_PATH="redoc",
+        OPENAPI_REDOC_URL="https://cdn.jsdelivr.net/npm/redoc/bundles/redoc.standalone.js",
+        MAX_CONTENT_LENGTH=settings.max_json_body_bytes,
+        JSON_SORT_KEYS=False,
+    )
+    app.extensions["recsys"] = Services(
+        settings=settings,
+        redis=connect(settings),
+        storage=open_storage(settings.storage_root()),
+        celery=make_celery(settings, include_tasks=False),
+    )
+
+    api = Api(app, spec_kwargs={"security": [{"apikey": []}]})
+    api.spec.components.security_scheme(
+        "apikey", {"type": "apiKey", "in": "header", "name": "apikey"}
+    )
+    for blueprint, prefix in _blueprints():
+        blueprint.ARGUMENTS_PARSER = parser
+        api.register_blueprint(blueprint, url_prefix=prefix)
+    errors.init_app(app)
+
+    @app.before_request
+    def _request_id() -> None:
+        g.request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
+
+    @app.after_request
+    def _echo_request_id(response):  # type: ignore[no-untyped-def]
+        response.headers["X-Request-Id"] = g.get("request_id", "")
+        return response
+
+    return app
+
+
+def _blueprints() -> list[tuple[object, str]]:
+    """Every blueprint with its URL prefix; resource modules register here."""
+    return [
+        (ops.blp, ""),
+        (data.blp, API_PREFIX),
+        (training.blp, API_PREFIX),
+        (recommendations.blp, API_PREFIX),
+        (webhooks.blp, API_PREFIX),
+    ]

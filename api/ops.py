@@ -1,0 +1,82 @@
+"""Operations endpoints: liveness, readiness and Prometheus metrics (no API key)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+from flask import Response
+from flask.views import MethodView
+from flask_smorest import Blueprint
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from api.context import services
+from api.errors import error_response
+from shared.errors import DependencyUnavailable
+
+blp = Blueprint("ops", __name__, description="Health, readiness and metrics (no API key).")
+
+#: Seconds readiness waits for a worker to answer a ping.
+PING_TIMEOUT = 1.0
+
+
+@blp.route("/healthz")
+class Health(MethodView):
+    @blp.doc(security=[])
+    @blp.response(200)
+    def get(self) -> dict[str, str]:
+        """The API process is up."""
+        return {"status": "ok"}
+
+
+@blp.route("/readyz")
+class Ready(MethodView):
+    @blp.doc(security=[])
+    @blp.response(200)
+    @blp.alt_response(503, description="Redis, storage or every worker is unreachable.")
+    def get(self) -> Any:
+        """Redis and storage reachable, and at least one worker answering a ping."""
+        svc = services()
+        checks: dict[str, str] = {}
+        try:
+            svc.redis.ping()
+            checks["redis"] = "ok"
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            checks["redis"] = f"unreachable: {type(exc).__name__}"
+        try:
+            svc.storage.check()
+            checks["storage"] = "ok"
+        except DependencyUnavailable as exc:
+            checks["storage"] = exc.message
+        if checks["redis"] == "ok":
+            try:
+                replies = svc.celery.control.ping(timeout=PING_TIMEOUT)
+            except Exception as exc:  # kombu raises assorted connection errors
+                replies = []
+                checks["workers"] = f"unreachable: {type(exc).__name__}"
+            else:
+                checks["workers"] = (
+                    f"{len(replies)} answering" if replies else "no worker answered a ping"
+                )
+        else:
+            replies = []
+            checks["workers"] = "unknown (Redis is down)"
+        ready = checks["redis"] == "ok" and checks["storage"] == "ok" and bool(replies)
+        if not ready:
+            failing = {k: v for k, v in checks.items() if not v.startswith(("ok", "1", "2"))}
+            reason = "; ".join(f"{k}: {v}" for k, v in failing.items())
+            response = error_response(
+                503, "not_ready", f"Not ready: {reason}.", {"checks": checks}
+            )
+            response.headers["Retry-After"] = "5"
+            return response
+        return {"status": "ready", "checks": checks}
+
+
+@blp.route("/metrics")
+class Metrics(MethodView):
+    @blp.doc(security=[])
+    @blp.response(200, content_type=CONTENT_TYPE_LATEST)
+    def get(self) -> Response:
+        """Prometheus metrics in the text exposition format."""
+        return Response(generate_latest(), mimetype=CONTENT_TYPE_LATEST)

@@ -1,0 +1,209 @@
+"""Typed settings, read from the ``RECSYS_`` environment once at start.
+
+Nothing reads ``os.environ`` at import time: a process calls
+:meth:`Settings.from_env` once and passes the result down explicitly. A bad
+value raises :class:`~shared.errors.ConfigError` naming the variable, which
+stops start-up with a one-line message.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+from shared.errors import ConfigError
+
+T = TypeVar("T")
+
+#: Name of the file, inside ``<data_dir>/redis``, that records the embedded server's port.
+EMBEDDED_PORT_FILE = "port"
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def _parse_bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError("expected true or false")
+
+
+def _parse_port(raw: str) -> int:
+    port = int(raw)
+    if not 0 < port < 65536:
+        raise ValueError("expected a port number from 1 to 65535")
+    return port
+
+
+def _positive_int(raw: str) -> int:
+    value = int(raw)
+    if value < 1:
+        raise ValueError("expected a positive integer")
+    return value
+
+
+def _positive_float(raw: str) -> float:
+    value = float(raw)
+    if not value > 0:
+        raise ValueError("expected a positive number")
+    return value
+
+
+def _redis_url(raw: str) -> str:
+    if not raw.startswith(("redis://", "rediss://")):
+        raise ValueError("expected a redis:// or rediss:// URL")
+    return raw
+
+
+def _storage_url(raw: str) -> str:
+    if raw.startswith("s3://"):
+        if len(raw) <= len("s3://") or raw[len("s3://")] == "/":
+            raise ValueError("expected s3://bucket/prefix")
+        return raw
+    if "://" in raw and not raw.startswith("file://"):
+        raise ValueError("expected a local path, file:// or s3://bucket/prefix")
+    return raw
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting of the service. Build with :meth:`from_env`; never mutate."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    flower_port: int = 5555
+    flower_user: str = "admin"
+    flower_password: str | None = None
+    data_dir: Path = field(default_factory=lambda: Path("var").resolve())
+    redis_url: str | None = None
+    storage_url: str | None = None
+    bootstrap_key: str | None = None
+    callback_allow_private: bool = False
+    api_url: str = "http://127.0.0.1:8000"
+    api_key: str | None = None
+    log_level: str = "INFO"
+    #: Celery worker processes for training (the callbacks queue gets its own small pool).
+    worker_concurrency: int = 1
+    #: OpenMP threads one LightFM fit uses.
+    train_threads: int = 2
+    web_workers: int = 2
+    web_threads: int = 4
+    #: Seconds a gunicorn worker may spend on one request (large uploads stream for minutes).
+    web_timeout: int = 3600
+    max_file_bytes: int = 1 << 30
+    max_file_rows: int = 10_000_000
+    max_files_per_request: int = 32
+    max_json_body_bytes: int = 32 << 20
+    max_tags: int = 64
+    train_soft_time_limit: int = 6 * 3600
+    train_hard_time_limit: int = 6 * 3600 + 300
+    heartbeat_interval: float = 5.0
+    heartbeat_stale_after: float = 90.0
+    max_run_attempts: int = 3
+    reconcile_interval: float = 15.0
+    keep_versions: int = 3
+    callback_connect_timeout: float = 3.0
+    callback_read_timeout: float = 15.0
+
+    @property
+    def visibility_timeout(self) -> int:
+        """Broker re-delivery delay: above the hard limit, so a running task is never re-sent."""
+        return self.train_hard_time_limit + 3600
+
+    @property
+    def embedded_redis(self) -> bool:
+        """True when the launcher owns a private server in the data directory."""
+        return self.redis_url is None
+
+    @property
+    def embedded_dir(self) -> Path:
+        """Where the embedded server keeps its data (AOF, RDB, log, port file)."""
+        return self.data_dir / "redis"
+
+    def effective_redis_url(self) -> str:
+        """The Redis URL every component connects to.
+
+        An explicit ``RECSYS_REDIS_URL`` wins; otherwise the embedded server's
+        port recorded in the data directory (db 0 on loopback).
+        """
+        if self.redis_url is not None:
+            return self.redis_url
+        port_file = self.embedded_dir / EMBEDDED_PORT_FILE
+        try:
+            port = int(port_file.read_text().strip())
+        except (OSError, ValueError):
+            port = 6379
+        return f"redis://127.0.0.1:{port}/0"
+
+    def storage_root(self) -> str:
+        """The storage URL: ``s3://...`` or a local directory path."""
+        if self.storage_url is None:
+            return str(self.data_dir / "storage")
+        if self.storage_url.startswith("file://"):
+            return self.storage_url[len("file://") :]
+        return self.storage_url
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read and validate every ``RECSYS_`` variable; raise ConfigError naming a bad one."""
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+
+        def read(name: str, attr: str, parse: Callable[[str], T]) -> None:
+            raw = env.get(name)
+            if raw is None or (raw == "" and attr != "callback_allow_private"):
+                return
+            try:
+                values[attr] = parse(raw)
+            except ValueError as exc:
+                raise ConfigError(f"{name}={raw!r} is invalid: {exc}") from exc
+
+        read("RECSYS_HOST", "host", str)
+        read("RECSYS_PORT", "port", _parse_port)
+        read("RECSYS_FLOWER_PORT", "flower_port", _parse_port)
+        read("RECSYS_FLOWER_USER", "flower_user", str)
+        read("RECSYS_FLOWER_PASSWORD", "flower_password", str)
+        read("RECSYS_DATA_DIR", "data_dir", lambda raw: Path(raw).expanduser().resolve())
+        read("RECSYS_REDIS_URL", "redis_url", _redis_url)
+        read("RECSYS_STORAGE_URL", "storage_url", _storage_url)
+        read("RECSYS_BOOTSTRAP_KEY", "bootstrap_key", str)
+        read("RECSYS_CALLBACK_ALLOW_PRIVATE", "callback_allow_private", _parse_bool)
+        read("RECSYS_URL", "api_url", str)
+        read("RECSYS_API_KEY", "api_key", str)
+        read("RECSYS_LOG_LEVEL", "log_level", lambda raw: raw.upper())
+        read("RECSYS_WORKER_CONCURRENCY", "worker_concurrency", _positive_int)
+        read("RECSYS_TRAIN_THREADS", "train_threads", _positive_int)
+        read("RECSYS_WEB_WORKERS", "web_workers", _positive_int)
+        read("RECSYS_WEB_THREADS", "web_threads", _positive_int)
+        read("RECSYS_WEB_TIMEOUT", "web_timeout", _positive_int)
+        read("RECSYS_MAX_FILE_BYTES", "max_file_bytes", _positive_int)
+        read("RECSYS_MAX_FILE_ROWS", "max_file_rows", _positive_int)
+        read("RECSYS_MAX_FILES_PER_REQUEST", "max_files_per_request", _positive_int)
+        read("RECSYS_MAX_JSON_BODY_BYTES", "max_json_body_bytes", _positive_int)
+        read("RECSYS_TRAIN_SOFT_TIME_LIMIT", "train_soft_time_limit", _positive_int)
+        read("RECSYS_TRAIN_HARD_TIME_LIMIT", "train_hard_time_limit", _positive_int)
+        read("RECSYS_HEARTBEAT_INTERVAL", "heartbeat_interval", _positive_float)
+        read("RECSYS_HEARTBEAT_STALE_AFTER", "heartbeat_stale_after", _positive_float)
+        read("RECSYS_MAX_RUN_ATTEMPTS", "max_run_attempts", _positive_int)
+        read("RECSYS_RECONCILE_INTERVAL", "reconcile_interval", _positive_float)
+        read("RECSYS_KEEP_VERSIONS", "keep_versions", _positive_int)
+        read("RECSYS_CALLBACK_CONNECT_TIMEOUT", "callback_connect_timeout", _positive_float)
+        read("RECSYS_CALLBACK_READ_TIMEOUT", "callback_read_timeout", _positive_float)
+
+        settings = cls(**values)  # type: ignore[arg-type]
+        if settings.log_level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise ConfigError(
+                f"RECSYS_LOG_LEVEL={settings.log_level!r} is invalid: "
+                "expected DEBUG, INFO, WARNING or ERROR"
+            )
+        if settings.train_hard_time_limit <= settings.train_soft_time_limit:
+            raise ConfigError(
+                "RECSYS_TRAIN_HARD_TIME_LIMIT must be above RECSYS_TRAIN_SOFT_TIME_LIMIT"
+            )
+        return settings

@@ -1,0 +1,84 @@
+"""What the API and the workers agree on: task names, queues, states and payload types.
+
+The API enqueues by task *name* (``send_task``) so it never imports worker
+code; these constants are the only link between the two sides.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, TypedDict
+
+#: Long-running training tasks. Prefetch 1, late acks.
+QUEUE_TRAIN = "train"
+#: Short webhook deliveries and periodic housekeeping, so a slow receiver never holds training.
+QUEUE_CALLBACKS = "callbacks"
+
+TASK_TRAIN = "recsys.train"
+TASK_DELIVER_CALLBACK = "recsys.deliver_callback"
+TASK_SCAN_CALLBACKS = "recsys.scan_callbacks"
+TASK_RECONCILE_RUNS = "recsys.reconcile_runs"
+#: A trivial task that walks through PROGRESS states; proves the queue end to end.
+TASK_PROGRESS_PROBE = "recsys.progress_probe"
+
+#: Custom Celery state a task reports while it works; its meta is a :class:`ProgressMeta`.
+PROGRESS_STATE = "PROGRESS"
+
+Phase = Literal[
+    "queued", "loading_data", "training", "evaluating", "saving", "done", "failed", "cancelled"
+]
+RunState = Literal["running", "completed", "error"]
+CallbackDeliveryState = Literal["pending", "delivered", "failed"]
+
+
+class ProgressMeta(TypedDict):
+    """Meta of the ``PROGRESS`` state; also mirrored into the run record."""
+
+    phase: Phase
+    progress: int
+    message: str
+
+
+class CallbackStatus(TypedDict):
+    """The ``callback`` field of the status object."""
+
+    state: CallbackDeliveryState
+    attempts: int
+    last_response_code: int | None
+    next_attempt_at: str | None
+
+
+class Counts(TypedDict):
+    """What a run actually used."""
+
+    entities: int
+    interactions: int
+    sources: int
+    targets: int
+
+
+class Metrics(TypedDict):
+    """Holdout metrics of a run, with the most-popular baseline's precision."""
+
+    k: int
+    precision_at_k: float
+    recall_at_k: float
+    auc: float
+    baseline_precision_at_k: float
+    evaluated_sources: int
+
+
+class RunStatus(TypedDict):
+    """The status object of ``GET /status`` and of callbacks (API.md, "Status")."""
+
+    model_id: str
+    version: int
+    start_timestamp: str | None
+    end_timestamp: str | None
+    status: RunState
+    phase: Phase
+    message: str
+    progress: int
+    data_batch_ids: list[str]
+    counts: Counts | None
+    metrics: Metrics | None
+    callback: CallbackStatus | None

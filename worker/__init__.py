@@ -1,0 +1,1 @@
+"""Celery workers: data assembly, LightFM training, evaluation, callback delivery."""

@@ -1,0 +1,41 @@
+"""Per-process services for tasks: settings, Redis client and storage, built once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import redis
+from celery import Celery
+
+from shared.config import Settings
+from shared.registry import connect
+from shared.storage import Storage, open_storage
+from worker.celery_app import settings_of
+
+
+@dataclass(frozen=True)
+class WorkerServices:
+    """What a task needs besides its arguments."""
+
+    settings: Settings
+    redis: redis.Redis
+    storage: Storage
+    celery: Celery
+
+
+_cache: dict[int, WorkerServices] = {}
+
+
+def worker_services(celery: Celery) -> WorkerServices:
+    """The services of this process for ``celery`` (created on first use, after fork)."""
+    found = _cache.get(id(celery))
+    if found is None:
+        settings = settings_of(celery)
+        found = WorkerServices(
+            settings=settings,
+            redis=connect(settings),
+            storage=open_storage(settings.storage_root()),
+            celery=celery,
+        )
+        _cache[id(celery)] = found
+    return found
