@@ -1,0 +1,60 @@
+"""Fixtures for unit tests: settings in a temporary directory, fakeredis, the Flask test client."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from pathlib import Path
+
+import fakeredis
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from api.app import create_app
+from shared.config import Settings
+from shared.keys import SCOPES, create_key
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    """Settings with a private data directory and private callbacks allowed."""
+    return Settings(data_dir=tmp_path / "var", callback_allow_private=True)
+
+
+@pytest.fixture
+def fake_redis() -> Iterator[fakeredis.FakeRedis]:
+    """An in-process Redis stand-in (no broker: kombu cannot use it)."""
+    server = fakeredis.FakeServer()
+    client = fakeredis.FakeRedis(server=server, decode_responses=True)
+    yield client
+    client.flushall()
+
+
+@pytest.fixture
+def app(settings: Settings, fake_redis: fakeredis.FakeRedis) -> Flask:
+    """The API wired to fakeredis; enqueueing needs the integration fixtures instead."""
+    application = create_app(settings)
+    services = application.extensions["recsys"]
+    application.extensions["recsys"] = dataclasses.replace(services, redis=fake_redis)
+    application.config["TESTING"] = True
+    return application
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    """A test client for the API."""
+    return app.test_client()
+
+
+@pytest.fixture
+def api_key(fake_redis: fakeredis.FakeRedis) -> str:
+    """A key of tenant ``acme`` holding every scope."""
+    raw, _ = create_key(fake_redis, "acme", list(SCOPES))
+    return raw
+
+
+@pytest.fixture
+def auth(api_key: str) -> dict[str, str]:
+    """Headers that authenticate as tenant ``acme`` with every scope."""
+    return {"apikey": api_key}

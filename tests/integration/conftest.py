@@ -1,0 +1,150 @@
+"""Fixtures for integration tests: a real Redis-compatible server, real Celery workers,
+the API served over real HTTP, all started here and stopped after."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import redis
+import requests
+from werkzeug.serving import BaseWSGIServer, make_server
+
+from api.app import create_app
+from shared.config import Settings
+from shared.embedded import EmbeddedServer, start_embedded
+from shared.keys import SCOPES, create_key
+
+ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedServer]:
+    """The embedded server, as ``make run`` starts it, for the whole session."""
+    server = start_embedded(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
+
+
+@dataclass
+class Stack:
+    """What an integration test talks to."""
+
+    settings: Settings
+    env: dict[str, str]
+    redis: redis.Redis
+    data_dir: Path
+    workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    api_url: str = ""
+    api_key: str = ""
+
+    def headers(self, key: str | None = None) -> dict[str, str]:
+        """Headers authenticating with ``key`` (the stack's all-scope key by default)."""
+        return {"apikey": key or self.api_key}
+
+    def url(self, path: str) -> str:
+        """Absolute URL of an API path under /v1/recommender (or a root path like /readyz)."""
+        if path.startswith("/v1/") or path in {"/healthz", "/readyz", "/metrics", "/openapi.json"}:
+            return self.api_url + path
+        return f"{self.api_url}/v1/recommender{path}"
+
+    def start_worker(
+        self, queues: str = "train,callbacks", concurrency: int = 2, name: str | None = None
+    ) -> subprocess.Popen[bytes]:
+        """Start a real prefork Celery worker and wait until it answers a ping."""
+        node = name or f"w{len(self.workers)}-{os.getpid()}@localhost"
+        log = open(self.data_dir / f"{node.split('@')[0]}.log", "ab")  # noqa: SIM115
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
+             "-Q", queues, "-E", "--concurrency", str(concurrency), "--prefetch-multiplier",
+             "1", "--hostname", node, "--loglevel", "INFO", "--without-mingle",
+             "--without-gossip"],
+            cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+        self.workers.append(proc)
+        from worker.celery_app import make_celery
+
+        celery = make_celery(self.settings, include_tasks=False)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"worker exited with {proc.returncode}; see {log.name}")
+            if celery.control.ping(destination=[node], timeout=0.5):
+                return proc
+        raise RuntimeError("worker did not answer a ping within 60 s")
+
+    def stop_worker(self, proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+        """Stop a worker (its whole process group) with ``sig`` and wait for it."""
+        if proc.poll() is None:
+            os.killpg(proc.pid, sig)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+        if proc in self.workers:
+            self.workers.remove(proc)
+
+
+def _serve(app_settings: Settings) -> tuple[BaseWSGIServer, threading.Thread]:
+    app = create_app(app_settings)
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    return server, thread
+
+
+@pytest.fixture(scope="module")
+def stack(
+    redis_server: EmbeddedServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    """A clean database, one real worker, and the API on a real HTTP port, per test module.
+
+    Tests in one module share it: use distinct model ids, tags or tenants per test.
+    """
+    r = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    r.flushall()
+    data_dir = tmp_path_factory.mktemp("stack") / "var"
+    data_dir.mkdir()
+    env = {
+        **os.environ,
+        "RECSYS_REDIS_URL": redis_server.url,
+        "RECSYS_DATA_DIR": str(data_dir),
+        "RECSYS_CALLBACK_ALLOW_PRIVATE": "true",
+        "RECSYS_TRAIN_THREADS": "2",
+        "RECSYS_HEARTBEAT_INTERVAL": "1",
+        "RECSYS_HEARTBEAT_STALE_AFTER": "6",
+        "RECSYS_RECONCILE_INTERVAL": "2",
+        "PYTHONUNBUFFERED": "1",
+    }
+    settings = Settings.from_env(env)
+    raw, _ = create_key(r, "default", list(SCOPES))
+    st = Stack(settings=settings, env=env, redis=r, data_dir=data_dir, api_key=raw)
+    server, _thread = _serve(settings)
+    st.api_url = f"http://127.0.0.1:{server.server_port}"
+    st.start_worker()
+    try:
+        yield st
+    finally:
+        server.shutdown()
+        for proc in list(st.workers):
+            st.stop_worker(proc, signal.SIGKILL)
+
+
+@pytest.fixture
+def http() -> Iterator[requests.Session]:
+    """A requests session for talking to the live API."""
+    with requests.Session() as session:
+        yield session
