@@ -55,6 +55,13 @@ def _positive_float(raw: str) -> float:
     return value
 
 
+def _delays(raw: str) -> tuple[float, ...]:
+    values = tuple(float(part) for part in raw.split(",") if part.strip())
+    if not values or any(not v >= 0 for v in values):
+        raise ValueError("expected a comma-separated list of non-negative seconds")
+    return values
+
+
 def _redis_url(raw: str) -> str:
     if not raw.startswith(("redis://", "rediss://")):
         raise ValueError("expected a redis:// or rediss:// URL")
@@ -110,6 +117,10 @@ class Settings:
     keep_versions: int = 3
     callback_connect_timeout: float = 3.0
     callback_read_timeout: float = 15.0
+    #: Seconds between callback attempts after the first (API.md: 5 s, 5 min, 30 min, 2 h,
+    #: 5 h, 10 h, 10 h); one retry per entry, jittered.
+    callback_retry_delays: tuple[float, ...] = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0,
+                                                36000.0)
 
     @property
     def visibility_timeout(self) -> int:
@@ -195,6 +206,7 @@ class Settings:
         read("RECSYS_KEEP_VERSIONS", "keep_versions", _positive_int)
         read("RECSYS_CALLBACK_CONNECT_TIMEOUT", "callback_connect_timeout", _positive_float)
         read("RECSYS_CALLBACK_READ_TIMEOUT", "callback_read_timeout", _positive_float)
+        read("RECSYS_CALLBACK_RETRY_DELAYS", "callback_retry_delays", _delays)
 
         settings = cls(**values)  # type: ignore[arg-type]
         if settings.log_level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
