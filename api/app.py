@@ -6,7 +6,7 @@ import logging
 import uuid
 
 from flask import Flask, g, request
-from flask_smorest import Api
+from flask_smorest import Api, Blueprint
 
 from api import data, errors, ops, recommendations, training, webhooks
 from api.context import Services
@@ -67,7 +67,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     return app
 
 
-def _blueprints() -> list[tuple[object, str]]:
+def _blueprints() -> list[tuple[Blueprint, str]]:
     """Every blueprint with its URL prefix; resource modules register here."""
     return [
         (ops.blp, ""),

@@ -9,6 +9,7 @@ the same marshmallow schemas validate requests and document them in OpenAPI.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, NoReturn
 
 import marshmallow as ma
@@ -59,7 +60,7 @@ def load_json_body(req: Request) -> Any:
     return data
 
 
-class ContractParser(FlaskParser):  # type: ignore[misc]
+class ContractParser(FlaskParser):
     """webargs parser that speaks the contract's error format."""
 
     DEFAULT_VALIDATION_STATUS = 422
@@ -74,7 +75,7 @@ class ContractParser(FlaskParser):  # type: ignore[misc]
         schema: ma.Schema,
         *,
         error_status_code: int | None,
-        error_headers: dict[str, str] | None,
+        error_headers: Mapping[str, str] | None,
     ) -> NoReturn:
         messages = error.messages
         if isinstance(messages, dict) and len(messages) == 1:

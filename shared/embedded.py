@@ -96,7 +96,9 @@ class EmbeddedServer:
             self.process.wait(timeout=5)
 
 
-def start_embedded(directory: Path, port: int | None = None, timeout: float = 60.0) -> EmbeddedServer:
+def start_embedded(
+    directory: Path, port: int | None = None, timeout: float = 60.0
+) -> EmbeddedServer:
     """Start the server for ``directory``, reusing its recorded port when free."""
     directory = directory.resolve()
     directory.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 import redis
 
 from shared.errors import NotFound, ValidationFailed
-from shared.registry import global_key, redis_guard
+from shared.registry import as_str, as_str_dict, global_key, redis_guard
 
 SCOPES: tuple[str, ...] = ("data:write", "data:read", "train", "recommend", "admin")
 KEY_PREFIX = "rk_"
@@ -123,7 +123,7 @@ def lookup(r: redis.Redis, raw: str) -> ApiKey | None:
     """The record of a presented key, or None when it does not exist."""
     digest = hash_key(raw)
     with redis_guard("checking the API key"):
-        record = r.hgetall(_record_key(digest))
+        record = as_str_dict(r.hgetall(_record_key(digest)))
     if not record:
         return None
     if not hmac.compare_digest(record.get("hash", ""), digest):
@@ -140,11 +140,11 @@ def lookup(r: redis.Redis, raw: str) -> ApiKey | None:
 def list_keys(r: redis.Redis, tenant: str | None = None) -> list[ApiKey]:
     """Every stored key's public facts, optionally for one tenant."""
     with redis_guard("listing API keys"):
-        digests = r.hvals(_index_key())
+        digests = [str(as_str(d)) for d in r.hvals(_index_key())]
         pipe = r.pipeline(transaction=False)
         for digest in digests:
             pipe.hgetall(_record_key(digest))
-        records = pipe.execute()
+        records = [as_str_dict(rec) for rec in pipe.execute()]
     keys = [
         ApiKey(
             key_id=rec["key_id"],
@@ -164,10 +164,11 @@ def list_keys(r: redis.Redis, tenant: str | None = None) -> list[ApiKey]:
 def revoke_key(r: redis.Redis, key_id: str, tenant: str | None = None) -> ApiKey:
     """Delete a key by its id; 404 when unknown (or owned by another tenant)."""
     with redis_guard("revoking an API key"):
-        digest = r.hget(_index_key(), key_id)
-        record = r.hgetall(_record_key(digest)) if digest else {}
+        digest = as_str(r.hget(_index_key(), key_id))
+        record = as_str_dict(r.hgetall(_record_key(digest))) if digest else {}
         if not digest or not record or (tenant is not None and record.get("tenant") != tenant):
             raise NotFound(f"No API key with id {key_id!r}.", code="key_not_found")
+        assert digest is not None
         pipe = r.pipeline(transaction=True)
         pipe.delete(_record_key(digest))
         pipe.hdel(_index_key(), key_id)

@@ -59,7 +59,7 @@ def _wait_ready(settings: Settings, stop: threading.Event, banner: str) -> None:
     started = time.monotonic()
     while not stop.is_set():
         try:
-            with urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310 - our own URL
+            with urllib.request.urlopen(url, timeout=2) as resp:
                 if resp.status == 200:
                     _say(f"ready after {time.monotonic() - started:.1f} s")
                     print(banner, flush=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import redis
 
@@ -35,6 +36,18 @@ def connect(settings: Settings) -> redis.Redis:
         health_check_interval=30,
         retry_on_timeout=False,
     )
+
+
+def as_str(value: Any) -> str | None:
+    """A reply value as ``str`` (clients use decode_responses; typing says bytes | str)."""
+    if value is None:
+        return None
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def as_str_dict(value: Any) -> dict[str, str]:
+    """A hash reply (HGETALL) as ``dict[str, str]``."""
+    return {str(as_str(k)): str(as_str(v)) for k, v in dict(value or {}).items()}
 
 
 def global_key(*parts: str) -> str:

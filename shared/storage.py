@@ -13,6 +13,7 @@ Layout (relative paths)::
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import uuid
@@ -127,17 +128,13 @@ class Storage:
     # -- deletes -------------------------------------------------------------
     def delete(self, rel: str) -> None:
         """Delete a file; a missing one is not an error."""
-        try:
+        with contextlib.suppress(FileNotFoundError):
             self.fs.delete_file(self.full_path(rel))
-        except FileNotFoundError:
-            pass
 
     def delete_tree(self, rel: str) -> None:
         """Delete a directory and everything below it; a missing one is not an error."""
-        try:
+        with contextlib.suppress(FileNotFoundError):
             self.fs.delete_dir(self.full_path(rel))
-        except FileNotFoundError:
-            pass
 
     def check(self) -> None:
         """Raise DependencyUnavailable when the root cannot be listed (for /readyz)."""

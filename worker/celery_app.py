@@ -84,14 +84,14 @@ def make_celery(settings: Settings, *, include_tasks: bool = True) -> Celery:
     """A Celery app configured for ``settings``; the API passes ``include_tasks=False``."""
     celery = Celery("recsys", include=TASK_MODULES if include_tasks else [])
     celery.conf.update(celery_config(settings))
-    celery.recsys_settings = settings  # type: ignore[attr-defined]
+    celery.recsys_settings = settings
     return celery
 
 
 def _configure_from_env(sender: Celery, **_: Any) -> None:
     settings = Settings.from_env()
     sender.conf.update(celery_config(settings))
-    sender.recsys_settings = settings  # type: ignore[attr-defined]
+    sender.recsys_settings = settings
 
 
 def settings_of(celery: Celery) -> Settings:
@@ -102,7 +102,7 @@ def settings_of(celery: Celery) -> Settings:
         settings = getattr(celery, "recsys_settings", None)
     if not isinstance(settings, Settings):
         settings = Settings.from_env()
-        celery.recsys_settings = settings  # type: ignore[attr-defined]
+        celery.recsys_settings = settings
     return settings
 
 
