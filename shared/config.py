@@ -96,7 +96,7 @@ class Settings:
     api_key: str | None = None
     log_level: str = "INFO"
     #: Celery worker processes for training (the callbacks queue gets its own small pool).
-    worker_concurrency: int = 1
+    worker_concurrency: int = 2
     #: OpenMP threads one LightFM fit uses.
     train_threads: int = 2
     web_workers: int = 2
