@@ -1,0 +1,349 @@
+"""Serving trained models: a per-process artifact cache and the recommendation blocks.
+
+:class:`ModelCache` maps ``(tenant, model_id, version)`` to a loaded, memory-
+mapped artifact. Every request first reads the model's serving version (one
+Redis HGET), so a retrain that becomes current is served by the very next
+request, with no restart; older versions of the same model drop out of the
+cache when a newer one loads.
+
+:func:`recommend_ids` and :func:`recommend_all` yield :class:`RecBlock` s:
+sources are scored in blocks (one matrix product each, see
+:mod:`shared.scoring`), so a request for every source of a large model never
+holds more than one block of scores and rows at a time.
+
+Sources the model never saw: scored from their metadata features when the
+model learned source metadata features (the caller supplies the metadata,
+from the request or the newest uploaded entity record), else given the most
+popular targets scored by their share of interactions. Their rows carry
+``fallback = True``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import redis
+
+from shared import runs, scoring
+from shared.artifact import CACHE_SUBDIR, ModelArtifact, load_artifact
+from shared.errors import Conflict, NotFound
+from shared.features import cold_start_row
+from shared.storage import Storage
+
+#: Loaded versions kept per process (memory-mapped, so an entry costs little resident memory).
+MAX_CACHED_MODELS = 32
+
+#: Looks up the metadata of a source the model never saw (None: nothing known).
+MetadataLookup = Callable[[str], Mapping[str, Any] | None]
+
+
+class RecBlock(NamedTuple):
+    """Flat recommendation rows, ordered by source (request order), then rank."""
+
+    source_ids: np.ndarray
+    target_ids: np.ndarray
+    ranks: np.ndarray
+    scores: np.ndarray
+    fallback: np.ndarray
+
+
+@dataclass
+class LoadedModel:
+    """One served version with the lookup structures derived from it once, at load."""
+
+    tenant: str
+    model_id: str
+    version: int
+    artifact: ModelArtifact
+    sorted_ids: np.ndarray = field(init=False)
+    sorted_rows: np.ndarray = field(init=False)
+    pop_order: np.ndarray = field(init=False)
+    feature_index: dict[str, int] | None = field(init=False)
+    numeric_scales: dict[str, float] = field(init=False)
+
+    def __post_init__(self) -> None:
+        ids = self.artifact.source_ids
+        self.sorted_rows = np.argsort(ids, kind="stable")
+        self.sorted_ids = np.asarray(ids[self.sorted_rows])
+        self.pop_order = scoring.popularity_order(self.artifact.target_popularity)
+        spec = self.artifact.manifest.get("source_features")
+        if spec and self.artifact.source_feature_embeddings is not None:
+            self.feature_index = {str(name): i for i, name in enumerate(spec.get("names", []))}
+            self.numeric_scales = {
+                str(k): float(v) for k, v in (spec.get("numeric_scales") or {}).items()
+            }
+        else:
+            self.feature_index = None
+            self.numeric_scales = {}
+
+    @property
+    def source_type(self) -> str:
+        """The entity type the model recommends for."""
+        return str(self.artifact.manifest.get("source_type") or "user")
+
+    @property
+    def target_type(self) -> str:
+        """The entity type the model recommends."""
+        return str(self.artifact.manifest.get("target_type") or "item")
+
+    @property
+    def n_sources(self) -> int:
+        """Sources with a learned representation."""
+        return int(self.artifact.source_ids.shape[0])
+
+    @property
+    def n_targets(self) -> int:
+        """Targets the model can recommend (filtered-out ones were never included)."""
+        return int(self.artifact.target_ids.shape[0])
+
+    @property
+    def has_metadata_features(self) -> bool:
+        """True when unseen sources can be scored from their metadata."""
+        return bool(self.feature_index)
+
+    def rows_of(self, ids: np.ndarray) -> np.ndarray:
+        """Row of each source id in the artifact, -1 for ids the model never saw (vectorised)."""
+        if self.n_sources == 0 or len(ids) == 0:
+            return np.full(len(ids), -1, dtype=np.int64)
+        pos = np.searchsorted(self.sorted_ids, ids)
+        pos = np.minimum(pos, self.n_sources - 1)
+        found = self.sorted_ids[pos] == ids
+        return np.where(found, self.sorted_rows[pos], -1).astype(np.int64)
+
+    def cold_repr(self, metadata: Mapping[str, Any]) -> np.ndarray | None:
+        """A representation for an unseen source from its metadata, None when none is usable."""
+        art = self.artifact
+        if not self.feature_index or art.source_feature_embeddings is None:
+            return None
+        if art.source_feature_biases is None:
+            return None
+        idx, weights = cold_start_row(metadata, self.feature_index, self.numeric_scales)
+        if len(idx) == 0:
+            return None
+        return scoring.cold_start_repr(
+            idx, weights, art.source_feature_embeddings, art.source_feature_biases
+        )
+
+
+class ModelCache:
+    """Per-process cache of loaded versions, keyed by (tenant, model_id, version)."""
+
+    def __init__(self, max_models: int = MAX_CACHED_MODELS) -> None:
+        self.max_models = max_models
+        self._models: OrderedDict[tuple[str, str, int], LoadedModel] = OrderedDict()
+        self._lock = threading.Lock()
+        self._load_lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._models)
+
+    def get(
+        self,
+        r: redis.Redis,
+        storage: Storage,
+        tenant: str,
+        model_id: str,
+        data_dir: Path | None = None,
+    ) -> LoadedModel:
+        """The serving version of a model; 404 unknown, 409 while its first training runs."""
+        version = runs.serving_version(r, tenant, model_id)
+        if version is None:
+            raise _not_serving(r, tenant, model_id)
+        key = (tenant, model_id, version)
+        with self._lock:
+            hit = self._models.get(key)
+            if hit is not None:
+                self._models.move_to_end(key)
+                return hit
+        with self._load_lock:
+            with self._lock:
+                hit = self._models.get(key)
+            if hit is not None:
+                return hit
+            cache_dir = None if data_dir is None else data_dir / CACHE_SUBDIR
+            try:
+                artifact = load_artifact(storage, tenant, model_id, version, cache_dir=cache_dir)
+            except NotFound:
+                if runs.get_model(r, tenant, model_id) is None:
+                    raise _unknown(model_id) from None
+                raise
+            loaded = LoadedModel(tenant, model_id, version, artifact)
+        with self._lock:
+            for other in [k for k in self._models if k[:2] == key[:2] and k[2] < version]:
+                del self._models[other]
+            self._models[key] = loaded
+            while len(self._models) > self.max_models:
+                self._models.popitem(last=False)
+        return loaded
+
+
+def _unknown(model_id: str) -> NotFound:
+    return NotFound(
+        f"There is no model '{model_id}'. Train one with POST /train first.",
+        code="model_not_found",
+        details={"model_id": model_id},
+    )
+
+
+def _not_serving(r: redis.Redis, tenant: str, model_id: str) -> Exception:
+    """404 for an unknown model, 409 (with its status) for one still training the first time."""
+    if runs.get_model(r, tenant, model_id) is None:
+        return _unknown(model_id)
+    details: dict[str, Any] = {"model_id": model_id}
+    with contextlib.suppress(NotFound):
+        details = dict(runs.get_status(r, tenant, model_id))
+    return Conflict(
+        f"Model '{model_id}' has no trained version yet; its first training has not "
+        "completed. Watch GET /status/<model_id> and ask again when it completes.",
+        code="model_not_ready",
+        details=details,
+    )
+
+
+# -- recommendation blocks -------------------------------------------------------------------
+
+
+def _empty_block() -> RecBlock:
+    ints = np.zeros(0, dtype=np.int64)
+    text = np.zeros(0, dtype="<U1")
+    return RecBlock(text, text, ints, np.zeros(0, np.float32), np.zeros(0, dtype=bool))
+
+
+def _score_rows(
+    model: LoadedModel,
+    reprs: np.ndarray,
+    seen_rows: np.ndarray,
+    k: int,
+    exclude_seen: bool,
+    buffer: np.ndarray,
+) -> scoring.TopK:
+    """Top-k of ``reprs`` (b, k+2); ``seen_rows`` are artifact rows (-1: no history)."""
+    art = model.artifact
+    scores = scoring.score_block(reprs, art.target_repr, out=buffer)
+    if exclude_seen:
+        scoring.mask_seen(scores, seen_rows, art.seen_indptr, art.seen_indices)
+    return scoring.top_k(scores, k)
+
+
+def recommend_all(model: LoadedModel, k: int, exclude_seen: bool) -> Iterator[RecBlock]:
+    """Every source of the model, in artifact order, one block at a time."""
+    art = model.artifact
+    step = scoring.block_rows(model.n_targets)
+    buffer = np.empty(min(step, model.n_sources) * max(1, model.n_targets), dtype=np.float32)
+    for start in range(0, model.n_sources, step):
+        rows = np.arange(start, min(start + step, model.n_sources), dtype=np.int64)
+        top = _score_rows(
+            model, np.asarray(art.source_repr[rows]), rows, k, exclude_seen, buffer
+        )
+        yield RecBlock(
+            np.asarray(art.source_ids[rows[top.rows]]),
+            np.asarray(art.target_ids[top.cols]),
+            top.ranks,
+            top.scores,
+            np.zeros(len(top.rows), dtype=bool),
+        )
+
+
+def recommend_ids(
+    model: LoadedModel,
+    source_ids: Sequence[str],
+    k: int,
+    exclude_seen: bool,
+    lookup: MetadataLookup | None = None,
+) -> Iterator[RecBlock]:
+    """The given sources, in the given order, one block at a time.
+
+    Unseen sources: scored from ``lookup(source_id)`` metadata when the model
+    learned metadata features (one lookup per unseen source), else popularity.
+    """
+    if not source_ids:
+        return
+    ids = np.asarray(source_ids, dtype=str)
+    rows_all = model.rows_of(ids)
+    step = scoring.block_rows(model.n_targets)
+    buffer = np.empty(min(step, len(ids)) * max(1, model.n_targets), dtype=np.float32)
+    for start in range(0, len(ids), step):
+        yield _block(
+            model, ids[start : start + step], rows_all[start : start + step], k,
+            exclude_seen, lookup, buffer,
+        )
+
+
+def _block(
+    model: LoadedModel,
+    ids: np.ndarray,
+    rows: np.ndarray,
+    k: int,
+    exclude_seen: bool,
+    lookup: MetadataLookup | None,
+    buffer: np.ndarray,
+) -> RecBlock:
+    """One block of requested sources: known, cold-started and popularity rows merged."""
+    art = model.artifact
+    known = np.flatnonzero(rows >= 0)
+    cold_pos: list[int] = []
+    cold_reprs: list[np.ndarray] = []
+    unseen = np.flatnonzero(rows < 0)
+    if len(unseen) and lookup is not None and model.has_metadata_features:
+        # One metadata lookup per unseen source: unavoidable, each is its own entity record.
+        for pos in unseen.tolist():
+            metadata = lookup(str(ids[pos]))
+            rep = model.cold_repr(metadata) if metadata else None
+            if rep is not None:
+                cold_pos.append(pos)
+                cold_reprs.append(rep)
+    scored_pos = np.concatenate([known, np.asarray(cold_pos, dtype=np.int64)])
+    pop_pos = np.setdiff1d(unseen, scored_pos, assume_unique=True)
+
+    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+    if len(scored_pos):
+        reprs = np.empty((len(scored_pos), art.source_repr.shape[1]), dtype=np.float32)
+        reprs[: len(known)] = art.source_repr[rows[known]]
+        if cold_reprs:
+            reprs[len(known) :] = np.stack(cold_reprs)
+        seen_rows = np.concatenate([rows[known], np.full(len(cold_pos), -1, dtype=np.int64)])
+        top = _score_rows(model, reprs, seen_rows, k, exclude_seen, buffer)
+        positions = scored_pos[top.rows]
+        parts.append((positions, top.cols, top.ranks, top.scores, rows[positions] < 0))
+    if len(pop_pos) and model.n_targets:
+        cols, shares = scoring.popular(model.pop_order, art.target_popularity, k)
+        n = len(cols)
+        parts.append((
+            np.repeat(pop_pos, n),
+            np.tile(cols, len(pop_pos)),
+            np.tile(np.arange(1, n + 1, dtype=np.int64), len(pop_pos)),
+            np.tile(shares, len(pop_pos)),
+            np.ones(n * len(pop_pos), dtype=bool),
+        ))
+    if not parts:
+        return _empty_block()
+    positions, cols, ranks, scores, fallback = (np.concatenate(p) for p in zip(*parts, strict=True))
+    order = np.lexsort((ranks, positions))
+    return RecBlock(
+        ids[positions[order]],
+        np.asarray(art.target_ids[cols[order]]),
+        ranks[order],
+        scores[order].astype(np.float32),
+        fallback[order],
+    )
+
+
+def clean_scores(scores: np.ndarray) -> list[float]:
+    """Scores as Python floats rounded to float32's 7 significant digits (short JSON/CSV text)."""
+    x = np.asarray(scores, dtype=np.float64)
+    out = x.copy()
+    ok = np.isfinite(x) & (x != 0)
+    if ok.any():
+        v = x[ok]
+        digits = 6 - np.floor(np.log10(np.abs(v))).astype(np.int64)
+        scale = 10.0 ** np.abs(digits).astype(np.float64)
+        out[ok] = np.where(digits >= 0, np.round(v * scale) / scale, np.round(v / scale) * scale)
+    result: list[float] = out.tolist()
+    return result
