@@ -30,3 +30,8 @@ lint: $(STAMP)
 
 clean-venv:
 	rm -rf $(VENV)
+
+## demo: synthetic shop -> upload -> train with live progress -> recommendations (uses the
+## stack from `make run` at RECSYS_URL, or starts a private one in the background)
+demo: $(STAMP)
+	@$(PY) -m shared.demo
