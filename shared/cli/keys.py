@@ -13,12 +13,12 @@ import redis
 from shared.cli.main import CliState
 from shared.cli.output import print_json, table
 from shared.config import Settings
-from shared.keys import SCOPES, create_key, list_keys, revoke_key
+from shared.keys import SCOPES, create_key, ensure_key, list_keys, revoke_key
 from shared.registry import connect
 
 
-def _redis() -> redis.Redis:
-    return connect(Settings.from_env())
+def _redis(settings: Settings | None = None) -> redis.Redis:
+    return connect(settings or Settings.from_env())
 
 
 @click.group("keys")
@@ -77,3 +77,22 @@ def revoke(state: CliState, key_id: str) -> None:
         print_json(state.out, record.as_dict())
         return
     state.out.print(f"Revoked key {record.key_id} of tenant {record.tenant}.")
+
+
+@keys_group.command("bootstrap")
+@click.pass_obj
+def bootstrap(state: CliState) -> None:
+    """Make sure RECSYS_BOOTSTRAP_KEY exists for tenant default with every scope.
+
+    For deployments that start the processes themselves (compose, systemd)
+    rather than through ``make run``; does nothing when the variable is unset.
+    """
+    settings = Settings.from_env()
+    if not settings.bootstrap_key:
+        state.out.print("RECSYS_BOOTSTRAP_KEY is not set; nothing to do.")
+        return
+    record = ensure_key(_redis(settings), settings.bootstrap_key)
+    if state.as_json:
+        print_json(state.out, record.as_dict())
+        return
+    state.out.print(f"Bootstrap key {record.key_id} of tenant {record.tenant} is in place.")

@@ -273,7 +273,7 @@ def test_client_raises_api_error_with_code() -> None:
 def test_keys_create_list_revoke(monkeypatch: pytest.MonkeyPatch) -> None:
     # given a Redis (fakeredis stands in; the integration test uses a real server)
     r = fakeredis.FakeRedis(server=fakeredis.FakeServer(), decode_responses=True)
-    monkeypatch.setattr(cli_keys, "_redis", lambda: r)
+    monkeypatch.setattr(cli_keys, "_redis", lambda *_: r)
     runner = CliRunner()
     # when a key is created, it is printed once and works
     created = runner.invoke(cli, ["keys", "create", "--tenant", "shop", "--scope", "recommend",
@@ -308,3 +308,16 @@ def test_keys_with_redis_down_exit_3() -> None:
     )
     assert result.exit_code == 3
     assert "Redis is unreachable" in result.stderr
+
+
+def test_keys_bootstrap_ensures_the_deploy_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    r = fakeredis.FakeRedis(server=fakeredis.FakeServer(), decode_responses=True)
+    monkeypatch.setattr(cli_keys, "_redis", lambda *_: r)
+    result = CliRunner().invoke(cli, ["keys", "bootstrap"],
+                                env={"RECSYS_BOOTSTRAP_KEY": "deploy-key-123"})
+    assert result.exit_code == 0, result.output
+    from shared.keys import SCOPES, lookup
+    record = lookup(r, "deploy-key-123")
+    assert record is not None and record.tenant == "default" and record.scopes == set(SCOPES)
+    unset = CliRunner().invoke(cli, ["keys", "bootstrap"], env={"RECSYS_BOOTSTRAP_KEY": ""})
+    assert unset.exit_code == 0 and "nothing to do" in unset.output
