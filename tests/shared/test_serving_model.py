@@ -1,0 +1,219 @@
+"""Serving a stored model: cache hits, hot swap, 404/409, blocks for known and unseen sources.
+
+Also holds :func:`make_artifact` and :func:`register`, which the API tests reuse to
+put a hand-built model on storage and make it the serving version.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import fakeredis
+import numpy as np
+import pytest
+
+from shared import serving
+from shared.artifact import ModelArtifact, save_artifact
+from shared.errors import Conflict, NotFound
+from shared.runs_lifecycle import complete_run, create_run, start_attempt
+from shared.storage import Storage
+
+T = "acme"
+
+
+def make_artifact(
+    n_sources: int = 6,
+    n_targets: int = 40,
+    k: int = 4,
+    seed: int = 0,
+    seen: Mapping[int, Sequence[int]] | None = None,
+    features: Sequence[str] | None = None,
+    numeric_scales: Mapping[str, float] | None = None,
+    source_type: str = "user",
+    target_type: str = "item",
+) -> ModelArtifact:
+    """A small random model in the artifact format (ids u0.., i0..)."""
+    rng = np.random.default_rng(seed)
+    src = np.hstack([rng.standard_normal((n_sources, k)), rng.standard_normal((n_sources, 1)),
+                     np.ones((n_sources, 1))]).astype(np.float32)
+    tgt = np.hstack([rng.standard_normal((n_targets, k)), np.ones((n_targets, 1)),
+                     rng.standard_normal((n_targets, 1))]).astype(np.float32)
+    seen = seen or {}
+    indptr = np.zeros(n_sources + 1, dtype=np.int64)
+    indices: list[int] = []
+    for row in range(n_sources):
+        indices.extend(sorted(seen.get(row, ())))
+        indptr[row + 1] = len(indices)
+    popularity = rng.random(n_targets).astype(np.float32)
+    popularity /= popularity.sum()
+    source_features = None
+    emb = bias = None
+    if features:
+        source_features = {"names": list(features), "numeric_scales": dict(numeric_scales or {})}
+        emb = rng.standard_normal((len(features), k)).astype(np.float32)
+        bias = rng.standard_normal(len(features)).astype(np.float32)
+    manifest: dict[str, Any] = {
+        "created_at": "2026-01-01T00:00:00Z", "source_type": source_type,
+        "target_type": target_type, "hyperparameters": {}, "use_metadata_features": bool(features),
+        "no_components": k, "n_sources": n_sources, "n_targets": n_targets, "counts": {},
+        "data_batch_ids": [], "data_hash": "x", "metrics": None,
+        "source_features": source_features,
+    }
+    return ModelArtifact(
+        manifest=manifest,
+        source_ids=np.array([f"u{i}" for i in range(n_sources)]),
+        target_ids=np.array([f"i{i}" for i in range(n_targets)]),
+        source_repr=src, target_repr=tgt,
+        seen_indptr=indptr, seen_indices=np.asarray(indices, dtype=np.int32),
+        target_popularity=popularity,
+        source_feature_embeddings=emb, source_feature_biases=bias,
+    )
+
+
+def register(
+    r: Any, storage: Storage, tenant: str, model_id: str, artifact: ModelArtifact
+) -> int:
+    """Run the registry's lifecycle for one version: queued, started, saved, completed."""
+    status = create_run(r, tenant, model_id, {}, None)
+    version = status["version"]
+    assert start_attempt(r, tenant, model_id, version, "owner", 60) is not None
+    save_artifact(storage, tenant, model_id, version, artifact)
+    done, _ = complete_run(
+        r, None, tenant, model_id, version, owner="owner", keep_versions=3, message="done",
+        model_fields={"source_type": artifact.manifest["source_type"],
+                      "target_type": artifact.manifest["target_type"]},
+    )
+    assert done is not None and done["status"] == "completed"
+    return version
+
+
+def brute(artifact: ModelArtifact, row: int, k: int, exclude_seen: bool) -> list[str]:
+    """Reference ranking: full score vector, full sort."""
+    scores = artifact.source_repr[row].astype(np.float64) @ artifact.target_repr.T
+    if exclude_seen:
+        lo, hi = artifact.seen_indptr[row], artifact.seen_indptr[row + 1]
+        scores[artifact.seen_indices[lo:hi]] = -np.inf
+    order = [int(c) for c in np.argsort(-scores, kind="stable") if np.isfinite(scores[c])]
+    return [str(artifact.target_ids[c]) for c in order[:k]]
+
+
+@pytest.fixture
+def storage(tmp_path: Path) -> Storage:
+    return Storage(str(tmp_path / "storage"))
+
+
+def rows_by_source(blocks: Any) -> dict[str, list[tuple[str, int, float, bool]]]:
+    out: dict[str, list[tuple[str, int, float, bool]]] = {}
+    for b in blocks:
+        for s, t, r, sc, f in zip(b.source_ids.tolist(), b.target_ids.tolist(), b.ranks.tolist(),
+                                  b.scores.tolist(), b.fallback.tolist(), strict=True):
+            out.setdefault(s, []).append((t, r, sc, f))
+    return out
+
+
+def test_known_sources_match_brute_force_and_exclude_seen(
+    fake_redis: fakeredis.FakeRedis, storage: Storage
+) -> None:
+    art = make_artifact(n_sources=5, n_targets=300, seen={0: [3, 7, 11], 2: list(range(290))})
+    register(fake_redis, storage, T, "m", art)
+    model = serving.ModelCache().get(fake_redis, storage, T, "m")
+    for exclude in (True, False):
+        got = rows_by_source(serving.recommend_ids(model, ["u0", "u2", "u4"], 5, exclude))
+        for sid, row in (("u0", 0), ("u2", 2), ("u4", 4)):
+            assert [t for t, *_ in got[sid]] == brute(art, row, 5, exclude)
+            assert [r for _, r, *_ in got[sid]] == list(range(1, 6))
+            assert not any(f for *_, f in got[sid])
+    # Every source, streamed in blocks, gives the same as asking for each one.
+    everything = rows_by_source(serving.recommend_all(model, 3, True))
+    assert sorted(everything) == [f"u{i}" for i in range(5)]
+    assert [t for t, *_ in everything["u2"]] == brute(art, 2, 3, True)
+
+
+def test_unseen_sources_get_popularity_marked_as_fallback(
+    fake_redis: fakeredis.FakeRedis, storage: Storage
+) -> None:
+    art = make_artifact()
+    register(fake_redis, storage, T, "pop", art)
+    model = serving.ModelCache().get(fake_redis, storage, T, "pop")
+    got = rows_by_source(serving.recommend_ids(model, ["nobody", "u1"], 4, True, lambda _: None))
+    popular = np.argsort(-art.target_popularity, kind="stable")[:4]
+    assert [t for t, *_ in got["nobody"]] == [f"i{c}" for c in popular]
+    np.testing.assert_allclose([s for _, _, s, _ in got["nobody"]],
+                               art.target_popularity[popular], rtol=1e-6)
+    assert all(f for *_, f in got["nobody"])
+    assert not any(f for *_, f in got["u1"])
+
+
+def test_unseen_sources_with_metadata_are_scored_from_their_features(
+    fake_redis: fakeredis.FakeRedis, storage: Storage
+) -> None:
+    art = make_artifact(n_targets=200, features=["country=fr", "country=de", "age"],
+                        numeric_scales={"age": 80.0})
+    register(fake_redis, storage, T, "cold", art)
+    model = serving.ModelCache().get(fake_redis, storage, T, "cold")
+    meta = {"a": {"country": "fr"}, "b": {"country": "de", "age": 40}, "c": {"shoe": "big"}}
+    got = rows_by_source(serving.recommend_ids(model, ["a", "b", "c"], 5, True, meta.get))
+    assert all(f for rows in got.values() for *_, f in rows)
+    assert [t for t, *_ in got["a"]] != [t for t, *_ in got["b"]]
+    # "a" has one known feature (weight 1): its score is that feature's repr against targets.
+    emb, bias = art.source_feature_embeddings, art.source_feature_biases
+    assert emb is not None and bias is not None
+    rep = np.concatenate([emb[0], [bias[0], 1.0]])
+    expected = np.argsort(-(rep @ art.target_repr.T.astype(np.float64)), kind="stable")[:5]
+    assert [t for t, *_ in got["a"]] == [f"i{c}" for c in expected]
+    # "c" has no feature the model knows: most popular instead.
+    popular = np.argsort(-art.target_popularity, kind="stable")[:5]
+    assert [t for t, *_ in got["c"]] == [f"i{c}" for c in popular]
+
+
+def test_request_order_is_kept_across_known_cold_and_popular_sources(
+    fake_redis: fakeredis.FakeRedis, storage: Storage
+) -> None:
+    art = make_artifact(features=["x=1"])
+    register(fake_redis, storage, T, "order", art)
+    model = serving.ModelCache().get(fake_redis, storage, T, "order")
+    ids = ["zz", "u3", "cold", "u0"]
+    blocks = list(serving.recommend_ids(model, ids, 2, True,
+                                        lambda s: {"x": "1"} if s == "cold" else None))
+    seq = [s for b in blocks for s in b.source_ids.tolist()]
+    assert list(dict.fromkeys(seq)) == ids
+
+
+def test_cache_serves_the_new_version_as_soon_as_it_is_current(
+    fake_redis: fakeredis.FakeRedis, storage: Storage
+) -> None:
+    cache = serving.ModelCache()
+    register(fake_redis, storage, T, "swap", make_artifact(seed=1))
+    first = cache.get(fake_redis, storage, T, "swap")
+    assert cache.get(fake_redis, storage, T, "swap") is first
+    register(fake_redis, storage, T, "swap", make_artifact(seed=2))
+    second = cache.get(fake_redis, storage, T, "swap")
+    assert (first.version, second.version) == (1, 2)
+    assert len(cache) == 1
+
+
+def test_unknown_model_is_404_and_first_training_is_409(
+    fake_redis: fakeredis.FakeRedis, storage: Storage
+) -> None:
+    cache = serving.ModelCache()
+    with pytest.raises(NotFound) as missing:
+        cache.get(fake_redis, storage, T, "nope")
+    assert missing.value.code == "model_not_found"
+    create_run(fake_redis, T, "busy", {}, None)
+    with pytest.raises(Conflict) as busy:
+        cache.get(fake_redis, storage, T, "busy")
+    assert busy.value.details["status"] == "running"
+    assert busy.value.details["phase"] == "queued"
+    # Another tenant's model does not exist for this one.
+    register(fake_redis, storage, "other", "theirs", make_artifact())
+    with pytest.raises(NotFound):
+        cache.get(fake_redis, storage, T, "theirs")
+
+
+def test_clean_scores_keep_seven_significant_digits() -> None:
+    raw = np.array([0.1, 1 / 3, -2.5e-6, 12345678.9, 0.0, -np.inf], dtype=np.float32)
+    cleaned = serving.clean_scores(raw)
+    assert cleaned[:5] == [0.1, 0.3333333, -2.5e-06, 12345680.0, 0.0]
+    assert cleaned[5] == float("-inf")
