@@ -211,7 +211,6 @@ def delivery_session(
         session.mount("https://", _StrictAdapter(is_https_proto=True, allow_loopback=False))
     # Proxies and .netrc from the environment would bypass the pinned address.
     session.trust_env = False
-    session.max_redirects = 0
     return session
 
 
