@@ -1,0 +1,123 @@
+"""Dataset assembly: ids, merged pairs, weights, types and metadata features."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+import worker.dataset as ds
+from shared.features import entity_features
+from worker.dataset import DatasetOptions, EmptyData, build_dataset
+
+
+def _entities(rows: list[tuple[str, str, dict[str, Any]]]) -> pa.Table:
+    text = pa.string()
+    return pa.table({
+        "id": pa.array([r[0] for r in rows], text), "type": pa.array([r[1] for r in rows], text),
+        "name": pa.array([""] * len(rows), text),
+        "metadata": pa.array([json.dumps(r[2]) for r in rows], text),
+        "media_url": pa.array([None] * len(rows), text),
+    })
+
+
+def _interactions(rows: list[tuple[str, str, str, int | None]]) -> pa.Table:
+    ts = [None if r[3] is None else datetime.fromtimestamp(r[3], UTC) for r in rows]
+    text = pa.string()
+    return pa.table({
+        "type": pa.array([r[0] for r in rows], text),
+        "source_id": pa.array([r[1] for r in rows], text),
+        "target_id": pa.array([r[2] for r in rows], text),
+        "timestamp": pa.array(ts, pa.timestamp("us", tz="UTC")),
+        "metadata": pa.array(["{}"] * len(rows), text),
+    })
+
+
+NO_ENTITIES = _entities([])
+
+
+def test_duplicate_pairs_merge_with_the_largest_weight_and_latest_time() -> None:
+    data = _interactions([("view", "u1", "i1", 10), ("buy", "u1", "i1", 5),
+                          ("view", "u1", "i2", None), ("view", "u2", "i1", 7)])
+    dataset = build_dataset(NO_ENTITIES, data,
+                            DatasetOptions(interaction_weights={"buy": 3.0}))
+    pairs = {(str(dataset.source_ids[r]), str(dataset.target_ids[c])): (float(w), int(t))
+             for r, c, w, t in zip(dataset.rows, dataset.cols, dataset.weights, dataset.times,
+                                   strict=True)}
+    assert pairs == {("u1", "i1"): (3.0, 10_000_000), ("u1", "i2"): (1.0, ds.NO_TIME),
+                     ("u2", "i1"): (1.0, 7_000_000)}
+    assert dataset.counts == {"entities": 4, "interactions": 4, "sources": 2, "targets": 2}
+    assert dataset.source_ids.dtype.kind == "U"
+    assert not dataset.uniform_weights
+
+
+def test_weight_zero_drops_a_type_and_all_zero_names_the_setting() -> None:
+    data = _interactions([("view", "u1", "i1", 1), ("skip", "u1", "i2", 2)])
+    dataset = build_dataset(NO_ENTITIES, data, DatasetOptions(interaction_weights={"skip": 0}))
+    assert dataset.counts["interactions"] == 1 and dataset.target_ids.tolist() == ["i1"]
+    with pytest.raises(EmptyData, match="interaction_weights"):
+        build_dataset(NO_ENTITIES, data,
+                      DatasetOptions(interaction_weights={"skip": 0, "view": 0}))
+
+
+def test_interactions_with_entities_of_other_types_are_left_out() -> None:
+    entities = _entities([("u1", "user", {}), ("shop", "store", {}), ("i1", "item", {})])
+    data = _interactions([("view", "u1", "i1", 1), ("view", "u1", "shop", 2),
+                          ("view", "u9", "i1", 3)])
+    dataset = build_dataset(entities, data, DatasetOptions())
+    assert sorted(dataset.source_ids.tolist()) == ["u1", "u9"]  # u9 is implied
+    assert dataset.target_ids.tolist() == ["i1"]
+    with pytest.raises(EmptyData, match="source_type"):
+        build_dataset(entities, data.slice(0, 2), DatasetOptions(source_type="store"))
+
+
+def test_no_interactions_at_all_is_an_empty_data_error() -> None:
+    with pytest.raises(EmptyData, match="no interactions"):
+        build_dataset(NO_ENTITIES, _interactions([]), DatasetOptions())
+
+
+def test_metadata_features_follow_the_rule_with_rows_normalised() -> None:
+    entities = _entities([
+        ("u1", "user", {"age": 30, "country": "fr", "tags": ["a", "b"], "vip": True}),
+        ("u2", "user", {"age": -60, "since": "2020-01-01"}),
+        ("i1", "item", {}),
+    ])
+    data = _interactions([("view", "u1", "i1", 1), ("view", "u2", "i1", 2)])
+    dataset = build_dataset(entities, data, DatasetOptions())
+    assert dataset.target_features is None  # no item metadata: implicit identity
+    side = dataset.source_features
+    assert side is not None and side.numeric_scales == {"age": 60.0}
+    dense = side.matrix.toarray()
+    np.testing.assert_allclose(np.abs(dense).sum(axis=1), 1.0, rtol=1e-6)
+    u1 = dataset.source_ids.tolist().index("u1")
+    row = {name: dense[u1, dataset.n_sources + j] for j, name in enumerate(side.names)
+           if dense[u1, dataset.n_sources + j] != 0}
+    total = 1 + 0.5 + 1 + 1 + 1 + 1
+    assert row == pytest.approx({"age": 0.5 / total, "country=fr": 1 / total,
+                                 "tags=a": 1 / total, "tags=b": 1 / total,
+                                 "vip=true": 1 / total})
+    assert dense[u1, u1] == pytest.approx(1 / total)
+    assert "since=2020-01-01" in side.names  # a date-like string stays a string
+    off = build_dataset(entities, data, DatasetOptions(use_metadata_features=False))
+    assert off.source_features is None
+
+
+def test_mixed_type_metadata_takes_the_per_entity_path_with_the_same_result() -> None:
+    metas = [{"size": 3, "colour": "red"}, {"size": "large"}, {"colour": ["blue", 1]}]
+    entities = _entities([(f"u{i}", "user", m) for i, m in enumerate(metas)])
+    data = _interactions([("view", f"u{i}", "i1", i) for i in range(3)])
+    dataset = build_dataset(entities, data, DatasetOptions())
+    side = dataset.source_features
+    assert side is not None
+    dense = side.matrix.toarray()
+    for i, metadata in enumerate(metas):
+        row = dataset.source_ids.tolist().index(f"u{i}")
+        expected = entity_features(metadata, side.numeric_scales)
+        total = 1 + sum(abs(w) for w in expected.values())
+        got = {name: dense[row, dataset.n_sources + j] for j, name in enumerate(side.names)
+               if dense[row, dataset.n_sources + j] != 0}
+        assert got == pytest.approx({k: v / total for k, v in expected.items()})
