@@ -78,6 +78,32 @@ def _storage_url(raw: str) -> str:
     return raw
 
 
+def _rate_limit(raw: str) -> str:
+    value = raw.strip()
+    if value.lower() in {"off", "none", "0"}:
+        return "off"
+    from limits import parse_many  # flask-limiter's parser; imported only when configured
+
+    try:
+        parse_many(value)
+    except ValueError as exc:
+        raise ValueError("expected e.g. '600 per minute' or 'off'") from exc
+    return value
+
+
+def _log_format(raw: str) -> str:
+    value = raw.strip().lower()
+    if value not in {"json", "text"}:
+        raise ValueError("expected json or text")
+    return value
+
+
+def _http_url(raw: str) -> str:
+    if not raw.startswith(("http://", "https://")):
+        raise ValueError("expected an http:// or https:// URL")
+    return raw.rstrip("/")
+
+
 @dataclass(frozen=True)
 class Settings:
     """Every setting of the service. Build with :meth:`from_env`; never mutate."""
@@ -121,6 +147,14 @@ class Settings:
     #: 5 h, 10 h, 10 h); one retry per entry, jittered.
     callback_retry_delays: tuple[float, ...] = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0,
                                                 36000.0)
+    #: Log lines as JSON objects (default) or plain text for local reading.
+    log_format: str = "json"
+    #: Requests per tenant (API key; client address without one) across the API, or "off".
+    rate_limit: str = "600 per minute"
+    #: Requests per tenant to /recommended_items (its own budget: serving is the hot path).
+    rate_limit_recommend: str = "6000 per minute"
+    #: An S3-compatible endpoint (MinIO, Ceph, moto), e.g. http://127.0.0.1:9000; unset = AWS.
+    s3_endpoint_url: str | None = None
 
     @property
     def visibility_timeout(self) -> int:
@@ -158,6 +192,13 @@ class Settings:
             return str(self.data_dir / "storage")
         if self.storage_url.startswith("file://"):
             return self.storage_url[len("file://") :]
+        if self.storage_url.startswith("s3://") and self.s3_endpoint_url is not None:
+            # pyarrow's S3 URIs take the endpoint as query options; an explicit one in
+            # RECSYS_STORAGE_URL wins over RECSYS_S3_ENDPOINT_URL.
+            scheme, _, hostport = self.s3_endpoint_url.partition("://")
+            if "endpoint_override=" not in self.storage_url:
+                sep = "&" if "?" in self.storage_url else "?"
+                return f"{self.storage_url}{sep}endpoint_override={hostport}&scheme={scheme}"
         return self.storage_url
 
     @classmethod
@@ -207,6 +248,10 @@ class Settings:
         read("RECSYS_CALLBACK_CONNECT_TIMEOUT", "callback_connect_timeout", _positive_float)
         read("RECSYS_CALLBACK_READ_TIMEOUT", "callback_read_timeout", _positive_float)
         read("RECSYS_CALLBACK_RETRY_DELAYS", "callback_retry_delays", _delays)
+        read("RECSYS_LOG_FORMAT", "log_format", _log_format)
+        read("RECSYS_RATE_LIMIT", "rate_limit", _rate_limit)
+        read("RECSYS_RATE_LIMIT_RECOMMEND", "rate_limit_recommend", _rate_limit)
+        read("RECSYS_S3_ENDPOINT_URL", "s3_endpoint_url", _http_url)
 
         settings = cls(**values)  # type: ignore[arg-type]
         if settings.log_level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:

@@ -9,6 +9,18 @@ Layout (relative paths)::
 
     tenants/<tenant>/batches/<batch_id>.parquet
     tenants/<tenant>/models/<model_id>/v<version>/<artifact files>
+
+S3: the root is ``s3://bucket/prefix``, optionally with the query options
+``endpoint_override=host:port``, ``scheme=http|https``, ``region=...``,
+``force_virtual_addressing=true`` and ``allow_bucket_creation=true`` (the
+names pyarrow's S3 URIs use). ``RECSYS_S3_ENDPOINT_URL`` adds the first two
+(see :meth:`shared.config.Settings.storage_root`). Credentials come from the
+AWS SDK's usual chain (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``, a
+profile, an instance role), never from the URL. The filesystem is built here
+rather than with ``FileSystem.from_uri`` so that a dead endpoint fails within
+a few seconds (short connect timeout, three attempts) instead of the SDK's
+long default retries. Create an S3 storage after forking (the AWS SDK is not
+fork-safe): the API and the workers build theirs per process.
 """
 
 from __future__ import annotations
@@ -18,10 +30,75 @@ import os
 import shutil
 import uuid
 from pathlib import Path
+from urllib.parse import parse_qsl, urlsplit
 
 import pyarrow.fs as pafs
 
-from shared.errors import DependencyUnavailable
+from shared.errors import ConfigError, DependencyUnavailable
+
+#: Seconds to wait for a TCP connection to the S3 endpoint.
+S3_CONNECT_TIMEOUT = 3.0
+#: Seconds to wait for data on an open S3 connection (not for a whole transfer).
+S3_REQUEST_TIMEOUT = 60.0
+#: Attempts per S3 request (the SDK's standard retry strategy, with backoff).
+S3_MAX_ATTEMPTS = 3
+
+_S3_TEXT_OPTIONS = {"region", "scheme", "endpoint_override"}
+_S3_BOOL_OPTIONS = {"force_virtual_addressing", "allow_bucket_creation"}
+
+
+def _s3_filesystem(root: str) -> tuple[pafs.S3FileSystem, str]:
+    """An S3 filesystem and the ``bucket/prefix`` base path for an ``s3://`` root."""
+    parts = urlsplit(root)
+    if parts.username or parts.password:
+        raise ConfigError(
+            "RECSYS_STORAGE_URL must not carry credentials; use AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY (or a profile or instance role)."
+        )
+    bucket = parts.hostname or ""
+    if not bucket:
+        raise ConfigError("RECSYS_STORAGE_URL: expected s3://bucket/prefix")
+    options: dict[str, object] = {}
+    for name, value in parse_qsl(parts.query, keep_blank_values=True):
+        if name in _S3_TEXT_OPTIONS:
+            options[name] = value
+        elif name in _S3_BOOL_OPTIONS:
+            options[name] = value.strip().lower() in {"1", "true", "yes", "on"}
+        else:
+            known = ", ".join(sorted(_S3_TEXT_OPTIONS | _S3_BOOL_OPTIONS))
+            raise ConfigError(f"RECSYS_STORAGE_URL: unknown S3 option {name!r} (known: {known})")
+    if "region" not in options and "endpoint_override" not in options:
+        # Real AWS: ask which region the bucket lives in, as pyarrow's from_uri does.
+        try:
+            options["region"] = pafs.resolve_s3_region(bucket)
+        except OSError as exc:
+            raise DependencyUnavailable(
+                f"Could not find the region of S3 bucket {bucket!r}: {exc}",
+                details={"dependency": "storage"},
+            ) from exc
+    fs = pafs.S3FileSystem(
+        connect_timeout=S3_CONNECT_TIMEOUT,
+        request_timeout=S3_REQUEST_TIMEOUT,
+        retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=S3_MAX_ATTEMPTS),
+        **options,
+    )
+    base = f"{bucket}/{parts.path.strip('/')}".rstrip("/")
+    return fs, base
+
+
+def _check_rel(rel: str) -> str:
+    """``rel`` without a leading '/'; refuses '..' segments (no escaping the root)."""
+    clean = rel.lstrip("/")
+    if ".." in clean.split("/"):
+        raise ValueError(f"storage paths may not contain '..': {rel!r}")
+    return clean
+
+
+def _unavailable(action: str, rel: str, exc: OSError) -> DependencyUnavailable:
+    return DependencyUnavailable(
+        f"Storage failed to {action} {rel}: {exc.strerror or exc}",
+        details={"dependency": "storage"},
+    )
 
 
 def _fsync_dir(path: Path) -> None:
@@ -38,9 +115,9 @@ class Storage:
     def __init__(self, root: str) -> None:
         self.root = root
         if root.startswith("s3://"):
-            fs, base = pafs.FileSystem.from_uri(root)
+            fs, base = _s3_filesystem(root)
             self.fs: pafs.FileSystem = fs
-            self.base = base.rstrip("/")
+            self.base = base
             self.is_local = False
         else:
             local = Path(root).resolve()
@@ -52,7 +129,7 @@ class Storage:
     # -- paths ---------------------------------------------------------------
     def full_path(self, rel: str) -> str:
         """The backend path of ``rel`` (for pyarrow readers given ``self.fs``)."""
-        return f"{self.base}/{rel.lstrip('/')}"
+        return f"{self.base}/{_check_rel(rel)}"
 
     def local_path(self, rel: str) -> Path | None:
         """A local filesystem path when the backend is local (for memory mapping)."""
@@ -78,7 +155,7 @@ class Storage:
                 os.replace(tmp, dest)
                 _fsync_dir(dest.parent)
             else:
-                self.fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
+                # S3 has no directories to create; the object appears when the upload completes.
                 pafs.copy_files(str(source), target, destination_filesystem=self.fs)
         except OSError as exc:
             raise DependencyUnavailable(
@@ -110,20 +187,32 @@ class Storage:
 
     # -- reads ---------------------------------------------------------------
     def get_bytes(self, rel: str) -> bytes:
-        """Read a whole (small) file."""
-        with self.fs.open_input_stream(self.full_path(rel)) as fh:
-            data: bytes = fh.read()
+        """Read a whole (small) file; FileNotFoundError when it does not exist."""
+        try:
+            with self.fs.open_input_stream(self.full_path(rel)) as fh:
+                data: bytes = fh.read()
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            raise _unavailable("read", rel, exc) from exc
         return data
 
     def exists(self, rel: str) -> bool:
         """True when a file exists at ``rel``."""
-        info = self.fs.get_file_info(self.full_path(rel))
+        try:
+            info = self.fs.get_file_info(self.full_path(rel))
+        except OSError as exc:
+            raise _unavailable("look up", rel, exc) from exc
         return bool(info.type == pafs.FileType.File)
 
     def list_dir(self, rel: str) -> list[str]:
         """Names directly under ``rel`` (empty when it does not exist)."""
         selector = pafs.FileSelector(self.full_path(rel), allow_not_found=True)
-        return sorted(info.base_name for info in self.fs.get_file_info(selector))
+        try:
+            infos = self.fs.get_file_info(selector)
+        except OSError as exc:
+            raise _unavailable("list", rel, exc) from exc
+        return sorted(info.base_name for info in infos)
 
     # -- deletes -------------------------------------------------------------
     def delete(self, rel: str) -> None:
@@ -141,8 +230,9 @@ class Storage:
         try:
             self.fs.get_file_info(pafs.FileSelector(self.base, allow_not_found=True))
         except OSError as exc:
+            where = self.root.split("?", 1)[0]
             raise DependencyUnavailable(
-                f"Storage at {self.root} is unreachable: {exc}", details={"dependency": "storage"}
+                f"Storage at {where} is unreachable: {exc}", details={"dependency": "storage"}
             ) from exc
 
 
