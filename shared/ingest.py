@@ -1,0 +1,364 @@
+"""Turning uploads (CSV files on disk, or a JSON body) into stored, registered batches.
+
+The good case reads each CSV file once with pyarrow's streaming, multi-threaded
+CSV reader, converts and validates every block with whole-column operations
+(:mod:`shared.columns`), and writes Parquet row groups as it goes, so memory
+stays bounded by the block and row-group sizes, not the file size. Only when a
+file fails does :mod:`shared.csv_errors` read it again to find exact lines.
+
+A request is stored whole or not at all (:func:`store`): every file is
+converted into a temporary Parquet file first; only when all of them are good
+are they moved into storage, and only when all files are in place is the
+metadata recorded in one Redis ``MULTI``. Any failure removes what was written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import logging
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pyarrow as pa
+import pyarrow.csv as pv
+import pyarrow.parquet as pq
+import redis
+
+from shared.batches import KINDS, BatchMeta, Kind, iso_utc, new_batch_ids, record_batches
+from shared.columns import COLUMNS, ID_COLUMNS, MAX_PROBLEMS, SCHEMAS, Problem, convert
+from shared.config import Settings
+from shared.csv_errors import BOM, scan
+from shared.errors import PayloadTooLarge, ValidationFailed
+from shared.storage import Storage, batch_path
+
+log = logging.getLogger(__name__)
+
+#: Bytes pyarrow parses per block; a record must fit in one block.
+BLOCK_SIZE = 8 << 20
+#: Rows buffered before a Parquet row group is written.
+ROW_GROUP_ROWS = 500_000
+#: Longest header line read, in bytes.
+MAX_HEADER_BYTES = 64 * 1024
+PARQUET_COMPRESSION = "snappy"
+
+
+@dataclass
+class Prepared:
+    """A converted, validated batch waiting in a temporary Parquet file."""
+
+    kind: Kind
+    path: Path
+    rows: int
+    bytes: int
+    source: str
+
+
+@contextlib.contextmanager
+def workspace(settings: Settings) -> Iterator[Path]:
+    """A private temporary directory beside the storage (so moving into storage is a rename)."""
+    root = settings.data_dir / "tmp" / "uploads"
+    root.mkdir(parents=True, exist_ok=True)
+    path = Path(tempfile.mkdtemp(dir=root))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _error(source: str, line: int | None, column: str | None, message: str) -> dict[str, Any]:
+    return {"file": source, "line": line, "column": column, "message": message}
+
+
+def row_errors(errors: list[dict[str, Any]]) -> ValidationFailed:
+    """The 422 of a request with bad rows."""
+    first = errors[0]
+    where = f"{first['file']}" + (f", line {first['line']}" if first.get("line") else "")
+    return ValidationFailed(
+        f"The upload has invalid rows ({where}: {first['message']}); nothing was stored.",
+        code="invalid_rows",
+        details={"errors": errors[:MAX_PROBLEMS]},
+    )
+
+
+# -- CSV -------------------------------------------------------------------------------------
+def read_header(path: Path, source: str) -> list[str]:
+    """The header's column names (BOM stripped, whitespace trimmed, lower-cased)."""
+    with open(path, "rb") as fh:
+        first = fh.readline(MAX_HEADER_BYTES)
+    if first.startswith(BOM):
+        first = first[len(BOM):]
+    if not first.strip():
+        raise ValidationFailed(
+            f"File {source!r} is empty; a CSV file starts with a header row.",
+            code="empty_file",
+            details={"errors": [_error(source, 1, None, "the file is empty")]},
+        )
+    try:
+        text = first.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValidationFailed(
+            f"File {source!r} is not UTF-8 text.",
+            code="invalid_rows",
+            details={"errors": [_error(source, 1, None, "the header is not valid UTF-8 text")]},
+        ) from exc
+    names = next(csv.reader([text.rstrip("\r\n")]), [])
+    return [n.strip().lower() for n in names]
+
+
+def detect_kind(names: Sequence[str], source: str) -> Kind:
+    """The kind a header names; 422 when it names neither kind, or both."""
+    present = set(names)
+    matches = [k for k in KINDS if set(COLUMNS[k]) <= present]
+    if len(matches) == 1:
+        kind = matches[0]
+        dupes = sorted({n for n in COLUMNS[kind] if names.count(n) > 1})
+        if dupes:
+            raise ValidationFailed(
+                f"File {source!r} names the column(s) {', '.join(dupes)} more than once.",
+                code="duplicate_columns",
+                details={"file": source, "columns": dupes},
+            )
+        return kind
+    missing = {k: [c for c in COLUMNS[k] if c not in present] for k in KINDS}
+    if matches:
+        raise ValidationFailed(
+            f"The header of {source!r} names the columns of both entities and interactions; "
+            "upload them as separate files.",
+            code="ambiguous_header",
+            details={"file": source, "header": list(names)},
+        )
+    raise ValidationFailed(
+        f"The header of {source!r} matches neither kind: entities need "
+        f"{', '.join(COLUMNS['entities'])} (missing {', '.join(missing['entities'])}); "
+        f"interactions need {', '.join(COLUMNS['interactions'])} "
+        f"(missing {', '.join(missing['interactions'])}).",
+        code="unknown_header",
+        details={"file": source, "header": list(names), "missing": missing},
+    )
+
+
+def _open_reader(path: Path, names: list[str], kind: Kind) -> pv.CSVStreamingReader:
+    unique = [n if n in COLUMNS[kind] and names.index(n) == i else f"_extra_{i}"
+              for i, n in enumerate(names)]
+    return pv.open_csv(
+        path,
+        read_options=pv.ReadOptions(
+            column_names=unique, skip_rows=1, block_size=BLOCK_SIZE, use_threads=True
+        ),
+        parse_options=pv.ParseOptions(newlines_in_values=True),
+        convert_options=pv.ConvertOptions(
+            column_types={c: pa.string() for c in COLUMNS[kind]},
+            include_columns=list(COLUMNS[kind]),
+            strings_can_be_null=False,
+            quoted_strings_can_be_null=False,
+        ),
+    )
+
+
+def _structural_errors(path: Path, names: list[str], source: str, exc: Exception
+                       ) -> list[dict[str, Any]]:
+    found = scan(path, names).problems
+    if not found:  # pyarrow saw something the exact pass did not: report pyarrow's words
+        return [_error(source, None, None, f"the file cannot be read as CSV: {exc}")]
+    return [_error(source, line, column, message) for line, column, message in found]
+
+
+def _with_lines(path: Path, names: list[str], source: str, problems: list[Problem]
+                ) -> list[dict[str, Any]]:
+    lines = scan(path, names, want_rows={p.row for p in problems}).lines
+    return [_error(source, lines.get(p.row), p.column, p.message) for p in problems]
+
+
+def prepare_csv(path: Path, source: str, out: Path, settings: Settings) -> Prepared | list[
+        dict[str, Any]]:
+    """Convert one uploaded CSV file to a temporary Parquet file, or return its row errors."""
+    names = read_header(path, source)
+    kind = detect_kind(names, source)
+    rows = 0
+    problems: list[Problem] = []
+    pending: list[pa.Table] = []
+    pending_rows = 0
+    writer = pq.ParquetWriter(out, SCHEMAS[kind], compression=PARQUET_COMPRESSION)
+    try:
+        try:
+            reader = _open_reader(path, names, kind)
+            for batch in reader:
+                offset = rows
+                rows += batch.num_rows
+                if rows > settings.max_file_rows:
+                    raise PayloadTooLarge(
+                        f"File {source!r} has more than {settings.max_file_rows} rows; "
+                        "nothing was stored.",
+                        code="too_many_rows",
+                        details={"file": source, "max_file_rows": settings.max_file_rows},
+                    )
+                table, found = convert(kind, pa.Table.from_batches([batch]))
+                if found:
+                    problems.extend(Problem(p.row + offset, p.column, p.message) for p in found)
+                    if len(problems) >= MAX_PROBLEMS:
+                        break
+                elif not problems:
+                    pending.append(table)
+                    pending_rows += table.num_rows
+                    if pending_rows >= ROW_GROUP_ROWS:
+                        writer.write_table(pa.concat_tables(pending))
+                        pending, pending_rows = [], 0
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+            if "Empty CSV file" in str(exc):
+                rows = 0
+            else:
+                return _structural_errors(path, names, source, exc)
+        if problems:
+            return _with_lines(path, names, source, sorted(problems)[:MAX_PROBLEMS])
+        if rows == 0:
+            return [_error(source, None, None, "the file has a header but no rows")]
+        if pending:
+            writer.write_table(pa.concat_tables(pending))
+    finally:
+        writer.close()
+    return Prepared(kind, out, rows, out.stat().st_size, source)
+
+
+# -- JSON ------------------------------------------------------------------------------------
+def _json_text(kind: Kind, column: str, value: Any) -> str | None:
+    """A JSON item's field as the text a CSV cell would hold; None when the type is wrong."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if column == "metadata" and isinstance(value, dict):
+        return orjson.dumps(value).decode()
+    if isinstance(value, bool):
+        return None
+    if column in ID_COLUMNS[kind] and isinstance(value, int):
+        return str(value)
+    if column == "timestamp" and isinstance(value, int | float):
+        return repr(value) if isinstance(value, int) else f"{value:.6f}"
+    return None
+
+
+def _json_table(kind: Kind, items: list[Any]) -> tuple[pa.Table, list[dict[str, Any]]]:
+    columns: dict[str, list[str]] = {c: [] for c in COLUMNS[kind]}
+    errors: list[dict[str, Any]] = []
+    for index, item in enumerate(items):  # the body is already Python objects: one pass
+        if not isinstance(item, dict):
+            errors.append({"file": kind, "line": None, "index": index, "column": None,
+                           "message": "each item is an object with the CSV columns as keys"})
+            item = {}
+        for column, cells in columns.items():
+            text = _json_text(kind, column, item.get(column))
+            if text is None:
+                errors.append({"file": kind, "line": None, "index": index, "column": column,
+                               "message": f"{column} has the wrong type"})
+                text = ""
+            cells.append(text)
+    return pa.table({c: pa.array(v, pa.string()) for c, v in columns.items()}), errors
+
+
+def prepare_json(
+    body: Any, workdir: Path, settings: Settings
+) -> tuple[list[Prepared], Any]:
+    """Convert a JSON upload body to temporary Parquet files; returns them and the raw tags."""
+    if not isinstance(body, Mapping):
+        raise ValidationFailed(
+            'The body is an object {"entities": [...], "interactions": [...], "tags": [...]}.',
+            code="invalid_body",
+        )
+    unknown = sorted(set(body) - {"entities", "interactions", "tags"})
+    if unknown:
+        raise ValidationFailed(
+            f"Unknown field(s) {', '.join(unknown)}; use entities, interactions and tags.",
+            code="invalid_body",
+            details={"fields": {name: ["Unknown field."] for name in unknown}},
+        )
+    prepared: list[Prepared] = []
+    errors: list[dict[str, Any]] = []
+    for kind in KINDS:
+        items = body.get(kind)
+        if items is None:
+            continue
+        if not isinstance(items, list):
+            raise ValidationFailed(f"{kind} must be a list of objects.", code="invalid_body",
+                                   details={"fields": {kind: ["Not a list."]}})
+        if not items:
+            continue
+        if len(items) > settings.max_file_rows:
+            raise PayloadTooLarge(
+                f"{kind} has more than {settings.max_file_rows} items; nothing was stored.",
+                code="too_many_rows", details={"max_file_rows": settings.max_file_rows},
+            )
+        text, type_errors = _json_table(kind, items)
+        table, problems = convert(kind, text)
+        found = type_errors + [
+            {"file": kind, "line": None, "index": p.row, "column": p.column, "message": p.message}
+            for p in problems
+        ]
+        if found:
+            errors.extend(sorted(found, key=lambda e: e["index"]))
+            continue
+        out = workdir / f"{kind}.parquet"
+        pq.write_table(table, out, compression=PARQUET_COMPRESSION)
+        prepared.append(Prepared(kind, out, table.num_rows, out.stat().st_size, kind))
+    if errors:
+        raise row_errors(errors)
+    if not prepared:
+        raise ValidationFailed(
+            "Nothing to store: give a non-empty entities or interactions list.",
+            code="empty_upload",
+        )
+    return prepared, body.get("tags")
+
+
+# -- storing ---------------------------------------------------------------------------------
+def store(
+    storage: Storage,
+    r: redis.Redis,
+    tenant: str,
+    prepared: Sequence[Prepared],
+    tags: tuple[str, ...],
+    now: datetime,
+) -> list[BatchMeta]:
+    """Move the files into storage, then record them in one MULTI; undo everything on failure."""
+    ids = new_batch_ids(len(prepared), now)
+    metas = [
+        BatchMeta(
+            batch_id=batch_id,
+            timestamp=iso_utc(now),
+            tags=tags,
+            kind=p.kind,
+            entity_count=p.rows if p.kind == "entities" else 0,
+            interaction_count=p.rows if p.kind == "interactions" else 0,
+            bytes=p.bytes,
+        )
+        for batch_id, p in zip(ids, prepared, strict=True)
+    ]
+    placed: list[str] = []
+    try:
+        for meta, p in zip(metas, prepared, strict=True):
+            storage.put_file(batch_path(tenant, meta.batch_id), p.path)
+            placed.append(meta.batch_id)
+        record_batches(r, tenant, metas)
+    except BaseException:
+        for batch_id in placed:
+            try:
+                storage.delete(batch_path(tenant, batch_id))
+            except OSError:
+                log.warning("could not remove %s after a failed upload", batch_id)
+        raise
+    return metas
+
+
+def delete_files(storage: Storage, tenant: str, metas: Sequence[BatchMeta]) -> None:
+    """Delete the stored files of forgotten batches (a missing file is not an error)."""
+    for meta in metas:
+        try:
+            storage.delete(batch_path(tenant, meta.batch_id))
+        except OSError:
+            log.warning("could not delete the file of batch %s", meta.batch_id)
