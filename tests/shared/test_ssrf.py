@@ -9,6 +9,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import requests
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from shared import ssrf
 from shared.errors import ValidationFailed
@@ -205,3 +207,27 @@ def test_delivery_session_with_private_allowed_reaches_loopback_and_ignores_prox
     assert response.status_code == 204
     assert _Recorder.hits == ["/ok"]
     assert isinstance(session, requests.Session)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(min_value=0, max_value=2**32 - 1))
+def test_every_numeric_form_of_an_ipv4_address_gets_the_same_decision(value: int) -> None:
+    ip = ipaddress.IPv4Address(value)
+    octets = ip.packed
+    forms = [
+        str(ip),
+        str(value),
+        hex(value),
+        ".".join(f"0{o:o}" for o in octets),
+        ".".join(hex(o) for o in octets),
+        f"{octets[0]}.{int.from_bytes(octets[1:], 'big')}",
+    ]
+    expected = is_forbidden_address(ip)
+
+    for form in forms:
+        url = f"http://{form}:8080/hook"
+        if expected:
+            with pytest.raises(ValidationFailed):
+                validate_callback_url(url, allow_private=False)
+        else:
+            assert validate_callback_url(url, allow_private=False) == url
