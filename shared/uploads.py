@@ -24,8 +24,9 @@ from shared.errors import BadRequest, PayloadTooLarge
 
 #: Bytes read from the socket per step; large enough to keep Python overhead per byte low.
 BUFFER_SIZE = 256 * 1024
-#: Largest non-file form field (the tags), in bytes.
-MAX_FIELD_BYTES = 64 * 1024
+#: Largest non-file form field (the tags), in bytes. werkzeug also applies it to each chunk it
+#: buffers, so it must stay well above :data:`BUFFER_SIZE`.
+MAX_FIELD_BYTES = 4 * BUFFER_SIZE
 #: Form field names that carry CSV files.
 FILE_FIELDS = ("files", "file")
 
