@@ -87,8 +87,11 @@ def _upload(client: RecsysClient, shop: Shop, out: Console, workdir: Path) -> No
     batches = client.upload(write_catalogue(shop, workdir), [DEMO_TAG, "catalogue"])
     for path, period in write_events(shop, workdir):
         batches += client.upload([path], [DEMO_TAG, "events", period])
-    table(out, batches, ["batch_id", "kind", "tags", "entity_count", "interaction_count",
-                         "bytes"], title="Uploaded batches")
+    rows = [{"batch_id": b.get("batch_id"), "kind": b.get("kind"),
+             "tags": ", ".join(t for t in b.get("tags", []) if t != DEMO_TAG),
+             "rows": int(b.get("entity_count") or 0) + int(b.get("interaction_count") or 0)}
+            for b in batches]
+    table(out, rows, title=f"Uploaded batches (all tagged {DEMO_TAG})")
 
 
 def _train(client: RecsysClient, out: Console, epochs: int) -> dict[str, Any]:
@@ -149,7 +152,8 @@ def run_demo(
         _upload(client, shop, out, Path(tmp))
     try:
         summary = client.dataset(tags=[DEMO_TAG])
-        key_values(out, summary, title="What a training run will use")
+        shown = {k: v for k, v in summary.items() if k not in {"batch_ids", "data_batch_ids"}}
+        key_values(out, shown, title="What a training run will use")
     except ApiError as exc:
         out.print(f"(dataset summary unavailable: {exc.one_line()})")
 

@@ -64,3 +64,27 @@ def test_make_demo_runs_against_the_stack(stack: Stack) -> None:
     )
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert "Removed 6 batch(es) of an earlier demo run." in again.stdout
+
+
+def test_demo_starts_and_stops_its_own_stack_when_none_answers(stack: Stack) -> None:
+    paths = requests.get(stack.url("/openapi.json"), timeout=10).json().get("paths", {})
+    if "/v1/recommender/train" not in paths:
+        pytest.skip("POST /train is not implemented yet; the demo needs it")
+    # given nothing listening at RECSYS_URL (the discard port)
+    env = {k: v for k, v in stack.env.items() if not k.startswith("RECSYS_")}
+    env.update({"RECSYS_URL": "http://127.0.0.1:9", "COLUMNS": "160"})
+    # when the demo runs
+    result = subprocess.run(
+        [sys.executable, "-m", "shared.demo", "--users", "150", "--items", "50",
+         "--interactions", "3000", "--epochs", "2"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False,
+    )
+    # then it started a private stack, ran to the end and stopped that stack
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "No stack answers; starting one in the background" in result.stdout
+    assert "Stopping the demo's stack." in result.stdout
+    assert "popularity baseline" in result.stdout
+    data_dir = result.stdout.split("(data in ")[1].split(",")[0]
+    assert not Path(data_dir).exists()
+    left = subprocess.run(["pgrep", "-f", data_dir], capture_output=True, text=True, check=False)
+    assert left.stdout.strip() == "", "processes of the demo's stack are still running"
