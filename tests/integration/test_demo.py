@@ -72,7 +72,7 @@ def test_demo_starts_and_stops_its_own_stack_when_none_answers(stack: Stack) -> 
         pytest.skip("POST /train is not implemented yet; the demo needs it")
     # given nothing listening at RECSYS_URL (the discard port)
     env = {k: v for k, v in stack.env.items() if not k.startswith("RECSYS_")}
-    env.update({"RECSYS_URL": "http://127.0.0.1:9", "COLUMNS": "160"})
+    env.update({"RECSYS_URL": "http://127.0.0.1:9", "COLUMNS": "300"})
     # when the demo runs
     result = subprocess.run(
         [sys.executable, "-m", "shared.demo", "--users", "150", "--items", "50",
