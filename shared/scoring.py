@@ -56,6 +56,11 @@ def score_block(
     fresh array for every block.
     """
     b, n = source_repr.shape[0], target_repr.shape[0]
+    if b == 1:
+        # One source: a matrix-vector product over the row-major targets streams memory once.
+        row = out.reshape(-1)[:n] if out is not None else np.empty(n, dtype=np.float32)
+        np.matmul(target_repr, source_repr[0], out=row)
+        return row.reshape(1, n)
     if out is None:
         result: np.ndarray = np.matmul(source_repr, target_repr.T)
         return result

@@ -1,0 +1,235 @@
+"""Benchmark of serving: single-source latency and bulk throughput over HTTP, versus LightFM predict.
+
+Builds a synthetic model artifact (random float32 embeddings written directly
+with ``save_artifact``; no training: serving speed does not depend on how the
+numbers were learned) with 100,000 targets, 64 components and 10,000 sources,
+makes it the serving version through the run registry, and serves it with
+gunicorn (the production server, as in the Procfile) in a subprocess against
+a private embedded Redis-compatible server, on loopback.
+
+It prints p50/p99 latency of single-source GET requests, the time to get
+10,000 sources in bulk (one POST listing 10,000 ids, and the streamed
+every-source GET), and, in the same run, the naive way: a LightFM model
+carrying the very same embeddings and biases, ``predict`` over every target
+for one source plus a full ``argsort``, per source (timed on a sample of
+sources and extrapolated to 10,000), with the ratios.
+
+Run: ``.venv/bin/python bench/serve.py`` (``--help`` for sizes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import orjson
+import requests
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from shared.artifact import ModelArtifact, save_artifact  # noqa: E402
+from shared.config import Settings  # noqa: E402
+from shared.embedded import start_embedded  # noqa: E402
+from shared.keys import create_key  # noqa: E402
+from shared.registry import connect  # noqa: E402
+from shared.runs_lifecycle import complete_run, create_run, start_attempt  # noqa: E402
+from shared.storage import open_storage  # noqa: E402
+
+TENANT = "bench"
+MODEL = "bench-model"
+
+
+def build_artifact(n_sources: int, n_targets: int, k: int, seen_per_source: int,
+                   seed: int = 0) -> tuple[ModelArtifact, dict[str, np.ndarray]]:
+    """A random model in the artifact format, plus the raw LightFM-style arrays."""
+    rng = np.random.default_rng(seed)
+    raw = {
+        "user_embeddings": (rng.standard_normal((n_sources, k)) * 0.3).astype(np.float32),
+        "user_biases": (rng.standard_normal(n_sources) * 0.1).astype(np.float32),
+        "item_embeddings": (rng.standard_normal((n_targets, k)) * 0.3).astype(np.float32),
+        "item_biases": (rng.standard_normal(n_targets) * 0.1).astype(np.float32),
+    }
+    src = np.hstack([raw["user_embeddings"], raw["user_biases"][:, None],
+                     np.ones((n_sources, 1), np.float32)])
+    tgt = np.hstack([raw["item_embeddings"], np.ones((n_targets, 1), np.float32),
+                     raw["item_biases"][:, None]])
+    seen = np.sort(rng.integers(0, n_targets, (n_sources, seen_per_source)), axis=1)
+    indptr = np.arange(0, n_sources * seen_per_source + 1, seen_per_source, dtype=np.int64)
+    popularity = np.bincount(seen.ravel(), minlength=n_targets).astype(np.float32)
+    popularity /= popularity.sum()
+    manifest = {
+        "created_at": "2026-01-01T00:00:00Z", "source_type": "user", "target_type": "item",
+        "hyperparameters": {}, "use_metadata_features": False, "no_components": k,
+        "n_sources": n_sources, "n_targets": n_targets, "counts": {}, "data_batch_ids": [],
+        "data_hash": "bench", "metrics": None, "source_features": None,
+    }
+    artifact = ModelArtifact(
+        manifest=manifest,
+        source_ids=np.array([f"user-{i}" for i in range(n_sources)]),
+        target_ids=np.array([f"item-{i}" for i in range(n_targets)]),
+        source_repr=src.astype(np.float32), target_repr=tgt.astype(np.float32),
+        seen_indptr=indptr, seen_indices=seen.ravel().astype(np.int32),
+        target_popularity=popularity,
+        source_feature_embeddings=None, source_feature_biases=None,
+    )
+    return artifact, raw
+
+
+def publish(settings: Settings, artifact: ModelArtifact) -> str:
+    """Store the artifact, make it the serving version, and return an API key."""
+    r = connect(settings)
+    storage = open_storage(settings.storage_root())
+    version = create_run(r, TENANT, MODEL, {}, None)["version"]
+    start_attempt(r, TENANT, MODEL, version, "bench", 60)
+    save_artifact(storage, TENANT, MODEL, version, artifact)
+    complete_run(r, None, TENANT, MODEL, version, owner="bench", keep_versions=3,
+                 message="synthetic", model_fields={"source_type": "user", "target_type": "item"})
+    raw, _ = create_key(r, TENANT, ["recommend"])
+    return raw
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def start_api(env: dict[str, str], port: int, workers: int, threads: int) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--worker-class",
+         "gthread", "--workers", str(workers), "--threads", str(threads), "--timeout", "600",
+         "--no-control-socket", "api.app:create_app()"],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1).ok:
+                return proc
+        except requests.ConnectionError:
+            time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError("the API did not start within 60 s")
+
+
+def naive_per_source(raw: dict[str, np.ndarray], sample: int, threads: int) -> float:
+    """Seconds per source: LightFM predict over every target plus a full argsort."""
+    from lightfm import LightFM
+
+    n_users, k = raw["user_embeddings"].shape
+    n_items = raw["item_embeddings"].shape[0]
+    model = LightFM(no_components=k)
+    model._initialize(k, n_items, n_users)
+    for name, value in raw.items():
+        setattr(model, name, value)
+    items = np.arange(n_items, dtype=np.int32)
+    users = np.random.default_rng(1).integers(0, n_users, sample)
+    model.predict(int(users[0]), items, num_threads=threads)
+    start = time.perf_counter()
+    for user in users.tolist():
+        scores = model.predict(np.full(n_items, user, dtype=np.int32), items,
+                               num_threads=threads)
+        np.argsort(-scores)[:10]
+    return (time.perf_counter() - start) / sample
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--targets", type=int, default=100_000)
+    parser.add_argument("--components", type=int, default=64)
+    parser.add_argument("--sources", type=int, default=10_000)
+    parser.add_argument("--requests", type=int, default=3000)
+    parser.add_argument("--naive-sample", type=int, default=200)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=4)
+    args = parser.parse_args(argv)
+
+    with tempfile.TemporaryDirectory(prefix="recsys-bench-") as tmp:
+        data_dir = Path(tmp) / "var"
+        server = start_embedded(data_dir / "redis")
+        env = {**os.environ, "RECSYS_REDIS_URL": server.url, "RECSYS_DATA_DIR": str(data_dir),
+               "RECSYS_LOG_LEVEL": "WARNING", "PYTHONPATH": str(ROOT)}
+        settings = Settings.from_env(env)
+        api = None
+        try:
+            t0 = time.perf_counter()
+            artifact, raw = build_artifact(args.sources, args.targets, args.components, 20)
+            key = publish(settings, artifact)
+            print(f"model: {args.sources:,} sources x {args.targets:,} targets, "
+                  f"{args.components} components (synthetic, built in "
+                  f"{time.perf_counter() - t0:.1f} s)")
+            port = free_port()
+            api = start_api(env, port, args.workers, args.threads)
+            url = f"http://127.0.0.1:{port}/v1/recommender/recommended_items"
+            headers = {"apikey": key}
+            rng = np.random.default_rng(2)
+            for _ in range(4 * args.workers):  # fresh connections: load the model in every worker
+                requests.get(url, params={"model_id": MODEL, "source_id": "user-0"},
+                             headers=headers, timeout=60).raise_for_status()
+
+            latencies = []
+            with requests.Session() as http:
+                for i in rng.integers(0, args.sources, args.requests).tolist():
+                    start = time.perf_counter()
+                    resp = http.get(url, params={"model_id": MODEL, "source_id": f"user-{i}"},
+                                    headers=headers, timeout=60)
+                    latencies.append(time.perf_counter() - start)
+                    if resp.status_code != 200 or len(resp.json()["recommendations"]) != 10:
+                        raise RuntimeError(f"bad answer: {resp.status_code} {resp.text[:200]}")
+            lat = np.array(latencies) * 1000
+            p50, p99 = np.percentile(lat, 50), np.percentile(lat, 99)
+            print(f"single source over HTTP ({args.requests} requests): p50 {p50:.2f} ms, "
+                  f"p99 {p99:.2f} ms, max {lat.max():.1f} ms  (target: p99 <= 20 ms)")
+
+            ids = [f"user-{i}" for i in range(args.sources)]
+            bulk_times, stream_times = [], []
+            for _ in range(3):
+                start = time.perf_counter()
+                resp = requests.post(url, json={"model_id": MODEL, "source_id": ids},
+                                     headers=headers, timeout=600)
+                rows = orjson.loads(resp.content)["recommendations"]
+                bulk_times.append(time.perf_counter() - start)
+                assert len(rows) == 10 * args.sources, len(rows)
+                start = time.perf_counter()
+                resp = requests.get(url, params={"model_id": MODEL, "output_format": "csv"},
+                                    headers=headers, timeout=600)
+                lines = resp.content.count(b"\n")
+                stream_times.append(time.perf_counter() - start)
+                assert lines == 1 + 10 * args.sources, lines
+            bulk, stream = min(bulk_times), min(stream_times)
+            print(f"{args.sources:,} sources in one POST (JSON): {bulk:.2f} s "
+                  f"(runs: {', '.join(f'{t:.2f}' for t in bulk_times)})  (target: <= 3 s)")
+            print(f"every source, streamed GET (CSV): {stream:.2f} s "
+                  f"(runs: {', '.join(f'{t:.2f}' for t in stream_times)})")
+
+            naive = naive_per_source(raw, args.naive_sample, threads=2)
+            naive_total = naive * args.sources
+            print(f"naive (LightFM predict over all targets + full argsort, per source, "
+                  f"2 threads): {naive * 1000:.1f} ms per source, sampled on "
+                  f"{args.naive_sample} sources -> {naive_total:.1f} s for {args.sources:,}")
+            print(f"ratio: bulk {naive_total / bulk:.0f}x faster than naive; single source "
+                  f"p50 over HTTP {naive * 1000 / p50:.1f}x faster than one naive predict")
+        finally:
+            if api is not None:
+                os.killpg(api.pid, signal.SIGTERM)
+                try:
+                    api.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(api.pid, signal.SIGKILL)
+            server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
