@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import logging
 import uuid
 
 from flask import Flask, g, request
 from flask_smorest import Api, Blueprint
 
-from api import data, errors, ops, recommendations, training, webhooks
+from api import data, errors, ops, recommendations, reqlog, training, webhooks
 from api.context import Services
 from api.parsing import parser
 from shared.config import Settings
+from shared.logs import configure_logging
 from shared.registry import connect
 from shared.storage import open_storage
 from worker.celery_app import make_celery
@@ -22,9 +22,7 @@ API_PREFIX = "/v1/recommender"
 def create_app(settings: Settings | None = None) -> Flask:
     """Build the API for ``settings`` (read from the environment when omitted)."""
     settings = settings or Settings.from_env()
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+    configure_logging(settings.log_level, settings.log_format)
     app = Flask("recsys")
     app.config.update(
         API_TITLE="Recommender training service",
@@ -64,6 +62,8 @@ def create_app(settings: Settings | None = None) -> Flask:
         response.headers["X-Request-Id"] = g.get("request_id", "")
         return response
 
+    # Operations: log context + access log (after the request id exists).
+    reqlog.init_app(app)
     return app
 
 

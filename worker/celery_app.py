@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from celery import Celery
+from celery import Celery, signals
 
 from shared.config import Settings
 from shared.contracts import (
@@ -23,6 +23,7 @@ from shared.contracts import (
     TASK_SCAN_CALLBACKS,
     TASK_TRAIN,
 )
+from shared.logs import configure_logging, connect_celery_signals
 
 #: Modules that define tasks; imported by workers only (never by the API).
 TASK_MODULES = ["worker.tasks", "worker.callbacks"]
@@ -108,3 +109,14 @@ def settings_of(celery: Celery) -> Settings:
 
 app = Celery("recsys", include=TASK_MODULES)
 app.on_configure.connect(_configure_from_env)
+
+
+# Structured logs with the request id carried from the API into tasks (shared/logs.py).
+connect_celery_signals()
+
+
+@signals.setup_logging.connect(weak=False)
+def _setup_logging(**_: Any) -> None:
+    """Worker and beat log in the service's format instead of Celery's default."""
+    settings = settings_of(app)
+    configure_logging(settings.log_level, settings.log_format)

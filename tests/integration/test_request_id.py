@@ -1,0 +1,74 @@
+"""The request id travels from an API request into the real worker's log lines for its task."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any
+
+import requests
+
+from api.app import create_app
+from api.context import services
+from shared.contracts import TASK_PROGRESS_PROBE
+from tests.integration.conftest import Stack
+
+
+def _worker_lines(stack: Stack) -> list[dict[str, Any]]:
+    lines: list[dict[str, Any]] = []
+    for path in stack.data_dir.glob("*.log"):
+        for raw in path.read_text(errors="replace").splitlines():
+            if raw.startswith("{"):
+                try:
+                    lines.append(json.loads(raw))
+                except ValueError:
+                    continue
+    return lines
+
+
+def test_the_request_id_of_the_request_that_enqueued_a_task_is_in_the_workers_log(
+    stack: Stack,
+) -> None:
+    # Given a request carrying X-Request-Id that enqueues a task (as POST /train does)
+    request_id = f"it-{uuid.uuid4().hex[:12]}"
+    app = create_app(stack.settings)
+    with app.test_request_context("/v1/recommender/train", headers={"X-Request-Id": request_id}):
+        app.preprocess_request()
+        result = services().celery.send_task(TASK_PROGRESS_PROBE, kwargs={"steps": 1, "delay": 0})
+    # When the real worker runs it
+    assert result.get(timeout=30) == {"steps": 1, "done": True}
+
+    # Then the worker's lines for that task carry the id, and name the task
+    deadline = time.monotonic() + 10
+    mine: list[dict[str, Any]] = []
+    while time.monotonic() < deadline:
+        mine = [line for line in _worker_lines(stack) if line.get("task_id") == result.id]
+        if any(line.get("message") == "task ended" for line in mine):
+            break
+        time.sleep(0.1)
+    assert mine, "the worker wrote no JSON line for the task"
+    assert {line.get("request_id") for line in mine} == {request_id}
+    assert any(line["message"] == "task started" for line in mine)
+    assert all(line.get("task") == TASK_PROGRESS_PROBE for line in mine)
+
+
+def test_a_task_enqueued_outside_a_request_has_no_request_id(stack: Stack) -> None:
+    app = create_app(stack.settings)
+    with app.app_context():
+        result = services().celery.send_task(TASK_PROGRESS_PROBE, kwargs={"steps": 1, "delay": 0})
+    assert result.get(timeout=30) == {"steps": 1, "done": True}
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        mine = [line for line in _worker_lines(stack) if line.get("task_id") == result.id]
+        if any(line.get("message") == "task ended" for line in mine):
+            break
+        time.sleep(0.1)
+    assert mine and all("request_id" not in line for line in mine)
+
+
+def test_the_live_api_echoes_the_request_id(stack: Stack, http: requests.Session) -> None:
+    response = http.get(stack.url("/healthz"), headers={"X-Request-Id": "echo-me"}, timeout=10)
+    assert response.headers["X-Request-Id"] == "echo-me"
+    generated = http.get(stack.url("/healthz"), timeout=10).headers["X-Request-Id"]
+    assert len(generated) == 32
