@@ -1,4 +1,4 @@
-"""Benchmark of serving: single-source latency and bulk throughput over HTTP, versus LightFM predict.
+"""Serving benchmark: single-source latency and bulk throughput over HTTP, vs LightFM predict.
 
 Builds a synthetic model artifact (random float32 embeddings written directly
 with ``save_artifact``; no training: serving speed does not depend on how the
@@ -98,13 +98,17 @@ def publish(settings: Settings, artifact: ModelArtifact) -> str:
 
 
 def free_port() -> int:
+    """A free TCP port on loopback."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
 
 
-def start_api(env: dict[str, str], port: int, workers: int, threads: int) -> subprocess.Popen[bytes]:
+def start_api(
+    env: dict[str, str], port: int, workers: int, threads: int
+) -> subprocess.Popen[bytes]:
+    """gunicorn serving the API, as the Procfile runs it; waits for /healthz."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--worker-class",
          "gthread", "--workers", str(workers), "--threads", str(threads), "--timeout", "600",
@@ -145,6 +149,7 @@ def naive_per_source(raw: dict[str, np.ndarray], sample: int, threads: int) -> f
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark and print its figures."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--targets", type=int, default=100_000)
     parser.add_argument("--components", type=int, default=64)
