@@ -7,7 +7,7 @@ import uuid
 from flask import Flask, g, request
 from flask_smorest import Api, Blueprint
 
-from api import data, errors, ops, recommendations, reqlog, training, webhooks
+from api import data, errors, keys, ops, recommendations, reqlog, training, webhooks
 from api.context import Services
 from api.parsing import parser
 from shared.config import Settings
@@ -75,4 +75,5 @@ def _blueprints() -> list[tuple[Blueprint, str]]:
         (training.blp, API_PREFIX),
         (recommendations.blp, API_PREFIX),
         (webhooks.blp, API_PREFIX),
+        (keys.blp, API_PREFIX),
     ]
