@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -23,7 +24,8 @@ from typing import Any, cast
 import redis
 from celery import Celery
 
-from shared.contracts import Phase, RunState, RunStatus
+from shared.config import Settings
+from shared.contracts import QUEUE_TRAIN, TASK_TRAIN, Phase, RunState, RunStatus
 from shared.errors import Conflict, NotFound
 from shared.registry import redis_guard, tenant_key
 from shared.runs import (
@@ -426,3 +428,24 @@ def release_lock(r: redis.Redis, tenant: str, model_id: str, token: str) -> None
                 pipe.unwatch()
         except redis.WatchError:
             pass
+
+
+# -- enqueueing --------------------------------------------------------------------------
+
+
+def enqueue_run(
+    r: redis.Redis, celery: Celery, settings: Settings, tenant: str, model_id: str,
+    version: int, attempt: int,
+) -> str:
+    """Send the training task for a run (by name, with the time limits) and record its id."""
+    task_id = f"train-{tenant}-{model_id}-v{version}-a{attempt}-{uuid.uuid4().hex[:8]}"
+    celery.send_task(
+        TASK_TRAIN,
+        kwargs={"tenant": tenant, "model_id": model_id, "version": version},
+        queue=QUEUE_TRAIN,
+        task_id=task_id,
+        soft_time_limit=settings.train_soft_time_limit,
+        time_limit=settings.train_hard_time_limit,
+    )
+    set_task_id(r, tenant, model_id, version, task_id)
+    return task_id

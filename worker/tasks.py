@@ -1,4 +1,4 @@
-"""Celery tasks: thin glue between the queue and the pure functions that do the work."""
+"""Celery tasks: thin glue between the queue and the functions that do the work."""
 
 from __future__ import annotations
 
@@ -11,9 +11,11 @@ from shared.contracts import (
     PROGRESS_STATE,
     TASK_PROGRESS_PROBE,
     TASK_RECONCILE_RUNS,
+    TASK_TRAIN,
     ProgressMeta,
 )
 from worker.celery_app import app
+from worker.context import worker_services
 
 
 @app.task(name=TASK_PROGRESS_PROBE, bind=True)
@@ -31,6 +33,25 @@ def progress_probe(self: Task, steps: int = 3, delay: float = 0.2) -> dict[str, 
     return {"steps": steps, "done": True}
 
 
-@app.task(name=TASK_RECONCILE_RUNS, ignore_result=True)
-def reconcile_runs() -> None:
-    """Requeue or fail runs whose worker stopped sending heartbeats (placeholder)."""
+# Late acks with reject-on-worker-lost: a run whose worker dies is delivered again; the
+# per-model lock in the runner keeps a duplicate delivery from training the model twice.
+@app.task(name=TASK_TRAIN, bind=True, acks_late=True, reject_on_worker_lost=True)
+def train_model(self: Task, tenant: str, model_id: str, version: int) -> dict[str, Any]:
+    """Train one version of a model (see :mod:`worker.runner`)."""
+    from worker.runner import execute_run
+
+    svc = worker_services(self.app)
+
+    def report(meta: ProgressMeta) -> None:
+        if self.request.id:
+            self.update_state(state=PROGRESS_STATE, meta=dict(meta))
+
+    return execute_run(svc, tenant, model_id, int(version), report)
+
+
+@app.task(name=TASK_RECONCILE_RUNS, bind=True, ignore_result=True)
+def reconcile_runs(self: Task) -> dict[str, int]:
+    """Requeue or end runs whose worker stopped sending heartbeats."""
+    from worker.reconcile import reconcile
+
+    return reconcile(worker_services(self.app))
