@@ -306,6 +306,16 @@ class RecsysClient:
         response = self.request("DELETE", f"/models/{_segment(model_id)}")
         return response.json() if response.content else None
 
+    # -- webhooks ---------------------------------------------------------------------------
+
+    def webhook_secret(self, rotate: bool = False) -> str:
+        """The tenant's callback signing secret (``admin`` scope); ``rotate`` replaces it."""
+        if rotate:
+            result = self._json("POST", "/webhook_secret/rotate")
+        else:
+            result = self._json("GET", "/webhook_secret")
+        return str(result["secret"])
+
     # -- recommendations --------------------------------------------------------------------
 
     def _recommend_request(

@@ -10,10 +10,10 @@ from shared.cli.data import data_group, dataset
 from shared.cli.keys import keys_group
 from shared.cli.main import cli, main
 from shared.cli.recommend import recommend
-from shared.cli.training import cancel, delete_model, models, status, train
+from shared.cli.training import cancel, delete_model, models, status, train, webhook_secret
 
 for _command in (keys_group, data_group, dataset, train, status, models, cancel, delete_model,
-                 recommend):
+                 recommend, webhook_secret):
     cli.add_command(_command)
 
 __all__ = ["cli", "main"]

@@ -269,3 +269,15 @@ def delete_model(state: CliState, model_id: str, yes: bool) -> None:
         print_json(state.out, result)
         return
     state.out.print(f"Deleted model {model_id}.")
+
+
+@click.command("webhook-secret")
+@click.option("--rotate", is_flag=True, help="Replace the secret (receivers need the new one).")
+@click.pass_obj
+def webhook_secret(state: CliState, rotate: bool) -> None:
+    """Print the tenant's webhook signing secret (admin scope)."""
+    secret = state.client().webhook_secret(rotate=rotate)
+    if state.as_json:
+        print_json(state.out, {"secret": secret})
+        return
+    click.echo(secret)

@@ -174,3 +174,10 @@ def test_models_lists_rows(fake_api: FakeApi) -> None:
     assert json.loads(result.stdout)["models"][0]["model_id"] == "m1"
     table = run(fake_api, "models")
     assert table.exit_code == 0 and "m1" in table.output and "completed" in table.output
+
+
+def test_webhook_secret_show_and_rotate(fake_api: FakeApi) -> None:
+    fake_api.on("GET", "/webhook_secret", (200, {"secret": "whsec_old"}))
+    fake_api.on("POST", "/webhook_secret/rotate", (200, {"secret": "whsec_new"}))
+    assert run(fake_api, "webhook-secret").stdout.strip() == "whsec_old"
+    assert run(fake_api, "webhook-secret", "--rotate").stdout.strip() == "whsec_new"
