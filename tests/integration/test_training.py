@@ -1,0 +1,125 @@
+"""Training through the real queue: a prefork worker with 2 OpenMP threads, the API over HTTP."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import requests
+from celery.result import AsyncResult
+
+from shared.contracts import PROGRESS_STATE
+from shared.storage import model_dir, open_storage
+from tests.integration.conftest import Stack
+from tests.integration.training_helpers import (
+    upload_clustered,
+    wait_for_phase,
+    wait_until_ended,
+)
+from worker.celery_app import make_celery
+
+SMALL = {"hyperparameters": {"epochs": 5, "no_components": 8}}
+
+
+@pytest.fixture(scope="module")
+def data(stack: Stack) -> int:
+    with requests.Session() as http:
+        return upload_clustered(stack, http, "clusters", n_users=300, n_items=200)
+
+
+def test_progress_rises_monotonically_to_100_with_metrics(
+    stack: Stack, http: requests.Session, data: int
+) -> None:
+    body = {"model_id": "m-progress", "data_tags": ["clusters"],
+            "hyperparameters": {"epochs": 40, "no_components": 16},
+            "evaluation": {"holdout": 0.2}}
+    response = http.post(stack.url("/train"), json=body, headers=stack.headers(), timeout=10)
+    assert response.status_code == 202, response.text
+    assert response.json()["phase"] in ("queued", "loading_data")
+    task_id = stack.redis.hget("recsys:t:default:run:m-progress:1", "task_id")
+    result = AsyncResult(task_id, app=make_celery(stack.settings, include_tasks=False))
+    states: set[str] = set()
+    seen: list[int] = []
+    phases: list[str] = []
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        status = http.get(stack.url("/status?model_id=m-progress"), headers=stack.headers(),
+                          timeout=10).json()
+        states.add(result.state)
+        seen.append(status["progress"])
+        if not phases or phases[-1] != status["phase"]:
+            phases.append(status["phase"])
+        if status["status"] != "running":
+            break
+        time.sleep(0.03)
+    assert status["status"] == "completed", status
+    assert seen == sorted(seen), "progress went backwards"
+    assert 100 not in seen[:-1] and seen[-1] == 100
+    assert len(set(seen)) >= 5
+    assert {"training", "evaluating", "done"} <= set(phases)
+    assert PROGRESS_STATE in states
+    metrics = status["metrics"]
+    assert metrics["k"] == 10 and metrics["precision_at_k"] > metrics["baseline_precision_at_k"]
+    assert status["counts"] == {"entities": 500, "interactions": data, "sources": 300,
+                                "targets": 200}
+    assert status["data_batch_ids"] and status["start_timestamp"] and status["end_timestamp"]
+    model = http.get(stack.url("/models/m-progress"), headers=stack.headers(), timeout=10).json()
+    assert model["serving_version"] == 1 and model["versions"] == [1]
+    storage = open_storage(stack.settings.storage_root())
+    assert storage.exists(f"{model_dir('default', 'm-progress', 1)}/manifest.json")
+
+
+def test_a_model_training_gets_409_and_cancel_stops_it(
+    stack: Stack, http: requests.Session, data: int
+) -> None:
+    body = {"model_id": "m-busy", "data_tags": ["clusters"],
+            "hyperparameters": {"epochs": 1000, "no_components": 8}, "evaluation": {"holdout": 0}}
+    assert http.post(stack.url("/train"), json=body, headers=stack.headers(),
+                     timeout=10).status_code == 202
+    again = http.post(stack.url("/train"), json=body, headers=stack.headers(), timeout=10)
+    assert again.status_code == 409
+    assert again.json()["error"]["details"]["model_id"] == "m-busy"
+    wait_for_phase(stack, http, "m-busy", "training")
+    cancel = http.post(stack.url("/train/m-busy/cancel"), headers=stack.headers(), timeout=10)
+    assert cancel.status_code == 202
+    final, _ = wait_until_ended(stack, http, "m-busy", timeout=30)
+    assert (final["status"], final["phase"]) == ("error", "cancelled")
+    assert final["progress"] < 100
+    model = http.get(stack.url("/models/m-busy"), headers=stack.headers(), timeout=10).json()
+    assert model["serving_version"] is None
+
+
+def test_a_failing_retrain_leaves_the_old_version_serving(
+    stack: Stack, http: requests.Session, data: int
+) -> None:
+    first = {"model_id": "m-keep", "data_tags": ["clusters"], **SMALL}
+    assert http.post(stack.url("/train"), json=first, headers=stack.headers(),
+                     timeout=10).status_code == 202
+    assert wait_until_ended(stack, http, "m-keep")[0]["status"] == "completed"
+    failing = {**first, "data_tags": ["no-such-tag"]}
+    assert http.post(stack.url("/train"), json=failing, headers=stack.headers(),
+                     timeout=10).status_code == 202
+    final, _ = wait_until_ended(stack, http, "m-keep")
+    assert (final["status"], final["phase"], final["version"]) == ("error", "failed", 2)
+    assert "data_tags" in final["message"]
+    model = http.get(stack.url("/models/m-keep"), headers=stack.headers(), timeout=10).json()
+    assert model["serving_version"] == 1 and model["versions"] == [1]
+    assert http.post(stack.url("/train"), json=first, headers=stack.headers(),
+                     timeout=10).status_code == 202
+    assert wait_until_ended(stack, http, "m-keep")[0]["status"] == "completed"
+    model = http.get(stack.url("/models/m-keep"), headers=stack.headers(), timeout=10).json()
+    assert model["serving_version"] == 3 and model["versions"] == [1, 3]
+
+
+def test_dry_run_reports_counts_without_creating_a_run(
+    stack: Stack, http: requests.Session, data: int
+) -> None:
+    body = {"model_id": "m-dry", "data_tags": ["clusters"], "dry_run": True,
+            "interaction_weights": {"view": 0.5}}
+    response = http.post(stack.url("/train"), json=body, headers=stack.headers(), timeout=30)
+    assert response.status_code == 200, response.text
+    got = response.json()
+    assert got["counts"]["sources"] == 300 and got["counts"]["interactions"] == data
+    assert got["estimated_duration_seconds"] > 0
+    assert http.get(stack.url("/models/m-dry"), headers=stack.headers(),
+                    timeout=10).status_code == 404
