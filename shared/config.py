@@ -141,6 +141,11 @@ class Settings:
     max_run_attempts: int = 3
     reconcile_interval: float = 15.0
     keep_versions: int = 3
+    #: Most source ids one recommendations request may list.
+    max_recommend_source_ids: int = 100_000
+    #: Unseen sources per recommendations request whose uploaded entity record is read for
+    #: cold start (each read scans the entity batches); the rest get the most popular items.
+    max_cold_start_lookups: int = 100
     callback_connect_timeout: float = 3.0
     callback_read_timeout: float = 15.0
     #: Seconds between callback attempts after the first (API.md: 5 s, 5 min, 30 min, 2 h,
@@ -245,6 +250,8 @@ class Settings:
         read("RECSYS_MAX_RUN_ATTEMPTS", "max_run_attempts", _positive_int)
         read("RECSYS_RECONCILE_INTERVAL", "reconcile_interval", _positive_float)
         read("RECSYS_KEEP_VERSIONS", "keep_versions", _positive_int)
+        read("RECSYS_MAX_RECOMMEND_SOURCE_IDS", "max_recommend_source_ids", _positive_int)
+        read("RECSYS_MAX_COLD_START_LOOKUPS", "max_cold_start_lookups", _positive_int)
         read("RECSYS_CALLBACK_CONNECT_TIMEOUT", "callback_connect_timeout", _positive_float)
         read("RECSYS_CALLBACK_READ_TIMEOUT", "callback_read_timeout", _positive_float)
         read("RECSYS_CALLBACK_RETRY_DELAYS", "callback_retry_delays", _delays)
