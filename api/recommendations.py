@@ -41,11 +41,6 @@ blp.ARGUMENTS_PARSER = parser
 CACHE_EXTENSION = "recsys_model_cache"
 #: Largest ``max_recommendations``.
 MAX_RECOMMENDATIONS = 1000
-#: Most source ids one request may list (bulk requests beyond this: ask for every source).
-MAX_SOURCE_IDS = 100_000
-#: Unseen sources per request whose metadata is looked up in the uploaded entity batches;
-#: each lookup reads the entity batches, so the rest of a large request gets popularity.
-MAX_METADATA_LOOKUPS = 100
 CSV_HEADER = ("source_id", "target_id", "rank", "score")
 MODEL_ID_PATTERN = r"^[A-Za-z0-9_.-]{1,128}$"
 
@@ -193,13 +188,15 @@ def _check_types(model: LoadedModel, source_type: str | None, target_type: str |
 
 
 def _dedupe(ids: list[str]) -> list[str]:
+    """Distinct ids in first-seen order, within the configured limit (422 beyond it)."""
     unique = list(dict.fromkeys(ids))
-    if len(unique) > MAX_SOURCE_IDS:
+    limit = services().settings.max_recommend_source_ids
+    if len(unique) > limit:
         raise ValidationFailed(
-            f"At most {MAX_SOURCE_IDS} source ids per request; leave source_id out to "
-            "stream every source instead.",
+            f"At most {limit} source ids per request; leave source_id out to stream every "
+            "source instead.",
             code="too_many_source_ids",
-            details={"limit": MAX_SOURCE_IDS, "given": len(unique)},
+            details={"limit": limit, "given": len(unique)},
         )
     return unique
 
@@ -210,9 +207,10 @@ def _entity_lookup(tenant: str, model: LoadedModel) -> MetadataLookup:
 
     svc = services()
     budget = itertools.count()
+    limit = svc.settings.max_cold_start_lookups
 
     def lookup(source_id: str) -> Mapping[str, Any] | None:
-        if next(budget) >= MAX_METADATA_LOOKUPS:
+        if next(budget) >= limit:
             return None
         try:
             record = latest_entity(svc.storage, svc.redis, tenant, source_id)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 from typing import Any
 
@@ -288,3 +289,43 @@ def test_openapi_documents_the_endpoint(client: FlaskClient) -> None:
     assert {"get", "post"} <= set(path)
     names = {p["name"] for p in path["get"]["parameters"]}
     assert {"model_id", "source_id", "max_recommendations", "output_format"} <= names
+
+
+def _limit(app: Flask, **changes: Any) -> None:
+    svc = app.extensions["recsys"]
+    app.extensions["recsys"] = dataclasses.replace(
+        svc, settings=dataclasses.replace(svc.settings, **changes))
+
+
+def test_too_many_source_ids_is_422(
+    app: Flask, client: FlaskClient, auth: dict[str, str], model: ModelArtifact
+) -> None:
+    _limit(app, max_recommend_source_ids=3)
+    ok = client.post(URL, json={"model_id": "m", "source_id": ["u0", "u1", "u1", "u2"]},
+                     headers=auth)
+    assert ok.status_code == 200  # duplicates count once
+    resp = client.post(URL, json={"model_id": "m", "source_id": ["u0", "u1", "u2", "u3"]},
+                       headers=auth)
+    assert resp.status_code == 422
+    assert resp.get_json()["error"]["code"] == "too_many_source_ids"
+
+
+def test_uploaded_metadata_lookups_are_capped_per_request(
+    app: Flask, client: FlaskClient, auth: dict[str, str], model: ModelArtifact,
+    monkeypatch: Any,
+) -> None:
+    _limit(app, max_cold_start_lookups=2)
+    calls: list[str] = []
+
+    def latest(storage: Any, r: Any, tenant: str, entity_id: str) -> dict[str, Any]:
+        calls.append(entity_id)
+        return {"id": entity_id, "type": "user", "metadata": {"country": "de"}}
+
+    monkeypatch.setattr("shared.selection.latest_entity", latest)
+    rows = recs(client.get(URL, query_string={"model_id": "m", "source_id": "a,b,c"},
+                           headers=auth))
+    assert calls == ["a", "b"]
+    popular = [f"i{c}" for c in np.argsort(-model.target_popularity, kind="stable")[:10]]
+    assert targets(rows, "a") == targets(rows, "b") != popular
+    assert targets(rows, "c") == popular
+    assert all(r["fallback"] for r in rows)
