@@ -62,16 +62,14 @@ class LoadedModel:
     model_id: str
     version: int
     artifact: ModelArtifact
-    sorted_ids: np.ndarray = field(init=False)
     sorted_rows: np.ndarray = field(init=False)
     pop_order: np.ndarray = field(init=False)
     feature_index: dict[str, int] | None = field(init=False)
     numeric_scales: dict[str, float] = field(init=False)
 
     def __post_init__(self) -> None:
-        ids = self.artifact.source_ids
-        self.sorted_rows = np.argsort(ids, kind="stable")
-        self.sorted_ids = np.asarray(ids[self.sorted_rows])
+        # Only the permutation is kept: lookups search the memory-mapped ids through it.
+        self.sorted_rows = np.argsort(self.artifact.source_ids, kind="stable")
         self.pop_order = scoring.popularity_order(self.artifact.target_popularity)
         spec = self.artifact.manifest.get("source_features")
         if spec and self.artifact.source_feature_embeddings is not None:
@@ -112,10 +110,11 @@ class LoadedModel:
         """Row of each source id in the artifact, -1 for ids the model never saw (vectorised)."""
         if self.n_sources == 0 or len(ids) == 0:
             return np.full(len(ids), -1, dtype=np.int64)
-        pos = np.searchsorted(self.sorted_ids, ids)
-        pos = np.minimum(pos, self.n_sources - 1)
-        found = self.sorted_ids[pos] == ids
-        return np.where(found, self.sorted_rows[pos], -1).astype(np.int64)
+        source_ids = self.artifact.source_ids
+        pos = np.searchsorted(source_ids, ids, sorter=self.sorted_rows)
+        rows = self.sorted_rows[np.minimum(pos, self.n_sources - 1)]
+        found = source_ids[rows] == ids
+        return np.where(found, rows, -1).astype(np.int64)
 
     def cold_repr(self, metadata: Mapping[str, Any]) -> np.ndarray | None:
         """A representation for an unseen source from its metadata, None when none is usable."""

@@ -217,3 +217,12 @@ def test_clean_scores_keep_seven_significant_digits() -> None:
     cleaned = serving.clean_scores(raw)
     assert cleaned[:5] == [0.1, 0.3333333, -2.5e-06, 12345680.0, 0.0]
     assert cleaned[5] == float("-inf")
+
+
+def test_rows_of_finds_known_ids_of_any_length_and_flags_unknown(
+    fake_redis: fakeredis.FakeRedis, storage: Storage
+) -> None:
+    register(fake_redis, storage, T, "ids", make_artifact(n_sources=12))
+    model = serving.ModelCache().get(fake_redis, storage, T, "ids")
+    query = np.array(["u11", "a", "u1", "u10x", "zzzzzzzzzzzz", "u0", ""])
+    assert model.rows_of(query).tolist() == [11, -1, 1, -1, -1, 0, -1]
