@@ -137,6 +137,7 @@ def run_demo(
     interactions: int = 60_000,
     epochs: int = 10,
     seed: int = 7,
+    keep_hint: bool = True,
 ) -> DemoResult:
     """The whole demo against a ready stack; returns what it showed."""
     started = time.monotonic()
@@ -173,7 +174,9 @@ def run_demo(
     out.rule("4. Recommendations for a few users")
     lookup = _item_lookup(shop)
     per_user: dict[str, list[dict[str, Any]]] = {}
-    active = np.argsort(-np.bincount(shop.event_user, minlength=users))[[0, 50, 400]]
+    # The most active user, a fairly active one and a typical one.
+    by_activity = np.argsort(-np.bincount(shop.event_user, minlength=users), kind="stable")
+    active = by_activity[[0, users // 40, users // 5]]
     for index in active:
         user = str(shop.user_ids[index])
         interests = [CATEGORIES[int(c)] for c in shop.user_interests[index]]
@@ -195,8 +198,9 @@ def run_demo(
               f"(a random pick would give about {chance:.0%}).")
     seconds = time.monotonic() - started
     out.rule(f"Done in {seconds:.0f} s")
-    out.print(f"Try: recsys recommend {MODEL_ID} --source {shop.user_ids[active[0]]}   "
-              f"recsys status {MODEL_ID}")
+    if keep_hint:
+        out.print(f"Try: recsys recommend {MODEL_ID} --source {shop.user_ids[active[0]]}   "
+                  f"recsys status {MODEL_ID}")
     return DemoResult(status, per_user, new_rows, share, seconds)
 
 
@@ -293,7 +297,9 @@ def cli(url: str, api_key: str | None, users: int, items: int, interactions: int
             run_demo(client, out, **sizes)
             return
         with own_stack(out) as own:
-            run_demo(own, out, **sizes)
+            run_demo(own, out, keep_hint=False, users=users, items=items,
+                     interactions=interactions, epochs=epochs, seed=seed)
+        out.print("Start the stack with `make run` to keep it (and the demo model) around.")
     except ClientError as exc:
         text = exc.one_line() if isinstance(exc, ApiError) else exc.message
         raise click.ClickException(text) from exc
