@@ -280,8 +280,6 @@ def cli(url: str, api_key: str | None, users: int, items: int, interactions: int
         seed: int) -> None:
     """Generate a shop, upload it, train with live progress, and show recommendations."""
     out = Console()
-    sizes = {"users": users, "items": items, "interactions": interactions, "epochs": epochs,
-             "seed": seed}
     client = RecsysClient(url, api_key or read_local_key(local_key_file()))
     try:
         state = _probe(client)
@@ -294,7 +292,8 @@ def cli(url: str, api_key: str | None, users: int, items: int, interactions: int
                 raise click.UsageError(f"No API key: set RECSYS_API_KEY or create "
                                        f"{local_key_file()} (`make run` does).")
             out.print(f"Using the stack at {client.base}.")
-            run_demo(client, out, **sizes)
+            run_demo(client, out, users=users, items=items, interactions=interactions,
+                     epochs=epochs, seed=seed)
             return
         with own_stack(out) as own:
             run_demo(own, out, keep_hint=False, users=users, items=items,
