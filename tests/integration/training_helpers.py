@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
-import pyarrow as pa
+import pyarrow.compute as pc
 import requests
 
 from tests.integration.conftest import Stack
@@ -16,12 +17,12 @@ def upload_clustered(stack: Stack, http: requests.Session, tag: str, **kwargs: A
     """Upload synthetic clustered data through POST /data_batch; returns interactions sent."""
     entities, interactions = clustered(**kwargs)
     ents = [{"id": r["id"], "type": r["type"], "name": r["name"],
-             "metadata": __import__("json").loads(r["metadata"]), "media_url": None}
+             "metadata": json.loads(r["metadata"]), "media_url": None}
             for r in entities.to_pylist()]
     ts = interactions.column("timestamp")
     rows = interactions.set_column(
         interactions.schema.get_field_index("timestamp"), "timestamp",
-        pa.compute.strftime(ts, format="%Y-%m-%dT%H:%M:%SZ"),
+        pc.strftime(ts, format="%Y-%m-%dT%H:%M:%SZ"),
     ).to_pylist()
     inters = [{"type": r["type"], "source_id": r["source_id"], "target_id": r["target_id"],
                "timestamp": r["timestamp"], "metadata": {}} for r in rows]
