@@ -42,9 +42,10 @@ class TopK(NamedTuple):
     ranks: np.ndarray
 
 
-def block_rows(n_targets: int, budget_bytes: int = BLOCK_BUDGET_BYTES) -> int:
+def block_rows(n_targets: int, budget_bytes: int | None = None) -> int:
     """How many sources one block scores so its float32 score matrix stays within budget."""
-    return max(1, min(MAX_BLOCK_ROWS, budget_bytes // (4 * max(1, n_targets))))
+    budget = BLOCK_BUDGET_BYTES if budget_bytes is None else budget_bytes
+    return max(1, min(MAX_BLOCK_ROWS, budget // (4 * max(1, n_targets))))
 
 
 def score_block(

@@ -102,7 +102,6 @@ def test_every_source_is_streamed_as_one_valid_document(
 ) -> None:
     # Small blocks, so eight sources take several blocks (the streamed path).
     monkeypatch.setattr("shared.scoring.BLOCK_BUDGET_BYTES", 3 * 500 * 4)
-    monkeypatch.setattr("shared.serving.scoring.block_rows", lambda n, budget=0: 3)
     resp = client.get(URL, query_string={"model_id": "m", "max_recommendations": 2},
                       headers=auth)
     assert resp.is_streamed
