@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,6 +22,8 @@ from shared.ingest import Prepared, delete_files, prepare_csv, prepare_json, row
 from shared.ingest import workspace as upload_workspace
 from shared.selection import DataSpec, select_data, summarise
 from shared.uploads import FILE_FIELDS, receive_multipart
+
+log = logging.getLogger(__name__)
 
 blp = Blueprint(
     "data", __name__, description="Data batches: upload, list, delete, and the dataset summary."
@@ -123,10 +127,12 @@ def _upload_multipart(tenant: str) -> list[BatchMeta]:
         settings.max_files_per_request * (settings.max_file_bytes + MULTIPART_OVERHEAD)
         + MULTIPART_OVERHEAD
     )
+    started = time.perf_counter()
     with upload_workspace(settings) as workdir:
         received = receive_multipart(
             request.stream, request.content_type or "", request.content_length, workdir, settings
         )
+        received_at = time.perf_counter()
         unknown = sorted(set(received.fields) - {"tags"})
         if unknown:
             raise ValidationFailed(
@@ -152,7 +158,15 @@ def _upload_multipart(tenant: str) -> list[BatchMeta]:
                 errors.extend(result)
         if errors:
             raise row_errors(errors)
-        return store(svc.storage, svc.redis, tenant, prepared, tags, datetime.now(UTC))
+        converted_at = time.perf_counter()
+        metas = store(svc.storage, svc.redis, tenant, prepared, tags, datetime.now(UTC))
+        log.info(
+            "upload of %d file(s), %d rows, %d bytes: received %.2f s, converted %.2f s, "
+            "stored %.2f s", len(prepared), sum(p.rows for p in prepared),
+            sum(f.size for f in received.files), received_at - started,
+            converted_at - received_at, time.perf_counter() - converted_at,
+        )
+        return metas
 
 
 def _upload_json(tenant: str) -> list[BatchMeta]:

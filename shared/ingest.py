@@ -20,6 +20,7 @@ import logging
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -40,13 +41,27 @@ from shared.storage import Storage, batch_path
 
 log = logging.getLogger(__name__)
 
-#: Bytes pyarrow parses per block; a record must fit in one block.
-BLOCK_SIZE = 8 << 20
-#: Rows buffered before a Parquet row group is written.
-ROW_GROUP_ROWS = 500_000
+#: Bytes pyarrow parses per block (small blocks parallelise best); a record must fit in one.
+BLOCK_SIZE = 1 << 20
+#: Block size of the second attempt when a record is larger than :data:`BLOCK_SIZE`.
+LARGE_BLOCK_SIZE = 64 << 20
+#: Rows converted and written together (one Parquet row group).
+ROW_GROUP_ROWS = 250_000
 #: Longest header line read, in bytes.
 MAX_HEADER_BYTES = 64 * 1024
-PARQUET_COMPRESSION = "snappy"
+PARQUET_COMPRESSION = "lz4"
+#: Parquet options per kind: dictionaries only where values repeat a lot, statistics only
+#: where readers filter (ids of entities for latest_entity, timestamps for the age cut).
+PARQUET_OPTIONS: dict[Kind, dict[str, Any]] = {
+    "entities": {"use_dictionary": ["type", "metadata"], "write_statistics": ["id"]},
+    "interactions": {"use_dictionary": ["type", "metadata"], "write_statistics": ["timestamp"]},
+}
+
+
+def parquet_writer(path: Path, kind: Kind) -> pq.ParquetWriter:
+    """A Parquet writer for a batch file of ``kind``."""
+    return pq.ParquetWriter(path, SCHEMAS[kind], compression=PARQUET_COMPRESSION,
+                            **PARQUET_OPTIONS[kind])
 
 
 @dataclass
@@ -144,13 +159,14 @@ def detect_kind(names: Sequence[str], source: str) -> Kind:
     )
 
 
-def _open_reader(path: Path, names: list[str], kind: Kind) -> pv.CSVStreamingReader:
+def _open_reader(path: Path, names: list[str], kind: Kind, block_size: int = BLOCK_SIZE
+                 ) -> pv.CSVStreamingReader:
     unique = [n if n in COLUMNS[kind] and names.index(n) == i else f"_extra_{i}"
               for i, n in enumerate(names)]
     return pv.open_csv(
         path,
         read_options=pv.ReadOptions(
-            column_names=unique, skip_rows=1, block_size=BLOCK_SIZE, use_threads=True
+            column_names=unique, skip_rows=1, block_size=block_size, use_threads=True
         ),
         parse_options=pv.ParseOptions(newlines_in_values=True),
         convert_options=pv.ConvertOptions(
@@ -176,21 +192,58 @@ def _with_lines(path: Path, names: list[str], source: str, problems: list[Proble
     return [_error(source, lines.get(p.row), p.column, p.message) for p in problems]
 
 
-def prepare_csv(path: Path, source: str, out: Path, settings: Settings) -> Prepared | list[
-        dict[str, Any]]:
-    """Convert one uploaded CSV file to a temporary Parquet file, or return its row errors."""
-    names = read_header(path, source)
-    kind = detect_kind(names, source)
+class _Chunks:
+    """Converts and writes chunks of rows in one background thread, in order.
+
+    pyarrow releases the GIL while it parses, converts and encodes, so reading the next
+    blocks of the CSV overlaps with converting and writing the previous ones.
+    """
+
+    def __init__(self, kind: Kind, out: Path) -> None:
+        self.kind = kind
+        self.writer = parquet_writer(out, kind)
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest")
+        self.pending: list[Future[list[Problem]]] = []
+        self.problems: list[Problem] = []
+
+    def _convert(self, batches: list[pa.RecordBatch], offset: int) -> list[Problem]:
+        table, found = convert(self.kind, pa.Table.from_batches(batches))
+        if found:
+            return [Problem(p.row + offset, p.column, p.message) for p in found]
+        if not self.problems:
+            self.writer.write_table(table)
+        return []
+
+    def submit(self, batches: list[pa.RecordBatch], offset: int) -> None:
+        """Queue a chunk; waits while two are already queued, so memory stays bounded."""
+        self.pending.append(self.pool.submit(self._convert, batches, offset))
+        while len(self.pending) > 2 or (self.pending and self.pending[0].done()):
+            self.problems.extend(self.pending.pop(0).result())
+
+    def finish(self) -> list[Problem]:
+        """Wait for every chunk; the problems found, first ones first."""
+        for future in self.pending:
+            self.problems.extend(future.result())
+        self.pending = []
+        return sorted(self.problems)[:MAX_PROBLEMS]
+
+    def close(self) -> None:
+        """Stop the thread and close the file."""
+        for future in self.pending:
+            future.cancel()
+        self.pool.shutdown(wait=True)
+        self.writer.close()
+
+
+def _convert_file(path: Path, names: list[str], kind: Kind, out: Path, source: str,
+                  settings: Settings, block_size: int) -> tuple[int, list[Problem]]:
     rows = 0
-    problems: list[Problem] = []
-    pending: list[pa.Table] = []
-    pending_rows = 0
-    writer = pq.ParquetWriter(out, SCHEMAS[kind], compression=PARQUET_COMPRESSION)
+    chunk: list[pa.RecordBatch] = []
+    chunk_rows = 0
+    chunks = _Chunks(kind, out)
     try:
         try:
-            reader = _open_reader(path, names, kind)
-            for batch in reader:
-                offset = rows
+            for batch in _open_reader(path, names, kind, block_size):
                 rows += batch.num_rows
                 if rows > settings.max_file_rows:
                     raise PayloadTooLarge(
@@ -199,30 +252,43 @@ def prepare_csv(path: Path, source: str, out: Path, settings: Settings) -> Prepa
                         code="too_many_rows",
                         details={"file": source, "max_file_rows": settings.max_file_rows},
                     )
-                table, found = convert(kind, pa.Table.from_batches([batch]))
-                if found:
-                    problems.extend(Problem(p.row + offset, p.column, p.message) for p in found)
-                    if len(problems) >= MAX_PROBLEMS:
+                chunk.append(batch)
+                chunk_rows += batch.num_rows
+                if chunk_rows >= ROW_GROUP_ROWS:
+                    chunks.submit(chunk, rows - chunk_rows)
+                    chunk, chunk_rows = [], 0
+                    if len(chunks.problems) >= MAX_PROBLEMS:
                         break
-                elif not problems:
-                    pending.append(table)
-                    pending_rows += table.num_rows
-                    if pending_rows >= ROW_GROUP_ROWS:
-                        writer.write_table(pa.concat_tables(pending))
-                        pending, pending_rows = [], 0
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-            if "Empty CSV file" in str(exc):
-                rows = 0
-            else:
-                return _structural_errors(path, names, source, exc)
-        if problems:
-            return _with_lines(path, names, source, sorted(problems)[:MAX_PROBLEMS])
-        if rows == 0:
-            return [_error(source, None, None, "the file has a header but no rows")]
-        if pending:
-            writer.write_table(pa.concat_tables(pending))
+        except pa.ArrowInvalid as exc:
+            if "Empty CSV file" not in str(exc):
+                raise
+        if chunk:
+            chunks.submit(chunk, rows - chunk_rows)
+        return rows, chunks.finish()
     finally:
-        writer.close()
+        chunks.close()
+
+
+def prepare_csv(path: Path, source: str, out: Path, settings: Settings) -> Prepared | list[
+        dict[str, Any]]:
+    """Convert one uploaded CSV file to a temporary Parquet file, or return its row errors."""
+    names = read_header(path, source)
+    kind = detect_kind(names, source)
+    try:
+        try:
+            rows, problems = _convert_file(path, names, kind, out, source, settings, BLOCK_SIZE)
+        except pa.ArrowInvalid as exc:
+            if "straddl" not in str(exc):
+                raise
+            # A record larger than a block: read again with blocks large enough for any sane one.
+            rows, problems = _convert_file(path, names, kind, out, source, settings,
+                                           LARGE_BLOCK_SIZE)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        return _structural_errors(path, names, source, exc)
+    if problems:
+        return _with_lines(path, names, source, problems)
+    if rows == 0:
+        return [_error(source, None, None, "the file has a header but no rows")]
     return Prepared(kind, out, rows, out.stat().st_size, source)
 
 
@@ -304,7 +370,8 @@ def prepare_json(
             errors.extend(sorted(found, key=lambda e: e["index"]))
             continue
         out = workdir / f"{kind}.parquet"
-        pq.write_table(table, out, compression=PARQUET_COMPRESSION)
+        with parquet_writer(out, kind) as writer:
+            writer.write_table(table)
         prepared.append(Prepared(kind, out, table.num_rows, out.stat().st_size, kind))
     if errors:
         raise row_errors(errors)
