@@ -33,7 +33,7 @@ import redis
 
 from shared import runs, scoring
 from shared.artifact import CACHE_SUBDIR, ModelArtifact, load_artifact
-from shared.errors import Conflict, NotFound
+from shared.errors import Conflict, DependencyUnavailable, NotFound
 from shared.features import cold_start_row
 from shared.storage import Storage
 
@@ -153,8 +153,31 @@ class ModelCache:
     ) -> LoadedModel:
         """The serving version of a model; 404 unknown, 409 while its first training runs."""
         version = runs.serving_version(r, tenant, model_id)
-        if version is None:
-            raise _not_serving(r, tenant, model_id)
+        for _attempt in range(3):
+            if version is None:
+                raise _not_serving(r, tenant, model_id)
+            try:
+                return self._get_version(storage, tenant, model_id, version, data_dir)
+            except NotFound as exc:
+                # The version may have been replaced (and its files pruned) since the HGET.
+                latest = runs.serving_version(r, tenant, model_id)
+                if latest == version:
+                    raise DependencyUnavailable(
+                        f"The files of version {version} of model '{model_id}' are missing "
+                        "on storage.",
+                        code="model_artifact_missing",
+                        details={"model_id": model_id, "version": version,
+                                 "dependency": "storage"},
+                    ) from exc
+                version = latest
+        raise DependencyUnavailable(
+            f"Model '{model_id}' changed versions while loading; try again.",
+            details={"model_id": model_id, "dependency": "storage"},
+        )
+
+    def _get_version(
+        self, storage: Storage, tenant: str, model_id: str, version: int, data_dir: Path | None
+    ) -> LoadedModel:
         key = (tenant, model_id, version)
         with self._lock:
             hit = self._models.get(key)
@@ -167,12 +190,7 @@ class ModelCache:
             if hit is not None:
                 return hit
             cache_dir = None if data_dir is None else data_dir / CACHE_SUBDIR
-            try:
-                artifact = load_artifact(storage, tenant, model_id, version, cache_dir=cache_dir)
-            except NotFound:
-                if runs.get_model(r, tenant, model_id) is None:
-                    raise _unknown(model_id) from None
-                raise
+            artifact = load_artifact(storage, tenant, model_id, version, cache_dir=cache_dir)
             loaded = LoadedModel(tenant, model_id, version, artifact)
         with self._lock:
             for other in [k for k in self._models if k[:2] == key[:2] and k[2] < version]:

@@ -16,7 +16,7 @@ import pytest
 
 from shared import serving
 from shared.artifact import ModelArtifact, save_artifact
-from shared.errors import Conflict, NotFound
+from shared.errors import Conflict, DependencyUnavailable, NotFound
 from shared.runs_lifecycle import complete_run, create_run, start_attempt
 from shared.storage import Storage
 
@@ -226,3 +226,24 @@ def test_rows_of_finds_known_ids_of_any_length_and_flags_unknown(
     model = serving.ModelCache().get(fake_redis, storage, T, "ids")
     query = np.array(["u11", "a", "u1", "u10x", "zzzzzzzzzzzz", "u0", ""])
     assert model.rows_of(query).tolist() == [11, -1, 1, -1, -1, 0, -1]
+
+
+def test_missing_files_of_the_serving_version_are_503_not_a_crash(
+    fake_redis: fakeredis.FakeRedis, storage: Storage
+) -> None:
+    register(fake_redis, storage, T, "gone", make_artifact())
+    storage.delete_tree("tenants/acme/models/gone/v1")
+    with pytest.raises(DependencyUnavailable) as exc:
+        serving.ModelCache().get(fake_redis, storage, T, "gone")
+    assert exc.value.status == 503 and exc.value.code == "model_artifact_missing"
+
+
+def test_a_version_pruned_between_lookup_and_load_is_retried_with_the_new_one(
+    fake_redis: fakeredis.FakeRedis, storage: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    register(fake_redis, storage, T, "race", make_artifact(seed=1))
+    register(fake_redis, storage, T, "race", make_artifact(seed=2))
+    storage.delete_tree("tenants/acme/models/race/v1")
+    answers = iter([1, 2, 2])
+    monkeypatch.setattr(serving.runs, "serving_version", lambda r, t, m: next(answers))
+    assert serving.ModelCache().get(fake_redis, storage, T, "race").version == 2
