@@ -8,8 +8,9 @@ import redis
 from flask import Response
 from flask.views import MethodView
 from flask_smorest import Blueprint
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
+from api import metrics
 from api.context import services
 from api.errors import error_response
 from shared.errors import DependencyUnavailable
@@ -78,5 +79,5 @@ class Metrics(MethodView):
     @blp.doc(security=[])
     @blp.response(200, content_type=CONTENT_TYPE_LATEST)
     def get(self) -> Response:
-        """Prometheus metrics in the text exposition format."""
-        return Response(generate_latest(), mimetype=CONTENT_TYPE_LATEST)
+        """Prometheus metrics in the text exposition format (see api/metrics.py for the list)."""
+        return Response(metrics.render(), mimetype=CONTENT_TYPE_LATEST)
