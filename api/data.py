@@ -202,7 +202,7 @@ class DataBatches(MethodView):
         return [m.as_dict() for m in metas]
 
     @require("data:read")
-    @blp.arguments(BatchQuerySchema, location="query", as_kwargs=True)
+    @blp.arguments(BatchQuerySchema, location="query", as_kwargs=True, unknown=ma.RAISE)
     @blp.response(200, BatchSchema(many=True))
     def get(self, batch_id: list[str] | None = None, tags: list[str] | None = None
             ) -> list[dict[str, Any]]:
@@ -211,7 +211,7 @@ class DataBatches(MethodView):
         return [m.as_dict() for m in metas]
 
     @require("data:write")
-    @blp.arguments(BatchQuerySchema, location="query", as_kwargs=True)
+    @blp.arguments(BatchQuerySchema, location="query", as_kwargs=True, unknown=ma.RAISE)
     @blp.response(200, BatchSchema(many=True))
     def delete(self, batch_id: list[str] | None = None, tags: list[str] | None = None
                ) -> list[dict[str, Any]]:
@@ -240,7 +240,7 @@ def _dataset(body: dict[str, Any]) -> dict[str, Any]:
 @blp.route("/dataset")
 class Dataset(MethodView):
     @require("data:read")
-    @blp.arguments(DatasetQuerySchema, location="query", as_kwargs=True)
+    @blp.arguments(DatasetQuerySchema, location="query", as_kwargs=True, unknown=ma.RAISE)
     @blp.response(200, DatasetSchema)
     def get(self, **query: Any) -> dict[str, Any]:
         """Totals of what a training run with this selection would use."""

@@ -118,6 +118,8 @@ def test_list_filters_by_all_tags_and_ids(client: FlaskClient, auth: dict[str, s
     assert ids(f"?batch_id={a},{c}") == [a, c]
     assert ids(f"?batch_id={b}&tags=y") == []
     assert ids("?tags=nope") == []
+    res = client.get(URL + "?tag=x", headers=auth)  # a typo is an error, not "everything"
+    assert res.status_code == 422 and "tag" in res.json["error"]["details"]["fields"]
 
 
 def test_delete_needs_a_selection_and_removes_files(
