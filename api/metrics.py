@@ -38,7 +38,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
-from prometheus_client.utils import floatToGoString
+from prometheus_client.utils import floatToGoString as _go_float
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -146,6 +146,11 @@ def _scrape_client(metrics: RequestMetrics) -> redis.Redis:
     return client
 
 
+def _le(value: float) -> str:
+    """A bucket bound as Prometheus writes it ("60.0", "+Inf")."""
+    return str(_go_float(value))  # type: ignore[no-untyped-call]
+
+
 def _queue_keys(queue: str) -> list[str]:
     return [queue, *(f"{queue}{_PRIORITY_SEP}{step}" for step in _PRIORITY_STEPS)]
 
@@ -200,13 +205,13 @@ class RedisStateCollector(Collector):
             "Wall-clock duration of ended training runs, by outcome.",
             labels=["outcome"],
         )
-        empty = [(floatToGoString(b), 0.0) for b in RUN_DURATION_BUCKETS] + [("+Inf", 0.0)]
+        empty = [(_le(b), 0.0) for b in RUN_DURATION_BUCKETS] + [("+Inf", 0.0)]
         outcomes = list(RUN_OUTCOMES) + sorted(set(counters.runs) - set(RUN_OUTCOMES))
         for outcome in outcomes:
             hist = counters.runs.get(outcome)
             runs.add_metric([outcome], hist.count if hist else 0)
             buckets = (
-                [(floatToGoString(float(le)), n) for le, n in hist.buckets] if hist else empty
+                [(_le(float(le)), n) for le, n in hist.buckets] if hist else empty
             )
             durations.add_metric([outcome], buckets, hist.sum_s if hist else 0.0)
         yield runs
