@@ -150,7 +150,7 @@ class RecommendedItems(MethodView):
         """The same as GET with a JSON body; ``source_metadata`` cold-starts unseen sources."""
         ids = params.pop("source_id", None)
         metadata = params.pop("source_metadata", None)
-        if ids is not None and not ids:
+        if ids is not None and (not ids or "" in ids):
             raise _empty_ids()
         if metadata is not None and ids is None:
             raise ValidationFailed(
@@ -162,7 +162,7 @@ class RecommendedItems(MethodView):
 
 def _empty_ids() -> ValidationFailed:
     return ValidationFailed(
-        "source_id is empty: give at least one id, or leave it out for every source.",
+        "source_id is empty: give non-empty ids, or leave it out for every source.",
         code="empty_source_id",
     )
 

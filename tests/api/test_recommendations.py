@@ -259,6 +259,8 @@ def test_post_body_errors(
     assert client.post(URL, json={"source_id": "u0"}, headers=auth).status_code == 422
     assert client.post(URL, json={"model_id": "m", "source_id": []},
                        headers=auth).status_code == 422
+    assert client.post(URL, json={"model_id": "m", "source_id": ["u1", ""]},
+                       headers=auth).status_code == 422
     assert client.post(URL, json={"model_id": "m", "source_id": [1, 2]},
                        headers=auth).status_code == 422
     resp = client.post(URL, json={"model_id": "m", "source_metadata": {"a": "b"}}, headers=auth)
