@@ -15,7 +15,7 @@ from flask_smorest import Blueprint
 
 from api.auth import current_tenant, require
 from api.context import services
-from api.parsing import load_json_body
+from api.parsing import load_json_body, parser
 from shared.batches import BatchMeta, forget_batches, list_batches, validate_tags
 from shared.errors import BadRequest, UnsupportedMediaType, ValidationFailed
 from shared.ingest import Prepared, delete_files, prepare_csv, prepare_json, row_errors, store
@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 blp = Blueprint(
     "data", __name__, description="Data batches: upload, list, delete, and the dataset summary."
 )
+# Set before the decorators below run: flask-smorest binds the parser at decoration time.
+blp.ARGUMENTS_PARSER = parser
 
 #: Bytes a multipart body may carry beyond its files (part headers, boundaries, tags).
 MULTIPART_OVERHEAD = 1 << 20
