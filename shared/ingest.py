@@ -19,6 +19,7 @@ import csv
 import logging
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -75,11 +76,25 @@ class Prepared:
     source: str
 
 
+#: Seconds after which a work directory left behind by a crashed process is removed.
+STALE_WORKSPACE_SECONDS = 24 * 3600
+
+
+def _remove_stale(root: Path) -> None:
+    """Remove work directories a killed process left behind (a request never lasts a day)."""
+    cutoff = time.time() - STALE_WORKSPACE_SECONDS
+    for entry in root.iterdir():  # one per in-flight or abandoned upload: a short list
+        with contextlib.suppress(OSError):
+            if entry.stat().st_mtime < cutoff:
+                shutil.rmtree(entry, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def workspace(settings: Settings) -> Iterator[Path]:
     """A private temporary directory beside the storage (so moving into storage is a rename)."""
     root = settings.data_dir / "tmp" / "uploads"
     root.mkdir(parents=True, exist_ok=True)
+    _remove_stale(root)
     path = Path(tempfile.mkdtemp(dir=root))
     try:
         yield path

@@ -24,7 +24,7 @@ import redis
 
 from shared.batches import BatchMeta, batches_with_any_tag, list_batches
 from shared.columns import TIMESTAMP_TYPE, empty_table, parse_timestamp_value
-from shared.errors import ValidationFailed
+from shared.errors import DependencyUnavailable, ValidationFailed
 from shared.storage import Storage, batch_path
 
 log = logging.getLogger(__name__)
@@ -298,6 +298,11 @@ def _read(storage: Storage, tenant: str, meta: BatchMeta) -> pa.Table | None:
         log.warning("batch %s of tenant %s vanished while reading (deleted?)", meta.batch_id,
                     tenant)
         return None
+    except (OSError, pa.ArrowException) as exc:
+        raise DependencyUnavailable(
+            f"Storage could not read batch {meta.batch_id}: {exc}",
+            details={"dependency": "storage", "batch_id": meta.batch_id},
+        ) from exc
 
 
 def _newest_per_id(tables: list[pa.Table]) -> pa.Table:
@@ -425,6 +430,11 @@ def latest_entity(
             table = pq.read_table(path, filesystem=storage.fs, filters=[("id", "==", entity_id)])
         except FileNotFoundError:
             continue
+        except (OSError, pa.ArrowException) as exc:
+            raise DependencyUnavailable(
+                f"Storage could not read batch {meta.batch_id}: {exc}",
+                details={"dependency": "storage", "batch_id": meta.batch_id},
+            ) from exc
         if table.num_rows:
             row = table.slice(table.num_rows - 1).to_pylist()[0]
             row["metadata"] = orjson.loads(row["metadata"]) if row["metadata"] else {}

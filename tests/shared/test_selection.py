@@ -207,3 +207,12 @@ def test_spec_from_request_invalid(body: dict[str, Any]) -> None:
     with pytest.raises(ValidationFailed) as info:
         DataSpec.from_request(body)
     assert info.value.details["fields"]
+
+
+def test_a_batch_whose_file_vanished_is_skipped(storage: Storage, fake_redis: Any,
+                                                upload: Uploader) -> None:
+    gone = upload(interactions=[{"source_id": "u1", "target_id": "i1"}])
+    kept = upload(interactions=[{"source_id": "u2", "target_id": "i2"}])
+    storage.delete(f"tenants/acme/batches/{gone[0].batch_id}.parquet")
+    sel = _select(storage, fake_redis, DataSpec())
+    assert sel.batch_ids == [kept[0].batch_id] and _pairs(sel) == [("u2", "i2")]
