@@ -11,15 +11,15 @@ import click
 from shared.cli.main import CliState
 from shared.cli.output import key_values, print_json, table
 
-BATCH_COLUMNS = [
-    "batch_id",
-    "kind",
-    "tags",
-    "entity_count",
-    "interaction_count",
-    "bytes",
-    "timestamp",
-]
+BATCH_COLUMNS = ["batch_id", "kind", "tags", "rows", "bytes", "timestamp"]
+
+
+def batch_rows(batches: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Batches for a table: one ``rows`` count (entities or interactions, by kind)."""
+    return [
+        {**b, "rows": int(b.get("entity_count") or 0) + int(b.get("interaction_count") or 0)}
+        for b in batches
+    ]
 
 
 def parse_json_option(raw: str | None, option: str) -> Any:
@@ -54,7 +54,7 @@ def upload(state: CliState, files: tuple[Path, ...], tags: tuple[str, ...]) -> N
     if state.as_json:
         print_json(state.out, batches)
         return
-    table(state.out, batches, BATCH_COLUMNS, title="Stored batches")
+    table(state.out, batch_rows(batches), BATCH_COLUMNS, title="Stored batches")
     entities = sum(int(b.get("entity_count") or 0) for b in batches)
     interactions = sum(int(b.get("interaction_count") or 0) for b in batches)
     state.out.print(
@@ -72,7 +72,7 @@ def list_(state: CliState, tags: tuple[str, ...], batch_ids: tuple[str, ...]) ->
     if state.as_json:
         print_json(state.out, batches)
         return
-    table(state.out, batches, BATCH_COLUMNS, empty="No batches.")
+    table(state.out, batch_rows(batches), BATCH_COLUMNS, empty="No batches.")
 
 
 @data_group.command("delete")
@@ -88,7 +88,8 @@ def delete(state: CliState, tags: tuple[str, ...], batch_ids: tuple[str, ...]) -
     if state.as_json:
         print_json(state.out, batches)
         return
-    table(state.out, batches, BATCH_COLUMNS, title="Deleted batches", empty="Nothing matched.")
+    table(state.out, batch_rows(batches), BATCH_COLUMNS, title="Deleted batches",
+          empty="Nothing matched.")
     if batches:
         state.out.print(f"Deleted {len(batches)} batch(es).")
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -14,6 +16,17 @@ def print_json(out: Console, value: Any) -> None:
     """Raw JSON on stdout, unstyled, for scripts (``--json``)."""
     out.file.write(json.dumps(value, indent=2, sort_keys=False, default=str) + "\n")
     out.file.flush()
+
+
+#: Shorter column headers for long field names, so tables fit a terminal.
+HEADERS = {
+    "entity_count": "entities",
+    "interaction_count": "interactions",
+    "serving_version": "serving",
+    "precision_at_k": "precision@k",
+    "end_timestamp": "ended",
+}
+_ISO = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)\.\d+(Z|[+-]\d\d:\d\d)?$")
 
 
 def cell(value: Any) -> str:
@@ -28,7 +41,9 @@ def cell(value: Any) -> str:
         return ", ".join(cell(v) for v in value)
     if isinstance(value, dict):
         return json.dumps(value, separators=(",", ":"), default=str)
-    return str(value)
+    text = str(value)
+    match = _ISO.match(text)
+    return match.group(1) + (match.group(2) or "") if match else text
 
 
 def table(
@@ -51,9 +66,10 @@ def table(
     else:
         present = {key for row in rows for key in row}
         columns = [c for c in columns if c in present]
-    grid = Table(title=title, header_style="bold")
+    grid = Table(title=title, header_style="bold", box=box.SIMPLE_HEAD)
     for name in columns:
-        grid.add_column(name, overflow="fold")
+        # Everything folds rather than being cut: a narrow terminal never hides digits.
+        grid.add_column(HEADERS.get(name, name), overflow="fold")
     for row in rows:
         grid.add_row(*(cell(row.get(name)) for name in columns))
     out.print(grid)

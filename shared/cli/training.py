@@ -28,13 +28,11 @@ STATUS_ORDER = [
 MODEL_COLUMNS = [
     "model_id",
     "serving_version",
-    "version",
     "versions",
     "status",
     "phase",
     "progress",
-    "created_at",
-    "updated_at",
+    "precision_at_k",
     "end_timestamp",
 ]
 
@@ -214,7 +212,11 @@ def models(state: CliState, model_id: str | None) -> None:
         if state.as_json:
             print_json(state.out, detail)
             return
-        key_values(state.out, detail, title=f"Model {model_id}")
+        last_run = detail.get("status")
+        summary = {k: v for k, v in detail.items() if k != "status"}
+        key_values(state.out, summary, title=f"Model {model_id}")
+        if isinstance(last_run, dict):
+            show_status(state, last_run)
         return
     listing = client.models()
     if state.as_json:
@@ -238,6 +240,9 @@ def _flatten_model(row: dict[str, Any]) -> dict[str, Any]:
             for key in ("status", "phase", "progress", "end_timestamp", "version"):
                 if key in inner and key not in flat:
                     flat[key] = inner[key]
+            metrics = inner.get("metrics")
+            if isinstance(metrics, dict) and "precision_at_k" in metrics:
+                flat["precision_at_k"] = metrics["precision_at_k"]
     return flat
 
 
