@@ -43,6 +43,7 @@ from shared.deliveries import (
     retry_delay,
 )
 from shared.errors import ServiceError
+from shared.metrics import record_delivery
 from shared.ssrf import ForbiddenAddress, delivery_session
 from shared.webhook_secrets import get_secret
 from worker.celery_app import app
@@ -219,6 +220,7 @@ def _attempt(r: redis.Redis, settings: Settings, delivery: Delivery) -> Outcome:
         outcome=outcome,
     )
     finish_attempt(r, delivery, record, state, next_at, result.error)
+    record_delivery(r, outcome)
     log.info(
         "callback %s attempt %d for %s/%s v%d to %s: %s in %d ms -> %s%s",
         delivery.webhook_id, number, delivery.tenant, delivery.model_id, delivery.version,

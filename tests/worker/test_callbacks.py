@@ -19,6 +19,7 @@ from shared.config import Settings
 from shared.contracts import RunStatus
 from shared.deliveries import SCHEDULE_KEY, attempt_log, callback_status, load, schedule_member
 from shared.deliveries import schedule_for_run as schedule
+from shared.metrics import DELIVERIES_KEY
 from shared.webhook_secrets import get_secret, rotate
 from tests.callback_receiver import Receiver, Reply, free_port, receiving
 from worker.callbacks import (
@@ -291,3 +292,16 @@ def test_retry_after_parsing() -> None:
 def test_logged_urls_keep_no_path_or_query() -> None:
     assert redacted("https://h.example:8443/hooks/T0/secret?token=abc") == (
         "https://h.example:8443")
+
+
+def test_attempts_are_counted_for_metrics(
+    fake_redis: fakeredis.FakeRedis, fast: Settings, receiver: Receiver
+) -> None:
+    receiver.reply(Reply(502))
+    scheduled(fake_redis, receiver.url())
+
+    attempt(fake_redis, fast)
+    attempt(fake_redis, fast)
+
+    counts = fake_redis.hgetall(DELIVERIES_KEY)
+    assert counts["count:retry"] == "1" and counts["count:delivered"] == "1"
