@@ -215,3 +215,40 @@ def _status(cb: Stack, http: requests.Session, model_id: str) -> dict[str, Any]:
     assert response.status_code == 200, response.text
     body: dict[str, Any] = response.json()
     return body
+
+
+def test_a_failed_run_sends_its_error_callback_and_status_shows_it(
+    cb: Stack, receiver: Receiver, http: requests.Session
+) -> None:
+    secret = secret_of(cb, http)
+
+    response = http.post(
+        cb.url("/train"), headers=cb.headers(), timeout=10,
+        json={"model_id": "cb-e2e-fail", "data_tags": ["cb-no-such-tag"],
+              "callback_url": receiver.url("/done?run=e2e")},
+    )
+
+    assert response.status_code == 202, response.text
+    (request,) = receiver.wait_for(1, timeout=40)
+    body = request.verify(secret)
+    assert request.path == "/done?run=e2e"
+    assert body["model_id"] == "cb-e2e-fail"
+    assert body["status"] == "error" and body["end_timestamp"] is not None
+    assert body["message"]
+    shown = wait_until(
+        lambda: (s := _status(cb, http, "cb-e2e-fail"))["callback"]["state"] == "delivered" and s,
+        what="status showing the delivery",
+    )
+    assert shown["callback"]["attempts"] == 1
+    assert shown["callback"]["last_response_code"] == 200
+
+
+@pytest.mark.parametrize("url", ["file:///etc/passwd", "gopher://x", "http://user@127.0.0.1/"])
+def test_train_refuses_a_forbidden_callback_url(
+    cb: Stack, http: requests.Session, url: str
+) -> None:
+    response = http.post(cb.url("/train"), headers=cb.headers(), timeout=10,
+                         json={"model_id": "cb-refused-url", "callback_url": url})
+
+    assert response.status_code == 422
+    assert response.json()["error"]["code"] == "callback_url_forbidden"
