@@ -12,6 +12,8 @@ from typing import Any
 
 import fakeredis
 import pytest
+import requests
+from billiard.exceptions import SoftTimeLimitExceeded
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
@@ -305,3 +307,27 @@ def test_attempts_are_counted_for_metrics(
 
     counts = fake_redis.hgetall(DELIVERIES_KEY)
     assert counts["count:retry"] == "1" and counts["count:delivered"] == "1"
+
+
+def test_an_entry_without_a_delivery_is_dropped(
+    fake_redis: fakeredis.FakeRedis, fast: Settings
+) -> None:
+    fake_redis.zadd(SCHEDULE_KEY, {schedule_member("acme", "gone", 1): time.time()})
+
+    assert run_attempt(fake_redis, fast, "acme", "gone", 1) is None
+
+    assert fake_redis.zscore(SCHEDULE_KEY, schedule_member("acme", "gone", 1)) is None
+
+
+def test_an_attempt_cut_by_its_time_limit_is_retried(
+    fake_redis: fakeredis.FakeRedis, fast: Settings, receiver: Receiver,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def too_slow(*args: Any, **kwargs: Any) -> None:
+        raise SoftTimeLimitExceeded()
+
+    scheduled(fake_redis, receiver.url())
+    monkeypatch.setattr(requests.Session, "post", too_slow)
+
+    assert attempt(fake_redis, fast) == "retry"
+    assert attempt_log(fake_redis, "acme", "m", 1)[0]["error"] == "AttemptTimeLimit"
