@@ -11,8 +11,7 @@ splits each row into k chunks and takes the smallest of the k chunk maxima
 as a threshold: those maxima are k distinct scores of the row, so at least k
 scores reach the threshold and the result is exact. One vectorised
 comparison keeps the few dozen candidates at or above it, and only those are
-partitioned. Ties at the cut may fall either way; ties inside the result are
-ordered by target index.
+sorted. Equal scores are ordered by target index, as a stable full sort would.
 """
 
 from __future__ import annotations
@@ -123,30 +122,40 @@ def top_k(scores: np.ndarray, k: int) -> TopK:
     if len(flat) == 0:
         return _empty()
     cand_rows = flat // n
-    cand_cols = flat - cand_rows * n
-    # Pack each row's candidates into a (b, width) matrix padded with -inf, then partition it.
-    counts = np.bincount(cand_rows, minlength=b)
-    starts = np.cumsum(counts) - counts
-    pos = np.arange(len(flat), dtype=np.int64) - np.repeat(starts, counts)
-    width = int(counts.max())
-    padded = np.full((b, width), -np.inf, dtype=np.float32)
-    padded[cand_rows, pos] = values
-    col_mat = np.full((b, width), n, dtype=np.int64)
-    col_mat[cand_rows, pos] = cand_cols
+    padded, col_mat = _pack(b, n, cand_rows, flat - cand_rows * n, values)
+    width = padded.shape[1]
+    if width > 2 * k:
+        # Many candidates (large k): keep those at or above each row's k-th best score
+        # (ties at the cut included), found by one partition, and re-pack them.
+        kth = -np.partition(-padded, k - 1, axis=1)[:, k - 1]
+        rows2, pos2 = np.nonzero(padded >= kth[:, None])
+        padded, col_mat = _pack(b, n, rows2, col_mat[rows2, pos2], padded[rows2, pos2])
+        width = padded.shape[1]
     kk = min(k, width)
-    if kk < width:
-        part = np.argpartition(-padded, kk - 1, axis=1)[:, :kk]
-        top_vals = np.take_along_axis(padded, part, axis=1)
-        top_cols = np.take_along_axis(col_mat, part, axis=1)
-    else:
-        top_vals, top_cols = padded, col_mat
-    order = np.lexsort((top_cols, -top_vals), axis=-1)
-    top_vals = np.take_along_axis(top_vals, order, axis=1)
-    top_cols = np.take_along_axis(top_cols, order, axis=1)
+    # The candidates are few: sort them all by (score desc, target index) so ties, even at
+    # the cut, fall exactly as a stable full sort would put them.
+    order = np.lexsort((col_mat, -padded), axis=-1)[:, :kk]
+    top_vals = np.take_along_axis(padded, order, axis=1)
+    top_cols = np.take_along_axis(col_mat, order, axis=1)
     keep = top_vals > -np.inf
     rows_out = np.broadcast_to(np.arange(b, dtype=np.int64)[:, None], keep.shape)[keep]
     ranks_out = np.broadcast_to(np.arange(1, kk + 1, dtype=np.int64)[None, :], keep.shape)[keep]
     return TopK(rows_out, top_cols[keep], top_vals[keep].astype(np.float32), ranks_out)
+
+
+def _pack(
+    b: int, n: int, rows: np.ndarray, cols: np.ndarray, values: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Candidates (row-sorted) as (b, width) score and column matrices padded with -inf / n."""
+    counts = np.bincount(rows, minlength=b)
+    starts = np.cumsum(counts) - counts
+    pos = np.arange(len(rows), dtype=np.int64) - np.repeat(starts, counts)
+    width = int(counts.max())
+    padded = np.full((b, width), -np.inf, dtype=np.float32)
+    padded[rows, pos] = values
+    col_mat = np.full((b, width), n, dtype=np.int64)
+    col_mat[rows, pos] = cols
+    return padded, col_mat
 
 
 def popular(order: np.ndarray, popularity: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

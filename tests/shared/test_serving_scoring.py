@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from shared import scoring
 
@@ -110,3 +112,23 @@ def test_cold_start_repr_is_weighted_feature_sum() -> None:
     rep = scoring.cold_start_repr(np.array([1, 3]), np.array([0.25, 0.75]), emb, bias)
     np.testing.assert_allclose(rep, [0.25 * 3 + 0.75 * 9, 0.25 * 4 + 0.75 * 10,
                                      0.25 * 5 + 0.75 * 11, 0.25 * 2 + 0.75 * 4, 1.0])
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    b=st.integers(1, 6),
+    n=st.integers(1, 400),
+    k=st.integers(1, 60),
+    levels=st.integers(1, 6),
+    excluded=st.floats(0.0, 1.0),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_top_k_equals_a_stable_full_sort_even_with_ties_and_exclusions(
+    b: int, n: int, k: int, levels: int, excluded: float, seed: int
+) -> None:
+    # Given few distinct score values (many ties) and some excluded targets,
+    rng = np.random.default_rng(seed)
+    scores = rng.integers(0, levels, (b, n)).astype(np.float32)
+    scores[rng.random((b, n)) < excluded] = -np.inf
+    # when taking the top k, then it is exactly the stable full sort's first k.
+    assert as_lists(scoring.top_k(scores, k), b) == brute_force(scores, k)
