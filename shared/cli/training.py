@@ -255,10 +255,7 @@ def cancel(state: CliState, model_id: str) -> None:
     if state.as_json:
         print_json(state.out, result)
         return
-    state.out.print(
-        f"Cancel requested for {model_id}: {result.get('phase', '')} "
-        f"{result.get('message', '')}".rstrip()
-    )
+    state.out.print(f"{model_id} ({result.get('phase', '?')}): {result.get('message', '')}")
 
 
 @click.command("delete-model")
