@@ -4,13 +4,14 @@ Consumed by the worker's dataset assembly and by ``GET``/``POST /dataset``, so
 a user sees exactly what a training run would use. Filters are evaluated on
 whole columns with pyarrow compute; ``metadata.<key>`` conditions parse each
 *distinct* metadata string once (a Python loop per unique value, which is
-unavoidable for JSON and far smaller than the row count in practice).
+unavoidable for JSON and far smaller than the row count in practice); see
+:mod:`shared.filters`.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -23,28 +24,15 @@ import pyarrow.parquet as pq
 import redis
 
 from shared.batches import BatchMeta, batches_with_any_tag, list_batches
-from shared.columns import TIMESTAMP_TYPE, empty_table, parse_timestamp_value
+from shared.columns import TIMESTAMP_TYPE, empty_table
 from shared.errors import DependencyUnavailable, ValidationFailed
+from shared.filters import Condition, as_array, const_mask, filter_mask, parse_conditions
 from shared.storage import Storage, batch_path
 
+__all__ = ["Condition", "DataSpec", "SelectedData", "filter_mask", "latest_entity",
+           "select_data", "summarise"]
+
 log = logging.getLogger(__name__)
-
-OPS = ("eq", "ne", "in", "not_in", "gt", "gte", "lt", "lte", "exists")
-FIELDS = ("type", "id", "name", "timestamp", "source_id", "target_id")
-METADATA_PREFIX = "metadata."
-_COMPARE = {"gt": pc.greater, "gte": pc.greater_equal, "lt": pc.less, "lte": pc.less_equal}
-#: Largest ``in``/``not_in`` list accepted in one condition.
-MAX_IN_VALUES = 10_000
-MAX_CONDITIONS = 100
-
-
-@dataclass(frozen=True)
-class Condition:
-    """One filter condition: ``field`` ``op`` ``value`` (see API.md, data_filters)."""
-
-    field: str
-    op: str
-    value: Any
 
 
 @dataclass(frozen=True)
@@ -79,8 +67,8 @@ class DataSpec:
                 unknown = sorted(set(filters) - {"entities", "interactions"})
                 if unknown:
                     errors["data_filters"] = f"unknown keys {unknown}; use entities, interactions"
-                entity_filters = _conditions(filters.get("entities"), "entities", errors)
-                interaction_filters = _conditions(
+                entity_filters = parse_conditions(filters.get("entities"), "entities", errors)
+                interaction_filters = parse_conditions(
                     filters.get("interactions"), "interactions", errors
                 )
         types = {}
@@ -119,74 +107,6 @@ def _tags(raw: Any, errors: dict[str, Any]) -> tuple[str, ...] | None:
     return tuple(dict.fromkeys(t.strip() for t in raw))
 
 
-def _is_scalar(value: Any) -> bool:
-    return isinstance(value, str | int | float) and not (
-        isinstance(value, float) and value != value
-    )
-
-
-def _conditions(raw: Any, where: str, errors: dict[str, Any]) -> tuple[Condition, ...]:
-    if raw is None:
-        return ()
-    key = f"data_filters.{where}"
-    if not isinstance(raw, list):
-        errors[key] = "must be a list of conditions"
-        return ()
-    if len(raw) > MAX_CONDITIONS:
-        errors[key] = f"at most {MAX_CONDITIONS} conditions"
-        return ()
-    out: list[Condition] = []
-    for i, cond in enumerate(raw):
-        problem = _check_condition(cond)
-        if problem:
-            errors[f"{key}[{i}]"] = problem
-            continue
-        value = cond.get("value", True) if cond["op"] == "exists" else cond["value"]
-        if isinstance(value, list):
-            value = tuple(value)
-        out.append(Condition(cond["field"], cond["op"], value))
-    return tuple(out)
-
-
-def _check_condition(cond: Any) -> str | None:
-    if not isinstance(cond, Mapping):
-        return 'a condition is an object {"field", "op", "value"}'
-    unknown = set(cond) - {"field", "op", "value"}
-    if unknown:
-        return f"unknown keys {sorted(unknown)}"
-    name, op = cond.get("field"), cond.get("op")
-    if not isinstance(name, str) or not (
-        name in FIELDS or (name.startswith(METADATA_PREFIX) and len(name) > len(METADATA_PREFIX))
-    ):
-        return f"field must be one of {', '.join(FIELDS)} or metadata.<key>"
-    if op not in OPS:
-        return f"op must be one of {', '.join(OPS)}"
-    if op == "exists":
-        value = cond.get("value", True)
-        return None if isinstance(value, bool) else "exists takes true or false"
-    if "value" not in cond:
-        return f"{op} needs a value"
-    value = cond["value"]
-    values: list[Any]
-    if op in ("in", "not_in"):
-        if not isinstance(value, list) or len(value) > MAX_IN_VALUES:
-            return f"{op} takes a list of at most {MAX_IN_VALUES} values"
-        values = value
-    else:
-        values = [value]
-    for item in values:
-        if not _is_scalar(item):
-            return "values are strings, numbers or booleans"
-        if op in _COMPARE and isinstance(item, bool):
-            return f"{op} compares strings or numbers"
-        if name == "timestamp":
-            try:
-                parse_timestamp_value(item)
-            except ValueError:
-                return f"{item!r} is not an ISO-8601 timestamp or Unix seconds"
-    return None
-
-
 @dataclass
 class SelectedData:
     """The resolved data of a spec: batches used, newest entity versions, interactions."""
@@ -198,95 +118,6 @@ class SelectedData:
     batch_bytes: int = 0
     #: Counts of ids used by interactions that no entity batch describes, per role.
     implied: dict[str, int] = field(default_factory=dict)
-
-
-# -- filter evaluation ----------------------------------------------------------------------
-def _const(n: int, value: bool) -> pa.Array:
-    return pa.array(np.full(n, value, dtype=bool))
-
-
-def _array(values: pa.Array | pa.ChunkedArray) -> pa.Array:
-    return values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
-
-
-def _py_kind(value: Any) -> str:
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, int | float):
-        return "num"
-    return type(value).__name__
-
-
-def _py_match(actual: Any, op: str, value: Any) -> bool:
-    """One JSON value against a condition (types must agree; a mismatch never matches)."""
-    kind = _py_kind(actual)
-    if op in ("eq", "ne"):
-        same = kind == _py_kind(value) and actual == value
-        return same if op == "eq" else not same
-    if op in ("in", "not_in"):
-        found = any(kind == _py_kind(v) and actual == v for v in value)
-        return found if op == "in" else not found
-    if kind != _py_kind(value) or kind not in ("num", "str"):
-        return False
-    return bool({"gt": actual > value, "gte": actual >= value, "lt": actual < value,
-                 "lte": actual <= value}[op])
-
-
-def _metadata_mask(col: pa.Array, key: str, cond: Condition) -> pa.Array:
-    uniques = pc.unique(col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col)
-    results: list[bool | None] = []
-    for text in uniques.to_pylist():
-        parsed = orjson.loads(text) if text is not None else None
-        actual = parsed.get(key) if isinstance(parsed, dict) else None
-        if cond.op == "exists":
-            results.append((actual is not None) == cond.value)
-        elif actual is None:
-            results.append(cond.op in ("ne", "not_in"))
-        else:
-            results.append(_py_match(actual, cond.op, cond.value))
-    lookup = pa.array(results, pa.bool_())
-    return pc.take(lookup, pc.index_in(col, value_set=uniques, skip_nulls=False))
-
-
-def _column_mask(col: pa.ChunkedArray | pa.Array, cond: Condition) -> pa.Array:
-    n = len(col)
-    present = pc.is_valid(col)
-    if cond.op == "exists":
-        return present if cond.value else pc.invert(present)
-    is_time = pa.types.is_timestamp(col.type)
-    values = list(cond.value) if cond.op in ("in", "not_in") else [cond.value]
-    if is_time:
-        typed = [pa.scalar(parse_timestamp_value(v), TIMESTAMP_TYPE) for v in values]
-    else:
-        typed = [pa.scalar(v, pa.string()) for v in values if isinstance(v, str)]
-    negative = cond.op in ("ne", "not_in")
-    if cond.op in ("in", "not_in"):
-        value_set = pa.array([s.as_py() for s in typed], col.type)
-        mask = pc.fill_null(pc.is_in(col, value_set=value_set), False)
-        return pc.invert(mask) if negative else mask
-    if not typed:  # type mismatch: never equal, never comparable
-        return _const(n, negative)
-    if cond.op == "eq":
-        return pc.fill_null(pc.equal(col, typed[0]), False)
-    if cond.op == "ne":
-        return pc.fill_null(pc.not_equal(col, typed[0]), True)
-    return pc.fill_null(_COMPARE[cond.op](col, typed[0]), False)
-
-
-def filter_mask(table: pa.Table, conditions: Sequence[Condition]) -> pa.Array:
-    """True for rows meeting every condition (API.md semantics for absent fields)."""
-    mask: pa.Array = _const(table.num_rows, True)
-    for cond in conditions:
-        if cond.field.startswith(METADATA_PREFIX):
-            key = cond.field[len(METADATA_PREFIX):]
-            part = _metadata_mask(table.column("metadata"), key, cond)
-        elif cond.field in table.column_names:
-            part = _column_mask(table.column(cond.field), cond)
-        else:  # the record kind lacks this field altogether
-            part = _const(table.num_rows, cond.op in ("ne", "not_in") or (
-                cond.op == "exists" and cond.value is False))
-        mask = pc.and_(mask, part)
-    return mask
 
 
 # -- reading ---------------------------------------------------------------------------------
@@ -351,7 +182,7 @@ def select_data(
         kept = filter_mask(entities, spec.entity_filters)
         removed = entities.filter(pc.invert(kept)).column("id")
         entities = entities.filter(kept)
-        drop = _const(interactions.num_rows, False)
+        drop = const_mask(interactions.num_rows, False)
         for role, etype in (("source_id", spec.source_type), ("target_id", spec.target_type)):
             col = interactions.column(role)
             ids = pc.unique(col)
@@ -361,9 +192,9 @@ def select_data(
                 "name": pa.nulls(len(ids), pa.string()),
                 "metadata": pa.nulls(len(ids), pa.string()),
             })
-            bad_implied = _array(ids).filter(
-                _array(pc.invert(filter_mask(implied_table, spec.entity_filters))))
-            bad = pa.concat_arrays([_array(removed), _array(bad_implied)])
+            bad_implied = as_array(ids).filter(
+                as_array(pc.invert(filter_mask(implied_table, spec.entity_filters))))
+            bad = pa.concat_arrays([as_array(removed), as_array(bad_implied)])
             drop = pc.or_(drop, pc.is_in(col, value_set=bad))
         interactions = interactions.filter(pc.invert(drop))
     for role in ("source_id", "target_id"):
