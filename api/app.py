@@ -7,7 +7,18 @@ import uuid
 from flask import Flask, g, request
 from flask_smorest import Api, Blueprint
 
-from api import data, errors, keys, metrics, ops, recommendations, reqlog, training, webhooks
+from api import (
+    data,
+    errors,
+    keys,
+    metrics,
+    ops,
+    ratelimit,
+    recommendations,
+    reqlog,
+    training,
+    webhooks,
+)
 from api.context import Services
 from api.parsing import parser
 from shared.config import Settings
@@ -65,6 +76,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     # Operations: log context + access log (after the request id exists).
     reqlog.init_app(app)
     metrics.init_app(app)
+    ratelimit.init_app(app)  # last: its 429s are still timed, logged and carry the request id
     return app
 
 
