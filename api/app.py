@@ -30,6 +30,12 @@ from worker.celery_app import make_celery
 API_PREFIX = "/v1/recommender"
 
 
+class ContractApi(Api):
+    """flask-smorest's Api, documenting errors in the contract's shape, not its own."""
+
+    ERROR_SCHEMA = errors.ErrorBodySchema
+
+
 def create_app(settings: Settings | None = None) -> Flask:
     """Build the API for ``settings`` (read from the environment when omitted)."""
     settings = settings or Settings.from_env()
@@ -55,7 +61,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         celery=make_celery(settings, include_tasks=False),
     )
 
-    api = Api(app, spec_kwargs={"security": [{"apikey": []}]})
+    api = ContractApi(app, spec_kwargs={"security": [{"apikey": []}]})
     api.spec.components.security_scheme(
         "apikey", {"type": "apiKey", "in": "header", "name": "apikey"}
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import uuid
 
+import marshmallow as ma
 from flask import Flask, Response, g, jsonify
 from werkzeug.exceptions import HTTPException
 
@@ -33,6 +34,20 @@ _HTTP_CODES = {
     429: "rate_limited",
     503: "dependency_unavailable",
 }
+
+
+class ErrorDetailSchema(ma.Schema):
+    """The inside of an error body."""
+
+    code = ma.fields.String(required=True, metadata={"description": "Machine-readable code"})
+    message = ma.fields.String(required=True, metadata={"description": "A human sentence"})
+    details = ma.fields.Dict(required=True, metadata={"description": "Structured context"})
+
+
+class ErrorBodySchema(ma.Schema):
+    """Every error response: ``{"error": {"code", "message", "details"}}``."""
+
+    error = ma.fields.Nested(ErrorDetailSchema, required=True)
 
 
 def error_response(
