@@ -61,37 +61,34 @@ def _csr(dataset: Dataset, mask: np.ndarray) -> sp.csr_matrix:
     )
 
 
-def _top_k_hits(scores: np.ndarray, test: np.ndarray, k: int) -> np.ndarray:
-    top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    hits: np.ndarray = np.take_along_axis(test, top, axis=1).sum(axis=1)
-    return hits
-
-
-def _auc(scores: np.ndarray, test: np.ndarray, n_train: np.ndarray) -> np.ndarray:
-    """Per-row AUC of the test targets against every target neither train nor test."""
-    n_targets = scores.shape[1]
-    pos_rows, pos_cols = np.nonzero(test)
-    pos_scores = scores[pos_rows, pos_cols]
-    n_test = test.sum(axis=1)
+def _greater_counts(matrix: np.ndarray, pos_rows: np.ndarray, pos_cols: np.ndarray) -> np.ndarray:
+    """For each positive (row, col): how many cells of its row score strictly higher."""
+    n_cols = matrix.shape[1]
+    values = matrix[pos_rows, pos_cols]
     greater = np.empty(pos_rows.size, dtype=np.int64)
-    step = max(1, CHUNK_CELLS // max(n_targets, 1))
-    for start in range(0, pos_rows.size, step):  # bounded memory: step x n_targets booleans
+    step = max(1, CHUNK_CELLS // max(n_cols, 1))
+    for start in range(0, pos_rows.size, step):  # bounded memory: step x n_cols booleans
         stop = start + step
-        greater[start:stop] = (scores[pos_rows[start:stop]]
-                               > pos_scores[start:stop, None]).sum(axis=1)
+        greater[start:stop] = (matrix[pos_rows[start:stop]] > values[start:stop, None]).sum(axis=1)
+    return greater
+
+
+def _auc(values: np.ndarray, greater: np.ndarray, pos_rows: np.ndarray, n_rows: int,
+         n_neg: np.ndarray) -> np.ndarray:
+    """Per-row AUC of the positives against every target neither train nor test."""
     # positives of the same row scored higher are not negatives: subtract their count
-    order = np.lexsort((-pos_scores, pos_rows))
+    order = np.lexsort((-values, pos_rows))
     first = np.searchsorted(pos_rows[order], pos_rows[order], side="left")
     higher_pos = np.empty(pos_rows.size, dtype=np.int64)
     higher_pos[order] = np.arange(pos_rows.size) - first
-    n_neg = n_targets - n_train - n_test
     neg_row = n_neg[pos_rows]
     with np.errstate(divide="ignore", invalid="ignore"):
         per_pos = np.where(neg_row > 0, (neg_row - (greater - higher_pos)) / neg_row, np.nan)
-    sums = np.bincount(pos_rows, weights=np.nan_to_num(per_pos), minlength=test.shape[0])
-    valid = np.bincount(pos_rows, weights=~np.isnan(per_pos), minlength=test.shape[0])
+    sums = np.bincount(pos_rows, weights=np.nan_to_num(per_pos), minlength=n_rows)
+    valid = np.bincount(pos_rows, weights=~np.isnan(per_pos), minlength=n_rows)
     with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(valid > 0, sums / valid, np.nan)
+        auc: np.ndarray = np.where(valid > 0, sums / valid, np.nan)
+    return auc
 
 
 def evaluate(
@@ -111,7 +108,11 @@ def evaluate(
         candidates = np.sort(rng.choice(candidates, settings.max_sources, replace=False))
     n_targets = dataset.n_targets
     k = max(1, min(settings.k, n_targets))
-    popularity = np.bincount(dataset.cols[train_mask], minlength=n_targets).astype(np.float32)
+    # popularity as distinct ranks (ties broken by index, as a stable sort would): exact
+    # in float32, so "how many targets rank higher" needs no tie handling
+    popularity = np.bincount(dataset.cols[train_mask], minlength=n_targets)
+    pop_rank = np.empty(n_targets, dtype=np.float32)
+    pop_rank[np.argsort(-popularity, kind="stable")] = np.arange(n_targets, 0, -1)
     precision = np.zeros(candidates.size)
     recall = np.zeros(candidates.size)
     auc = np.zeros(candidates.size)
@@ -120,18 +121,24 @@ def evaluate(
     for start in range(0, candidates.size, step):  # per chunk of sources: bounded memory
         chunk = candidates[start:start + step]
         seen = train[chunk].toarray()
-        held = test[chunk].toarray()
-        n_test = held.sum(axis=1)
+        held = test[chunk]
+        pos_rows, pos_cols = held.nonzero()
+        n_test = np.diff(held.indptr)
         scores = source_repr[chunk] @ target_repr.T
         scores[seen] = -np.inf
-        hits = _top_k_hits(scores, held, k)
+        greater = _greater_counts(scores, pos_rows, pos_cols)
+        # a held-out target is in the top k when fewer than k targets score higher
+        hits = np.bincount(pos_rows, weights=greater < k, minlength=chunk.size)
+        ranks = np.broadcast_to(pop_rank, scores.shape).copy()
+        ranks[seen] = -1.0
+        pop_hits = np.bincount(pos_rows, weights=_greater_counts(ranks, pos_rows, pos_cols) < k,
+                               minlength=chunk.size)
         sl = slice(start, start + chunk.size)
         precision[sl] = hits / settings.k
         recall[sl] = hits / n_test
-        auc[sl] = _auc(scores, held, seen.sum(axis=1))
-        pop_scores = np.broadcast_to(popularity, scores.shape).copy()
-        pop_scores[seen] = -np.inf
-        baseline[sl] = _top_k_hits(pop_scores, held, k) / settings.k
+        n_neg = n_targets - seen.sum(axis=1) - n_test
+        auc[sl] = _auc(scores[pos_rows, pos_cols], greater, pos_rows, chunk.size, n_neg)
+        baseline[sl] = pop_hits / settings.k
     if candidates.size == 0:
         return {"k": settings.k, "precision_at_k": 0.0, "recall_at_k": 0.0, "auc": 0.0,
                 "baseline_precision_at_k": 0.0, "evaluated_sources": 0}
