@@ -29,6 +29,9 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 CONNECT_TIMEOUT = 5.0
 #: Seconds to wait for a reply (an upload's reply comes after the server stored it).
 READ_TIMEOUT = 300.0
+#: Seconds to wait for an upload's reply once sent: the server converts and stores the
+#: files first (the API's own limit, RECSYS_WEB_TIMEOUT, defaults to an hour).
+UPLOAD_READ_TIMEOUT = 3600.0
 #: Bytes read from disk per chunk of a streamed upload.
 CHUNK_BYTES = 1 << 20
 #: Above this many source ids, recommendations are asked for with a POST body (URL length).
@@ -229,7 +232,8 @@ class RecsysClient:
         """``POST /data_batch`` with CSV files streamed from disk; one item per stored batch."""
         body = MultipartFiles([Path(p) for p in paths], tags)
         result: list[dict[str, Any]] = self._json(
-            "POST", "/data_batch", data=body, headers={"Content-Type": body.content_type}
+            "POST", "/data_batch", data=body, headers={"Content-Type": body.content_type},
+            timeout=UPLOAD_READ_TIMEOUT,
         )
         return result
 

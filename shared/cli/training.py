@@ -6,6 +6,7 @@ import sys
 from typing import Any
 
 import click
+from rich.console import Console
 
 from shared.cli.data import parse_json_option, split_values
 from shared.cli.main import EXIT_INTERRUPTED, EXIT_RUN_FAILED, CliState
@@ -161,9 +162,11 @@ def train(state: CliState, /, wait: bool, poll_interval: float, **options: Any) 
             f"`recsys status {model_id}` shows progress."
         )
         return
+    # With --json, stdout carries only the JSON; the live progress goes to stderr.
+    progress_console = Console(stderr=True) if state.as_json else state.out
     try:
         final = wait_for_run(
-            client, model_id, state.out, poll_interval=poll_interval, first=status
+            client, model_id, progress_console, poll_interval=poll_interval, first=status
         )
     except KeyboardInterrupt:
         click.echo(
@@ -194,7 +197,8 @@ def status(state: CliState, model_id: str, wait: bool) -> None:
     client = state.client()
     current = client.status(model_id)
     if wait and current.get("status") not in {"completed", "error"}:
-        current = wait_for_run(client, model_id, state.out, first=current)
+        progress_console = Console(stderr=True) if state.as_json else state.out
+        current = wait_for_run(client, model_id, progress_console, first=current)
     if state.as_json:
         print_json(state.out, current)
         return

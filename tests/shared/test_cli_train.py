@@ -181,3 +181,13 @@ def test_webhook_secret_show_and_rotate(fake_api: FakeApi) -> None:
     fake_api.on("POST", "/webhook_secret/rotate", (200, {"secret": "whsec_new"}))
     assert run(fake_api, "webhook-secret").stdout.strip() == "whsec_old"
     assert run(fake_api, "webhook-secret", "--rotate").stdout.strip() == "whsec_new"
+
+
+def test_json_wait_keeps_stdout_pure_json(fake_api: FakeApi) -> None:
+    fake_api.on("POST", "/train", (202, status("queued", 0)))
+    fake_api.on("GET", "/status/m1", (200, status("done", 100, "completed", metrics=METRICS)))
+    result = run(fake_api, "--json", "train", "--model-id", "m1", "--wait",
+                 "--poll-interval", "0.01")
+    assert result.exit_code == 0
+    assert json.loads(result.stdout)["status"] == "completed"
+    assert "done" in result.stderr
