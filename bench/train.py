@@ -1,0 +1,259 @@
+"""Training benchmark: POST /train to completed vs LightFM's own fit, evaluation cost, assembly.
+
+Starts a private stack (embedded Redis-compatible server, the API on a
+loopback port, one real prefork Celery worker with ``--threads`` OpenMP
+threads), uploads a synthetic power-law dataset through ``POST /data_batch``
+(CSV) and prints:
+
+1. the wall time from ``POST /train`` to ``completed`` (10 epochs, 32
+   components, WARP, evaluation off), LightFM's own ``fit`` on the same
+   matrix with the same parameters and threads in this process, and the
+   ratio (target: at most 1.15);
+2. what the default evaluation adds (a second fit on the holdout split and
+   one numpy scoring pass over at most 10,000 sources);
+3. data-assembly time (batches read, selection, matrices) and the peak
+   memory of a fresh worker-like process for 10,000,000 interactions in 10
+   batches (target: under 20 s), written straight to storage.
+
+Run: ``.venv/bin/python bench/train.py`` (``--help`` for sizes; ``--skip-big``
+skips part 3).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import requests
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from shared.config import Settings  # noqa: E402
+from shared.embedded import start_embedded  # noqa: E402
+from shared.keys import SCOPES, create_key  # noqa: E402
+from shared.registry import connect  # noqa: E402
+
+TENANT = "default"
+TIMESTAMP = pa.timestamp("us", tz="UTC")
+
+
+def synthetic(n: int, n_sources: int, n_targets: int, seed: int) -> pa.Table:
+    """Interactions with power-law popularity of targets and power-law activity of sources."""
+    rng = np.random.default_rng(seed)
+    target_p = 1.0 / (np.arange(n_targets) + 10.0)
+    source_p = 1.0 / (np.arange(n_sources) + 5.0) ** 0.7
+    sources = rng.choice(n_sources, n, p=source_p / source_p.sum())
+    targets = rng.choice(n_targets, n, p=target_p / target_p.sum())
+    stamps = 1_700_000_000_000_000 + rng.integers(0, 3 * 10**13, n)
+    return pa.table({
+        "type": pa.array(np.where(rng.random(n) < 0.9, "view", "buy")),
+        "source_id": pc.binary_join_element_wise("u", pc.cast(pa.array(sources), pa.string()), ""),
+        "target_id": pc.binary_join_element_wise("i", pc.cast(pa.array(targets), pa.string()), ""),
+        "timestamp": pa.array(stamps).cast(TIMESTAMP),
+        "metadata": pa.array(["{}"] * n),
+    })
+
+
+class Stack:
+    """Embedded server, API thread and one worker process in a temporary directory."""
+
+    def __init__(self, base: Path, threads: int) -> None:
+        self.server = start_embedded(base / "redis")
+        self.env = {**os.environ, "RECSYS_REDIS_URL": self.server.url,
+                    "RECSYS_DATA_DIR": str(base / "var"), "RECSYS_TRAIN_THREADS": str(threads),
+                    "RECSYS_MAX_JSON_BODY_BYTES": str(256 << 20), "PYTHONUNBUFFERED": "1",
+                    "RECSYS_LOG_LEVEL": "WARNING"}
+        self.settings = Settings.from_env(self.env)
+        self.redis = connect(self.settings)
+        self.key, _ = create_key(self.redis, TENANT, list(SCOPES))
+        from werkzeug.serving import make_server
+
+        from api.app import create_app
+
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)
+        self.http = make_server("127.0.0.1", 0, create_app(self.settings), threaded=True)
+        threading.Thread(target=self.http.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.http.server_port}/v1/recommender"
+        log = open(base / "worker.log", "ab")  # noqa: SIM115 - handed to the child
+        self.worker = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-Q",
+             "train,callbacks", "--concurrency", "1", "--prefetch-multiplier", "1",
+             "--hostname", f"bench-{os.getpid()}@localhost", "--loglevel", "WARNING",
+             "--without-mingle", "--without-gossip"],
+            cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True)
+        from worker.celery_app import make_celery
+
+        celery = make_celery(self.settings, include_tasks=False)
+        deadline = time.monotonic() + 60
+        while not celery.control.ping(timeout=0.5):
+            if time.monotonic() > deadline or self.worker.poll() is not None:
+                raise SystemExit("the worker did not start; see worker.log")
+
+    def headers(self) -> dict[str, str]:
+        """The all-scope key's header."""
+        return {"apikey": self.key}
+
+    def close(self) -> None:
+        """Stop the worker, the API and the server."""
+        os.killpg(self.worker.pid, signal.SIGTERM)
+        self.worker.wait(timeout=60)
+        self.http.shutdown()
+        self.server.stop()
+
+
+def upload(stack: Stack, table: pa.Table, directory: Path) -> float:
+    """Upload ``table`` as one CSV file through POST /data_batch; returns seconds."""
+    path = directory / "interactions.csv"
+    csv_table = table.set_column(3, "timestamp", pc.strftime(table["timestamp"],
+                                                             format="%Y-%m-%dT%H:%M:%SZ"))
+    pacsv.write_csv(csv_table, path)
+    started = time.perf_counter()
+    with open(path, "rb") as fh:
+        response = requests.post(f"{stack.url}/data_batch", headers=stack.headers(),
+                                 files={"files": ("interactions.csv", fh, "text/csv")},
+                                 data={"tags": "bench"}, timeout=3600)
+    if response.status_code != 201:
+        raise SystemExit(f"upload failed: {response.status_code} {response.text[:500]}")
+    return time.perf_counter() - started
+
+
+def train_wall(stack: Stack, model_id: str, body: dict[str, Any]) -> tuple[float, dict[str, Any]]:
+    """Seconds from POST /train to a completed status (polled every 50 ms)."""
+    started = time.perf_counter()
+    response = requests.post(f"{stack.url}/train", headers=stack.headers(),
+                             json={"model_id": model_id, **body}, timeout=60)
+    if response.status_code != 202:
+        raise SystemExit(f"train failed: {response.status_code} {response.text[:500]}")
+    while True:
+        status = requests.get(f"{stack.url}/status/{model_id}", headers=stack.headers(),
+                              timeout=60).json()
+        if status["status"] != "running":
+            elapsed = time.perf_counter() - started
+            if status["status"] != "completed":
+                raise SystemExit(f"run ended as {status['status']}: {status['message']}")
+            return elapsed, status
+        time.sleep(0.05)
+
+
+def lightfm_fit_seconds(table: pa.Table, threads: int) -> tuple[float, int]:
+    """LightFM's own fit on the matrix the service trains on (merged pairs), same params."""
+    from lightfm import LightFM
+
+    from worker.dataset import DatasetOptions, build_dataset
+
+    entities = pa.table({n: pa.array([], pa.string())
+                         for n in ("id", "type", "name", "metadata", "media_url")})
+    dataset = build_dataset(entities, table, DatasetOptions())
+    matrix = dataset.matrix()
+    model = LightFM(no_components=32, loss="warp", learning_rate=0.05, max_sampled=10,
+                    random_state=42)
+    started = time.perf_counter()
+    model.fit(matrix, epochs=10, num_threads=threads)
+    return time.perf_counter() - started, int(matrix.nnz)
+
+
+ASSEMBLY_PROBE = """
+import json, resource, sys, time
+from datetime import UTC, datetime
+sys.path.insert(0, {root!r})
+from shared.config import Settings
+from shared.registry import connect
+from shared.selection import DataSpec, select_data
+from shared.storage import open_storage
+from worker.dataset import DatasetOptions, build_dataset
+settings = Settings.from_env({env!r})
+storage, r = open_storage(settings.storage_root()), connect(settings)
+started = time.perf_counter()
+selected = select_data(storage, r, {tenant!r}, DataSpec(data_tags=("big",)), datetime.now(UTC))
+read = time.perf_counter() - started
+dataset = build_dataset(selected.entities, selected.interactions, DatasetOptions())
+total = time.perf_counter() - started
+print(json.dumps({{"read": read, "total": total, "pairs": int(dataset.rows.size),
+                  "counts": dataset.counts,
+                  "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
+"""
+
+
+def big_assembly(stack: Stack, n: int, batches: int, n_sources: int, n_targets: int) -> None:
+    """Write ``batches`` batches straight to storage; time assembly in a fresh process."""
+    from shared.storage import open_storage
+    from tests.worker.batches import write_batch
+
+    storage = open_storage(stack.settings.storage_root())
+    started = time.perf_counter()
+    for i in range(batches):
+        part = synthetic(n // batches, n_sources, n_targets, seed=100 + i)
+        write_batch(storage, stack.redis, TENANT, "interactions", part, ("big",))
+    print(f"  wrote {batches} batches of {n // batches:,} rows in "
+          f"{time.perf_counter() - started:.1f} s (straight to storage)")
+    probe = ASSEMBLY_PROBE.format(root=str(ROOT), env=dict(stack.env), tenant=TENANT)
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         check=True, cwd=ROOT)
+    facts = json.loads(out.stdout.strip().splitlines()[-1])
+    verdict = "OK" if facts["total"] < 20 else "over target"
+    print(f"  data assembly for {n:,} interactions in {batches} batches: "
+          f"{facts['total']:.1f} s (reading and selection {facts['read']:.1f} s); target < 20 s: "
+          f"{verdict}")
+    print(f"  distinct pairs {facts['pairs']:,}; peak memory of the assembling process "
+          f"{facts['peak_mib']:.0f} MiB")
+
+
+def main() -> None:
+    """Run the benchmark and print its figures."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--interactions", type=int, default=1_000_000)
+    parser.add_argument("--sources", type=int, default=50_000)
+    parser.add_argument("--targets", type=int, default=20_000)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--big", type=int, default=10_000_000)
+    parser.add_argument("--skip-big", action="store_true")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="recsys-bench-train-") as tmp:
+        base = Path(tmp)
+        stack = Stack(base, args.threads)
+        try:
+            table = synthetic(args.interactions, args.sources, args.targets, seed=0)
+            seconds = upload(stack, table, base)
+            print(f"uploaded {args.interactions:,} interactions ({args.sources:,} sources, "
+                  f"{args.targets:,} targets, power law) as CSV in {seconds:.1f} s")
+            plain = {"data_tags": ["bench"], "evaluation": {"holdout": 0},
+                     "hyperparameters": {"loss": "warp", "epochs": 10, "no_components": 32}}
+            wall, status = train_wall(stack, "bench-plain", plain)
+            fit, nnz = lightfm_fit_seconds(table, args.threads)
+            ratio = wall / fit
+            print(f"1. POST /train -> completed (10 epochs, 32 components, WARP, evaluation "
+                  f"off, {args.threads} threads): {wall:.1f} s; counts {status['counts']}")
+            print(f"   LightFM fit on the same {nnz:,}-pair matrix, same parameters and "
+                  f"threads: {fit:.1f} s")
+            print(f"   ratio {ratio:.2f} (target <= 1.15: {'OK' if ratio <= 1.15 else 'over'})")
+            evaluated = {**plain, "evaluation": {}}
+            wall_eval, status = train_wall(stack, "bench-eval", evaluated)
+            print(f"2. with default evaluation (holdout 0.1, up to 10,000 sources, k 10): "
+                  f"{wall_eval:.1f} s, i.e. +{wall_eval - wall:.1f} s "
+                  f"(+{100 * (wall_eval - wall) / wall:.0f}%)")
+            print(f"   metrics {status['metrics']}")
+            if not args.skip_big:
+                print(f"3. {args.big:,} interactions in 10 batches:")
+                big_assembly(stack, args.big, 10, args.sources * 4, args.targets * 2)
+        finally:
+            stack.close()
+
+
+if __name__ == "__main__":
+    main()
