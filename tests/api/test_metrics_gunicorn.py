@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -41,7 +42,7 @@ def gunicorn(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "-c", "python:api.gunicorn_conf",
          "--bind", f"127.0.0.1:{port}", "--workers", "2", "--worker-class", "gthread",
-         "--threads", "2", "api.app:create_app()"],
+         "--threads", "2", "--access-logfile", "-", "api.app:create_app()"],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     base = f"http://127.0.0.1:{port}"
@@ -108,3 +109,18 @@ def test_every_scrape_counts_the_requests_of_both_workers(
     # Then every scrape, whichever worker answers it, counts all of them
     counts = {_unmatched_count(base) for _ in range(8)}
     assert counts == {float(sent)}
+
+
+def test_gunicorn_and_app_lines_are_structured(gunicorn: tuple[str, Path]) -> None:
+    base, metrics_dir = gunicorn
+    requests.get(f"{base}/healthz", headers={"X-Request-Id": "gunicorn-1"}, timeout=10)
+    log_file = metrics_dir.parents[1] / "gunicorn.log"
+    deadline = time.monotonic() + 10
+    while "gunicorn-1" not in log_file.read_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    lines = [line for line in log_file.read_text().splitlines() if line.strip()]
+    parsed = [json.loads(line) for line in lines]  # every line is JSON
+    assert any(p["logger"] == "gunicorn.error" and "Booting worker" in p["message"]
+               for p in parsed)
+    access = [p for p in parsed if p.get("request_id") == "gunicorn-1"]
+    assert [p["logger"] for p in access] == ["recsys.access"], "one access line, ours"
