@@ -17,8 +17,10 @@ from api.auth import current_tenant, require
 from api.context import services
 from api.parsing import load_json_body, parser
 from shared.batches import BatchMeta, forget_batches, list_batches, validate_tags
+from shared.csv_ingest import finish, prepare_csv
+from shared.csv_pipe import StreamingConversion
 from shared.errors import BadRequest, UnsupportedMediaType, ValidationFailed
-from shared.ingest import Prepared, delete_files, prepare_csv, prepare_json, row_errors, store
+from shared.ingest import Prepared, delete_files, prepare_json, row_errors, store
 from shared.ingest import workspace as upload_workspace
 from shared.selection import DataSpec, select_data, summarise
 from shared.uploads import FILE_FIELDS, receive_multipart
@@ -130,40 +132,56 @@ def _upload_multipart(tenant: str) -> list[BatchMeta]:
         + MULTIPART_OVERHEAD
     )
     started = time.perf_counter()
+    conversions: list[StreamingConversion] = []
     with upload_workspace(settings) as workdir:
-        received = receive_multipart(
-            request.stream, request.content_type or "", request.content_length, workdir, settings
-        )
-        received_at = time.perf_counter()
-        unknown = sorted(set(received.fields) - {"tags"})
-        if unknown:
-            raise ValidationFailed(
-                f"Unknown form field(s) {', '.join(unknown)}; send 'files' parts and 'tags'.",
-                code="invalid_body",
-                details={"fields": {name: ["Unknown field."] for name in unknown}},
+
+        def convert_while_receiving(index: int, filename: str) -> StreamingConversion:
+            conversion = StreamingConversion(filename, workdir / f"{index}.parquet", settings)
+            conversions.append(conversion)
+            return conversion
+
+        try:
+            received = receive_multipart(
+                request.stream, request.content_type or "", request.content_length, workdir,
+                settings, convert_while_receiving,
             )
-        tags = validate_tags(_split(received.fields.getlist("tags")), settings.max_tags)
-        if not received.files:
-            raise ValidationFailed(
-                "No files in the upload: send one or more CSV files as 'files' parts.",
-                code="no_files",
-                details={"file_fields": list(FILE_FIELDS)},
-            )
-        prepared: list[Prepared] = []
-        errors: list[dict[str, Any]] = []
-        for index, upload in enumerate(received.files):
-            result = prepare_csv(upload.path, upload.filename, workdir / f"{index}.parquet",
-                                 settings)
-            if isinstance(result, Prepared):
-                prepared.append(result)
-            else:
-                errors.extend(result)
+            received_at = time.perf_counter()
+            unknown = sorted(set(received.fields) - {"tags"})
+            if unknown:
+                raise ValidationFailed(
+                    f"Unknown form field(s) {', '.join(unknown)}; send 'files' parts and 'tags'.",
+                    code="invalid_body",
+                    details={"fields": {name: ["Unknown field."] for name in unknown}},
+                )
+            tags = validate_tags(_split(received.fields.getlist("tags")), settings.max_tags)
+            if not received.files:
+                raise ValidationFailed(
+                    "No files in the upload: send one or more CSV files as 'files' parts.",
+                    code="no_files",
+                    details={"file_fields": list(FILE_FIELDS)},
+                )
+            prepared: list[Prepared] = []
+            errors: list[dict[str, Any]] = []
+            for index, upload in enumerate(received.files):
+                if isinstance(upload.tee, StreamingConversion):
+                    result = finish(upload.path, upload.filename, upload.tee.out, settings,
+                                    upload.tee.wait())
+                else:  # CSV text sent as a plain form field
+                    result = prepare_csv(upload.path, upload.filename,
+                                         workdir / f"field-{index}.parquet", settings)
+                if isinstance(result, Prepared):
+                    prepared.append(result)
+                else:
+                    errors.extend(result)
+        finally:
+            for conversion in conversions:
+                conversion.abort()
         if errors:
             raise row_errors(errors)
         converted_at = time.perf_counter()
         metas = store(svc.storage, svc.redis, tenant, prepared, tags, datetime.now(UTC))
         log.info(
-            "upload of %d file(s), %d rows, %d bytes: received %.2f s, converted %.2f s, "
+            "upload of %d file(s), %d rows, %d bytes: received %.2f s, converted %.2f s more, "
             "stored %.2f s", len(prepared), sum(p.rows for p in prepared),
             sum(f.size for f in received.files), received_at - started,
             converted_at - received_at, time.perf_counter() - converted_at,

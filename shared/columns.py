@@ -176,12 +176,13 @@ def parse_timestamp_value(value: Any) -> datetime:
 
 def _normalise_metadata(col: pa.Array) -> tuple[pa.Array, list[Problem]]:
     """Validate each distinct metadata string once; empty and blank cells become ``"{}"``."""
-    uniques = pc.unique(col)
+    encoded = pc.dictionary_encode(col)
+    uniques = encoded.dictionary
     bad: list[tuple[str, str]] = []
-    blank: list[str] = []
-    for text in uniques.to_pylist():
+    blank: list[int] = []
+    for position, text in enumerate(uniques.to_pylist()):
         if text.strip() == "":
-            blank.append(text)
+            blank.append(position)
             continue
         try:
             parsed = orjson.loads(text)
@@ -194,14 +195,21 @@ def _normalise_metadata(col: pa.Array) -> tuple[pa.Array, list[Problem]]:
     for text, why in bad:
         rows = _first_rows(pc.equal(col, text), MAX_PROBLEMS)
         problems.extend(Problem(row, "metadata", why) for row in rows)
-    if blank:
-        col = pc.if_else(pc.is_in(col, pa.array(blank, pa.string())), "{}", col)
+    if blank and not problems:
+        # Rewrite the few distinct values, then expand: cheaper than a per-row if_else.
+        values = uniques.to_pylist()
+        for position in blank:
+            values[position] = "{}"
+        col = pc.take(pa.array(values, pa.string()), encoded.indices)
     problems.sort()
     return col, problems[:MAX_PROBLEMS]
 
 
 def _empty_to_null(col: pa.Array) -> pa.Array:
-    return pc.if_else(pc.equal(col, ""), pa.scalar(None, pa.string()), col)
+    empty = pc.equal(col, "")
+    if not pc.any(empty).as_py():
+        return col
+    return pc.if_else(empty, pa.scalar(None, pa.string()), col)
 
 
 def convert(kind: Kind, text: pa.Table) -> tuple[pa.Table, list[Problem]]:
@@ -220,7 +228,9 @@ def convert(kind: Kind, text: pa.Table) -> tuple[pa.Table, list[Problem]]:
     for name in ID_COLUMNS[kind]:
         rows = _first_rows(pc.equal(cols[name], ""))
         problems.extend(Problem(r, name, f"{name} may not be empty") for r in rows)
-    cols["type"] = pc.if_else(pc.equal(cols["type"], ""), DEFAULT_TYPE, cols["type"])
+    no_type = pc.equal(cols["type"], "")
+    if pc.any(no_type).as_py():
+        cols["type"] = pc.if_else(no_type, DEFAULT_TYPE, cols["type"])
     cols["metadata"], meta_problems = _normalise_metadata(cols["metadata"])
     problems.extend(meta_problems)
     if kind == "entities":

@@ -1,10 +1,7 @@
-"""Turning uploads (CSV files on disk, or a JSON body) into stored, registered batches.
+"""Turning uploads into stored, registered batches: JSON bodies, and storing any upload.
 
-The good case reads each CSV file once with pyarrow's streaming, multi-threaded
-CSV reader, converts and validates every block with whole-column operations
-(:mod:`shared.columns`), and writes Parquet row groups as it goes, so memory
-stays bounded by the block and row-group sizes, not the file size. Only when a
-file fails does :mod:`shared.csv_errors` read it again to find exact lines.
+CSV files are converted by :mod:`shared.csv_ingest`; both forms end as
+:class:`Prepared` temporary Parquet files written by :func:`parquet_writer`.
 
 A request is stored whole or not at all (:func:`store`): every file is
 converted into a temporary Parquet file first; only when all of them are good
@@ -15,13 +12,11 @@ metadata recorded in one Redis ``MULTI``. Any failure removes what was written.
 from __future__ import annotations
 
 import contextlib
-import csv
 import logging
 import shutil
 import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -29,27 +24,17 @@ from typing import Any
 
 import orjson
 import pyarrow as pa
-import pyarrow.csv as pv
 import pyarrow.parquet as pq
 import redis
 
 from shared.batches import KINDS, BatchMeta, Kind, iso_utc, new_batch_ids, record_batches
-from shared.columns import COLUMNS, ID_COLUMNS, MAX_PROBLEMS, SCHEMAS, Problem, convert
+from shared.columns import COLUMNS, ID_COLUMNS, MAX_PROBLEMS, SCHEMAS, convert
 from shared.config import Settings
-from shared.csv_errors import BOM, scan
 from shared.errors import PayloadTooLarge, ValidationFailed
 from shared.storage import Storage, batch_path
 
 log = logging.getLogger(__name__)
 
-#: Bytes pyarrow parses per block (small blocks parallelise best); a record must fit in one.
-BLOCK_SIZE = 1 << 20
-#: Block size of the second attempt when a record is larger than :data:`BLOCK_SIZE`.
-LARGE_BLOCK_SIZE = 64 << 20
-#: Rows converted and written together (one Parquet row group).
-ROW_GROUP_ROWS = 250_000
-#: Longest header line read, in bytes.
-MAX_HEADER_BYTES = 64 * 1024
 PARQUET_COMPRESSION = "lz4"
 #: Parquet options per kind: dictionaries only where values repeat a lot, statistics only
 #: where readers filter (ids of entities for latest_entity, timestamps for the age cut).
@@ -102,7 +87,9 @@ def workspace(settings: Settings) -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def _error(source: str, line: int | None, column: str | None, message: str) -> dict[str, Any]:
+def error_item(source: str, line: int | None, column: str | None, message: str
+               ) -> dict[str, Any]:
+    """One entry of ``details.errors``."""
     return {"file": source, "line": line, "column": column, "message": message}
 
 
@@ -115,196 +102,6 @@ def row_errors(errors: list[dict[str, Any]]) -> ValidationFailed:
         code="invalid_rows",
         details={"errors": errors[:MAX_PROBLEMS]},
     )
-
-
-# -- CSV -------------------------------------------------------------------------------------
-def read_header(path: Path, source: str) -> list[str]:
-    """The header's column names (BOM stripped, whitespace trimmed, lower-cased)."""
-    with open(path, "rb") as fh:
-        first = fh.readline(MAX_HEADER_BYTES)
-    if first.startswith(BOM):
-        first = first[len(BOM):]
-    if not first.strip():
-        raise ValidationFailed(
-            f"File {source!r} is empty; a CSV file starts with a header row.",
-            code="empty_file",
-            details={"errors": [_error(source, 1, None, "the file is empty")]},
-        )
-    try:
-        text = first.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ValidationFailed(
-            f"File {source!r} is not UTF-8 text.",
-            code="invalid_rows",
-            details={"errors": [_error(source, 1, None, "the header is not valid UTF-8 text")]},
-        ) from exc
-    names = next(csv.reader([text.rstrip("\r\n")]), [])
-    return [n.strip().lower() for n in names]
-
-
-def detect_kind(names: Sequence[str], source: str) -> Kind:
-    """The kind a header names; 422 when it names neither kind, or both."""
-    present = set(names)
-    matches = [k for k in KINDS if set(COLUMNS[k]) <= present]
-    if len(matches) == 1:
-        kind = matches[0]
-        dupes = sorted({n for n in COLUMNS[kind] if names.count(n) > 1})
-        if dupes:
-            raise ValidationFailed(
-                f"File {source!r} names the column(s) {', '.join(dupes)} more than once.",
-                code="duplicate_columns",
-                details={"file": source, "columns": dupes},
-            )
-        return kind
-    missing = {k: [c for c in COLUMNS[k] if c not in present] for k in KINDS}
-    if matches:
-        raise ValidationFailed(
-            f"The header of {source!r} names the columns of both entities and interactions; "
-            "upload them as separate files.",
-            code="ambiguous_header",
-            details={"file": source, "header": list(names)},
-        )
-    raise ValidationFailed(
-        f"The header of {source!r} matches neither kind: entities need "
-        f"{', '.join(COLUMNS['entities'])} (missing {', '.join(missing['entities'])}); "
-        f"interactions need {', '.join(COLUMNS['interactions'])} "
-        f"(missing {', '.join(missing['interactions'])}).",
-        code="unknown_header",
-        details={"file": source, "header": list(names), "missing": missing},
-    )
-
-
-def _open_reader(path: Path, names: list[str], kind: Kind, block_size: int = BLOCK_SIZE
-                 ) -> pv.CSVStreamingReader:
-    unique = [n if n in COLUMNS[kind] and names.index(n) == i else f"_extra_{i}"
-              for i, n in enumerate(names)]
-    return pv.open_csv(
-        path,
-        read_options=pv.ReadOptions(
-            column_names=unique, skip_rows=1, block_size=block_size, use_threads=True
-        ),
-        parse_options=pv.ParseOptions(newlines_in_values=True),
-        convert_options=pv.ConvertOptions(
-            column_types={c: pa.string() for c in COLUMNS[kind]},
-            include_columns=list(COLUMNS[kind]),
-            strings_can_be_null=False,
-            quoted_strings_can_be_null=False,
-        ),
-    )
-
-
-def _structural_errors(path: Path, names: list[str], source: str, exc: Exception
-                       ) -> list[dict[str, Any]]:
-    found = scan(path, names).problems
-    if not found:  # pyarrow saw something the exact pass did not: report pyarrow's words
-        return [_error(source, None, None, f"the file cannot be read as CSV: {exc}")]
-    return [_error(source, line, column, message) for line, column, message in found]
-
-
-def _with_lines(path: Path, names: list[str], source: str, problems: list[Problem]
-                ) -> list[dict[str, Any]]:
-    lines = scan(path, names, want_rows={p.row for p in problems}).lines
-    return [_error(source, lines.get(p.row), p.column, p.message) for p in problems]
-
-
-class _Chunks:
-    """Converts and writes chunks of rows in one background thread, in order.
-
-    pyarrow releases the GIL while it parses, converts and encodes, so reading the next
-    blocks of the CSV overlaps with converting and writing the previous ones.
-    """
-
-    def __init__(self, kind: Kind, out: Path) -> None:
-        self.kind = kind
-        self.writer = parquet_writer(out, kind)
-        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest")
-        self.pending: list[Future[list[Problem]]] = []
-        self.problems: list[Problem] = []
-
-    def _convert(self, batches: list[pa.RecordBatch], offset: int) -> list[Problem]:
-        table, found = convert(self.kind, pa.Table.from_batches(batches))
-        if found:
-            return [Problem(p.row + offset, p.column, p.message) for p in found]
-        if not self.problems:
-            self.writer.write_table(table)
-        return []
-
-    def submit(self, batches: list[pa.RecordBatch], offset: int) -> None:
-        """Queue a chunk; waits while two are already queued, so memory stays bounded."""
-        self.pending.append(self.pool.submit(self._convert, batches, offset))
-        while len(self.pending) > 2 or (self.pending and self.pending[0].done()):
-            self.problems.extend(self.pending.pop(0).result())
-
-    def finish(self) -> list[Problem]:
-        """Wait for every chunk; the problems found, first ones first."""
-        for future in self.pending:
-            self.problems.extend(future.result())
-        self.pending = []
-        return sorted(self.problems)[:MAX_PROBLEMS]
-
-    def close(self) -> None:
-        """Stop the thread and close the file."""
-        for future in self.pending:
-            future.cancel()
-        self.pool.shutdown(wait=True)
-        self.writer.close()
-
-
-def _convert_file(path: Path, names: list[str], kind: Kind, out: Path, source: str,
-                  settings: Settings, block_size: int) -> tuple[int, list[Problem]]:
-    rows = 0
-    chunk: list[pa.RecordBatch] = []
-    chunk_rows = 0
-    chunks = _Chunks(kind, out)
-    try:
-        try:
-            for batch in _open_reader(path, names, kind, block_size):
-                rows += batch.num_rows
-                if rows > settings.max_file_rows:
-                    raise PayloadTooLarge(
-                        f"File {source!r} has more than {settings.max_file_rows} rows; "
-                        "nothing was stored.",
-                        code="too_many_rows",
-                        details={"file": source, "max_file_rows": settings.max_file_rows},
-                    )
-                chunk.append(batch)
-                chunk_rows += batch.num_rows
-                if chunk_rows >= ROW_GROUP_ROWS:
-                    chunks.submit(chunk, rows - chunk_rows)
-                    chunk, chunk_rows = [], 0
-                    if len(chunks.problems) >= MAX_PROBLEMS:
-                        break
-        except pa.ArrowInvalid as exc:
-            if "Empty CSV file" not in str(exc):
-                raise
-        if chunk:
-            chunks.submit(chunk, rows - chunk_rows)
-        return rows, chunks.finish()
-    finally:
-        chunks.close()
-
-
-def prepare_csv(path: Path, source: str, out: Path, settings: Settings) -> Prepared | list[
-        dict[str, Any]]:
-    """Convert one uploaded CSV file to a temporary Parquet file, or return its row errors."""
-    names = read_header(path, source)
-    kind = detect_kind(names, source)
-    try:
-        try:
-            rows, problems = _convert_file(path, names, kind, out, source, settings, BLOCK_SIZE)
-        except pa.ArrowInvalid as exc:
-            if "straddl" not in str(exc):
-                raise
-            # A record larger than a block: read again with blocks large enough for any sane one.
-            rows, problems = _convert_file(path, names, kind, out, source, settings,
-                                           LARGE_BLOCK_SIZE)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-        return _structural_errors(path, names, source, exc)
-    if problems:
-        return _with_lines(path, names, source, problems)
-    if rows == 0:
-        return [_error(source, None, None, "the file has a header but no rows")]
-    return Prepared(kind, out, rows, out.stat().st_size, source)
 
 
 # -- JSON ------------------------------------------------------------------------------------

@@ -10,9 +10,10 @@ upload with 413 before anything is stored.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import RequestEntityTooLarge
@@ -20,7 +21,7 @@ from werkzeug.formparser import MultiPartParser
 from werkzeug.http import parse_options_header
 
 from shared.config import Settings
-from shared.errors import BadRequest, PayloadTooLarge
+from shared.errors import BadRequest, PayloadTooLarge, ServiceError
 
 #: Bytes read from the socket per step; large enough to keep Python overhead per byte low.
 BUFFER_SIZE = 256 * 1024
@@ -31,6 +32,20 @@ MAX_FIELD_BYTES = 4 * BUFFER_SIZE
 FILE_FIELDS = ("files", "file")
 
 
+class Tee(Protocol):
+    """Something that sees a file's bytes as they arrive (a streaming conversion)."""
+
+    def feed(self, data: bytes) -> None:
+        """A chunk was received (may raise a ServiceError to stop the upload)."""
+
+    def end(self) -> None:
+        """The file is complete."""
+
+
+#: Called for each file part as it starts, with its position and name; may return a Tee.
+TeeFactory = Callable[[int, str], Tee | None]
+
+
 @dataclass
 class UploadedFile:
     """One file part, stored on disk."""
@@ -39,6 +54,7 @@ class UploadedFile:
     filename: str
     path: Path
     size: int
+    tee: Tee | None = None
 
 
 @dataclass
@@ -52,10 +68,11 @@ class Received:
 class _CountingFile:
     """A write-only temporary file that refuses to grow past ``limit`` bytes."""
 
-    def __init__(self, path: Path, limit: int, filename: str) -> None:
+    def __init__(self, path: Path, limit: int, filename: str, tee: Tee | None) -> None:
         self.path = path
         self.limit = limit
         self.filename = filename
+        self.tee = tee
         self.size = 0
         self._fh = open(path, "wb")  # noqa: SIM115 - closed by the owner after parsing
 
@@ -68,10 +85,16 @@ class _CountingFile:
                 code="file_too_large",
                 details={"file": self.filename, "max_file_bytes": self.limit},
             )
-        return self._fh.write(data)
+        written = self._fh.write(data)
+        if self.tee is not None:
+            self.tee.feed(data)
+        return written
 
     def seek(self, offset: int, whence: int = 0) -> int:
+        # werkzeug rewinds a file part once it is complete: the end of this file.
         self._fh.flush()
+        if self.tee is not None:
+            self.tee.end()
         return self._fh.seek(offset, whence)
 
     def close(self) -> None:
@@ -93,8 +116,13 @@ def receive_multipart(
     content_length: int | None,
     workdir: Path,
     settings: Settings,
+    tee_factory: TeeFactory | None = None,
 ) -> Received:
-    """Parse the body into text fields and files written under ``workdir``."""
+    """Parse the body into text fields and files written under ``workdir``.
+
+    ``tee_factory`` may attach a :class:`Tee` to each file part, which then sees the
+    bytes as they arrive; the caller ends or aborts the tees.
+    """
     _mimetype, options = parse_options_header(content_type)
     boundary = options.get("boundary", "")
     if not boundary:
@@ -116,8 +144,10 @@ def receive_multipart(
                 code="too_many_files",
                 details={"max_files_per_request": settings.max_files_per_request},
             )
+        index = len(opened)
+        tee = tee_factory(index, filename or f"files[{index}]") if tee_factory else None
         part = _CountingFile(
-            workdir / f"upload-{len(opened)}.csv", settings.max_file_bytes, filename or ""
+            workdir / f"upload-{index}.csv", settings.max_file_bytes, filename or "", tee
         )
         opened.append(part)
         return part
@@ -131,7 +161,7 @@ def receive_multipart(
     )
     try:
         fields, files = parser.parse(stream, boundary.encode("latin-1"), content_length)
-    except PayloadTooLarge:
+    except ServiceError:
         _drain(stream)
         raise
     except RequestEntityTooLarge as exc:
@@ -156,7 +186,7 @@ def receive_multipart(
             continue
         received.files.append(
             UploadedFile(name, storage.filename or f"{name}[{len(received.files)}]",
-                         container.path, container.size)
+                         container.path, container.size, container.tee)
         )
     for name, value in fields.items(multi=True):
         if name in FILE_FIELDS:  # CSV text sent as a plain field (curl -F 'files=<x.csv')

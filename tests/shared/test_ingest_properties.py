@@ -14,7 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from shared.config import Settings
-from shared.ingest import Prepared, prepare_csv, prepare_json, workspace
+from shared.csv_ingest import prepare_csv
+from shared.ingest import Prepared, prepare_json, workspace
 
 # Any text a spreadsheet could hold (no NUL, no lone surrogates: neither survives UTF-8 CSV).
 cell = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
