@@ -11,9 +11,9 @@ Where the context comes from:
   (the request id set from ``X-Request-Id`` or generated, the tenant once the
   key is known);
 - in a worker, :func:`connect_celery_signals` handlers copy the request id
-  from the task message's headers into a contextvar before the task runs and
-  clear it after; a task that publishes another (training, then its callback)
-  passes it on, because the publish hook reads the same contextvar.
+  and tenant from the task message's headers into contextvars before the task
+  runs and clear them after; a task that publishes another (training, then its
+  callback) passes them on, because the publish hook reads the same contextvars.
 
 Nothing secret is logged: whole lines (message, extras, traceback) are
 scrubbed of API keys (``rk_...``), webhook secrets (``whsec_...``) and the
@@ -38,6 +38,8 @@ import orjson
 
 #: Message header that carries the request id from the publisher into the task.
 TASK_HEADER = "recsys_request_id"
+#: Message header that carries the tenant (when the publisher knew it).
+TENANT_HEADER = "recsys_tenant"
 
 request_id_var: ContextVar[str | None] = ContextVar("recsys_request_id", default=None)
 tenant_var: ContextVar[str | None] = ContextVar("recsys_tenant", default=None)
@@ -222,18 +224,26 @@ _task_tokens: dict[str, list[tuple[ContextVar[str | None], Token[str | None]]]] 
 
 
 def _before_task_publish(headers: dict[str, Any] | None = None, **_: Any) -> None:
-    request_id = current_request_id()
-    if request_id and headers is not None and not headers.get(TASK_HEADER):
-        headers[TASK_HEADER] = request_id
+    if headers is None:
+        return
+    context = log_context()
+    for name, header in (("request_id", TASK_HEADER), ("tenant", TENANT_HEADER)):
+        if context.get(name) and not headers.get(header):
+            headers[header] = context[name]
+
+
+def _header(request: Any, name: str) -> str | None:
+    value = getattr(request, name, None)
+    if value is None and request is not None:
+        value = (getattr(request, "headers", None) or {}).get(name)
+    return str(value) if value else None
 
 
 def _task_prerun(task_id: str | None = None, task: Any = None, **_: Any) -> None:
     request = getattr(task, "request", None)
-    request_id = getattr(request, TASK_HEADER, None)
-    if request_id is None and request is not None:
-        request_id = (getattr(request, "headers", None) or {}).get(TASK_HEADER)
     tokens = [
-        (request_id_var, request_id_var.set(str(request_id) if request_id else None)),
+        (request_id_var, request_id_var.set(_header(request, TASK_HEADER))),
+        (tenant_var, tenant_var.set(_header(request, TENANT_HEADER))),
         (task_id_var, task_id_var.set(task_id)),
         (task_name_var, task_name_var.set(getattr(task, "name", None))),
     ]

@@ -10,6 +10,7 @@ from typing import Any
 import requests
 
 from api.app import create_app
+from api.auth import authenticate
 from api.context import services
 from shared.contracts import TASK_PROGRESS_PROBE
 from tests.integration.conftest import Stack
@@ -33,8 +34,10 @@ def test_the_request_id_of_the_request_that_enqueued_a_task_is_in_the_workers_lo
     # Given a request carrying X-Request-Id that enqueues a task (as POST /train does)
     request_id = f"it-{uuid.uuid4().hex[:12]}"
     app = create_app(stack.settings)
-    with app.test_request_context("/v1/recommender/train", headers={"X-Request-Id": request_id}):
-        app.preprocess_request()
+    headers = {"X-Request-Id": request_id, **stack.headers()}
+    with app.test_request_context("/v1/recommender/train", method="POST", headers=headers):
+        app.preprocess_request()  # sets the request id
+        authenticate()  # as every view does before it enqueues: the tenant is known
         result = services().celery.send_task(TASK_PROGRESS_PROBE, kwargs={"steps": 1, "delay": 0})
     # When the real worker runs it
     assert result.get(timeout=30) == {"steps": 1, "done": True}
@@ -49,6 +52,7 @@ def test_the_request_id_of_the_request_that_enqueued_a_task_is_in_the_workers_lo
         time.sleep(0.1)
     assert mine, "the worker wrote no JSON line for the task"
     assert {line.get("request_id") for line in mine} == {request_id}
+    assert {line.get("tenant") for line in mine} == {"default"}
     assert any(line["message"] == "task started" for line in mine)
     assert all(line.get("task") == TASK_PROGRESS_PROBE for line in mine)
 

@@ -141,7 +141,10 @@ def test_a_task_runs_with_its_request_id_and_passes_it_to_the_tasks_it_publishes
     captured: io.StringIO,
 ) -> None:
     # Given a task whose message carried a request id
-    task = SimpleNamespace(name="recsys.train", request=SimpleNamespace(**{TASK_HEADER: "req-7"}))
+    task = SimpleNamespace(
+        name="recsys.train", request=SimpleNamespace(**{TASK_HEADER: "req-7"}, headers=None)
+    )
+    task.request.recsys_tenant = "acme"
     logs._task_prerun(task_id="t-1", task=task)
     # When it logs and publishes its callback delivery
     logging.getLogger("recsys.test").info("training")
@@ -155,9 +158,12 @@ def test_a_task_runs_with_its_request_id_and_passes_it_to_the_tasks_it_publishes
     started, training, ended, between = lines
     assert started["message"] == "task started" and started["task"] == "recsys.train"
     assert training["request_id"] == "req-7" and training["task_id"] == "t-1"
+    assert training["tenant"] == "acme"
     assert ended["state"] == "SUCCESS" and ended["request_id"] == "req-7"
     assert child_headers[TASK_HEADER] == "req-7"
+    assert child_headers["recsys_tenant"] == "acme"
     assert "request_id" not in between and "task_id" not in between
+    assert "tenant" not in between
 
 
 def test_api_lines_carry_the_request_id_and_tenant(
