@@ -141,14 +141,30 @@ def train_wall(stack: Stack, model_id: str, body: dict[str, Any]) -> tuple[float
     if response.status_code != 202:
         raise SystemExit(f"train failed: {response.status_code} {response.text[:500]}")
     while True:
-        status = requests.get(f"{stack.url}/status/{model_id}", headers=stack.headers(),
-                              timeout=60).json()
+        got = requests.get(f"{stack.url}/status/{model_id}", headers=stack.headers(), timeout=60)
+        if got.status_code != 200:
+            print(f"   (status answered {got.status_code}: {got.text[:300]}; polling on)")
+            time.sleep(0.5)
+            continue
+        status = got.json()
         if status["status"] != "running":
             elapsed = time.perf_counter() - started
             if status["status"] != "completed":
                 raise SystemExit(f"run ended as {status['status']}: {status['message']}")
             return elapsed, status
         time.sleep(0.05)
+
+
+def worker_breakdown(stack: Stack, model_id: str, version: int) -> dict[str, Any]:
+    """The task's own summary (assembly and per-epoch seconds) from the result backend."""
+    from celery.result import AsyncResult
+
+    from worker.celery_app import make_celery
+
+    task_id = stack.redis.hget(f"recsys:t:{TENANT}:run:{model_id}:{version}", "task_id")
+    result = AsyncResult(str(task_id), app=make_celery(stack.settings, include_tasks=False))
+    summary = result.get(timeout=10)
+    return summary if isinstance(summary, dict) else {}
 
 
 def lightfm_fit_seconds(table: pa.Table, threads: int) -> tuple[float, int]:
@@ -223,6 +239,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--big", type=int, default=10_000_000)
     parser.add_argument("--skip-big", action="store_true")
+    parser.add_argument("--repeat", type=int, default=2)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="recsys-bench-train-") as tmp:
         base = Path(tmp)
@@ -234,13 +251,24 @@ def main() -> None:
                   f"{args.targets:,} targets, power law) as CSV in {seconds:.1f} s")
             plain = {"data_tags": ["bench"], "evaluation": {"holdout": 0},
                      "hyperparameters": {"loss": "warp", "epochs": 10, "no_components": 32}}
-            wall, status = train_wall(stack, "bench-plain", plain)
-            fit, nnz = lightfm_fit_seconds(table, args.threads)
+            walls: list[float] = []
+            fits: list[float] = []
+            for attempt in range(args.repeat):  # interleaved: both see the same machine load
+                wall, status = train_wall(stack, "bench-plain", plain)
+                walls.append(wall)
+                inside = worker_breakdown(stack, "bench-plain", status["version"])
+                fit, nnz = lightfm_fit_seconds(table, args.threads)
+                fits.append(fit)
+                print(f"   round {attempt + 1}: service {wall:.1f} s (in the worker: assembly "
+                      f"{inside.get('assembly_seconds', 0):.1f} s, 10 epochs "
+                      f"{10 * inside.get('epoch_seconds', 0):.1f} s); LightFM fit {fit:.1f} s")
+            wall, fit = min(walls), min(fits)
             ratio = wall / fit
             print(f"1. POST /train -> completed (10 epochs, 32 components, WARP, evaluation "
-                  f"off, {args.threads} threads): {wall:.1f} s; counts {status['counts']}")
+                  f"off, {args.threads} threads), best of {args.repeat}: {wall:.1f} s; "
+                  f"counts {status['counts']}")
             print(f"   LightFM fit on the same {nnz:,}-pair matrix, same parameters and "
-                  f"threads: {fit:.1f} s")
+                  f"threads, best of {args.repeat}: {fit:.1f} s")
             print(f"   ratio {ratio:.2f} (target <= 1.15: {'OK' if ratio <= 1.15 else 'over'})")
             evaluated = {**plain, "evaluation": {}}
             wall_eval, status = train_wall(stack, "bench-eval", evaluated)
