@@ -66,9 +66,9 @@ class FakeApi:
         return matches[-1]
 
 
-@pytest.fixture
-def fake_api() -> Iterator[FakeApi]:
-    """A fake API on 127.0.0.1 with a free port."""
+@pytest.fixture(scope="module")
+def fake_api_server() -> Iterator[FakeApi]:
+    """One fake API server per module (a server's shutdown costs half a second)."""
     api = FakeApi()
 
     class Handler(BaseHTTPRequestHandler):
@@ -111,6 +111,14 @@ def fake_api() -> Iterator[FakeApi]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture
+def fake_api(fake_api_server: FakeApi) -> FakeApi:
+    """The fake API with no routes and no recorded requests."""
+    fake_api_server.routes.clear()
+    fake_api_server.seen.clear()
+    return fake_api_server
 
 
 def run(api: FakeApi, *args: str, key: str | None = "rk_test", env: dict[str, str] | None = None
