@@ -56,6 +56,8 @@ class ApiError(ClientError):
         self.status = status
         self.code = code
         self.details: dict[str, Any] = details or {}
+        #: Seconds the server asked to wait (``Retry-After`` of a 429 or 503), if any.
+        self.retry_after: float | None = None
 
     def __str__(self) -> str:
         return self.one_line()
@@ -404,6 +406,15 @@ def _reason(exc: requests.ConnectionError) -> str:
 
 def error_from_response(response: requests.Response) -> ApiError:
     """The contract's error body as an ApiError; a non-JSON body still gives a readable one."""
+    error = _error_body(response)
+    try:
+        error.retry_after = float(response.headers.get("Retry-After", ""))
+    except ValueError:
+        error.retry_after = None
+    return error
+
+
+def _error_body(response: requests.Response) -> ApiError:
     try:
         body = response.json()
     except ValueError:

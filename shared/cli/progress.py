@@ -24,15 +24,18 @@ from rich.progress import (
 
 from shared.client import ApiError, ConnectionFailed, RecsysClient
 
-#: Seconds between two polls of the status.
-POLL_INTERVAL = 0.5
+#: Seconds between two polls of the status (60 a minute, well inside the rate limit).
+POLL_INTERVAL = 1.0
 #: Seconds of consecutive unreachable/503 answers tolerated while waiting (a restart, say).
 OUTAGE_GRACE = 30.0
 FINAL_STATES = {"completed", "error"}
 
 
 def _transient(exc: Exception) -> bool:
-    return isinstance(exc, ConnectionFailed) or (isinstance(exc, ApiError) and exc.status == 503)
+    """Worth waiting out: unreachable, 503 (a restart), 429 (rate limited)."""
+    return isinstance(exc, ConnectionFailed) or (
+        isinstance(exc, ApiError) and exc.status in {429, 503}
+    )
 
 
 def wait_for_run(
@@ -73,7 +76,8 @@ def wait_for_run(
                     failing_since = failing_since or now
                     if now - failing_since > OUTAGE_GRACE:
                         raise
-                    time.sleep(poll_interval)
+                    asked = exc.retry_after if isinstance(exc, ApiError) else None
+                    time.sleep(min(max(poll_interval, asked or 0.0), OUTAGE_GRACE))
                     continue
             phase = str(status.get("phase") or status.get("status") or "?")
             progress = int(status.get("progress") or 0)

@@ -139,7 +139,7 @@ def show_status(state: CliState, status: dict[str, Any]) -> None:
               help="At most this many sources are evaluated.")
 @click.option("--dry-run", is_flag=True, help="Validate and estimate, without training.")
 @click.option("--wait", is_flag=True, help="Show live progress until the run ends.")
-@click.option("--poll-interval", type=float, default=0.5, show_default=True, hidden=True)
+@click.option("--poll-interval", type=float, default=1.0, show_default=True, hidden=True)
 @click.pass_obj
 def train(state: CliState, /, wait: bool, poll_interval: float, **options: Any) -> None:
     """Start a training run (and with --wait, watch it to the end)."""

@@ -191,3 +191,19 @@ def test_json_wait_keeps_stdout_pure_json(fake_api: FakeApi) -> None:
     assert result.exit_code == 0
     assert json.loads(result.stdout)["status"] == "completed"
     assert "done" in result.stderr
+
+
+def test_wait_rides_out_rate_limits_and_restarts(fake_api: FakeApi) -> None:
+    # given a status endpoint that answers 429 and 503 before the final status
+    answers = iter([
+        (429, {"error": {"code": "rate_limited", "message": "Too many requests.",
+                         "details": {}}}),
+        (503, {"error": {"code": "dependency_unavailable", "message": "Redis is down.",
+                         "details": {}}}),
+        (200, status("done", 100, "completed", metrics=METRICS)),
+    ])
+    fake_api.on("POST", "/train", (202, status("queued", 0)))
+    fake_api.on("GET", "/status/m1", lambda _: next(answers))
+    result = run(fake_api, "train", "--model-id", "m1", "--wait", "--poll-interval", "0.01")
+    assert result.exit_code == 0, result.output + result.stderr
+    assert "popularity baseline" in result.output
