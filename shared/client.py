@@ -5,23 +5,20 @@ bodies, and the JSON error format, which it turns into one :class:`ApiError`
 with a readable one-line message. A refused or timed-out connection becomes
 :class:`ConnectionFailed`.
 
-Uploads are streamed from disk with a hand-written multipart body
-(:class:`MultipartFiles`): ``requests`` builds multipart bodies in memory,
-which a 1 GiB file must not be, and ``requests-toolbelt`` (which streams them)
-is not worth a dependency for one small class.
+Uploads are streamed from disk (:class:`shared.multipart.MultipartFiles`).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import secrets
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import requests
+
+from shared.multipart import MultipartFiles
 
 API_PREFIX = "/v1/recommender"
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -32,8 +29,6 @@ READ_TIMEOUT = 300.0
 #: Seconds to wait for an upload's reply once sent: the server converts and stores the
 #: files first (the API's own limit, RECSYS_WEB_TIMEOUT, defaults to an hour).
 UPLOAD_READ_TIMEOUT = 3600.0
-#: Bytes read from disk per chunk of a streamed upload.
-CHUNK_BYTES = 1 << 20
 #: Above this many source ids, recommendations are asked for with a POST body (URL length).
 MAX_GET_SOURCES = 50
 
@@ -91,57 +86,6 @@ def api_base(url: str) -> str:
     if base.endswith(API_PREFIX):
         base = base[: -len(API_PREFIX)]
     return base
-
-
-class MultipartFiles:
-    """A ``multipart/form-data`` body of CSV files and tags, streamed from disk.
-
-    ``requests`` sends an object with ``__iter__`` and ``__len__`` as a streamed
-    body with a ``Content-Length`` header, reading one chunk at a time.
-    """
-
-    def __init__(self, paths: Sequence[Path], tags: Sequence[str]) -> None:
-        self.boundary = "recsys-" + secrets.token_hex(16)
-        self.paths = [Path(p) for p in paths]
-        self._parts: list[tuple[bytes, Path | None]] = []
-        for tag in tags:
-            head = (
-                f"--{self.boundary}\r\n"
-                'Content-Disposition: form-data; name="tags"\r\n\r\n'
-                f"{tag}\r\n"
-            ).encode()
-            self._parts.append((head, None))
-        for path in self.paths:
-            name = path.name.replace('"', "%22").replace("\r", "").replace("\n", "")
-            head = (
-                f"--{self.boundary}\r\n"
-                f'Content-Disposition: form-data; name="files"; filename="{name}"\r\n'
-                "Content-Type: text/csv\r\n\r\n"
-            ).encode()
-            self._parts.append((head, path))
-        self._tail = f"--{self.boundary}--\r\n".encode()
-        self._length = len(self._tail) + sum(
-            len(head) + (os.path.getsize(path) + 2 if path is not None else 0)
-            for head, path in self._parts
-        )
-
-    @property
-    def content_type(self) -> str:
-        """The header value naming this body's boundary."""
-        return f"multipart/form-data; boundary={self.boundary}"
-
-    def __len__(self) -> int:
-        return self._length
-
-    def __iter__(self) -> Iterator[bytes]:
-        for head, path in self._parts:
-            yield head
-            if path is not None:
-                with path.open("rb") as fh:
-                    while chunk := fh.read(CHUNK_BYTES):
-                        yield chunk
-                yield b"\r\n"
-        yield self._tail
 
 
 def _list_param(values: Sequence[str] | None) -> list[str] | None:

@@ -24,7 +24,8 @@ from click.testing import CliRunner, Result
 
 from shared.cli import cli
 from shared.cli import keys as cli_keys
-from shared.client import ApiError, MultipartFiles, RecsysClient
+from shared.client import ApiError, RecsysClient
+from shared.multipart import MultipartFiles
 
 PREFIX = "/v1/recommender"
 
