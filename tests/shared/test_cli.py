@@ -25,7 +25,7 @@ from click.testing import CliRunner, Result
 from shared.cli import cli
 from shared.cli import keys as cli_keys
 from shared.client import ApiError, RecsysClient
-from shared.multipart import MultipartFiles
+from shared.multipart import CHUNK_BYTES, MultipartFiles
 
 PREFIX = "/v1/recommender"
 
@@ -174,7 +174,9 @@ def test_multipart_length_matches_streamed_bytes(tmp_path: Path) -> None:
     big = tmp_path / "big.csv"
     big.write_bytes(b"x" * (3 * (1 << 20) + 7))
     body = MultipartFiles([big], ["a"])
-    assert sum(len(chunk) for chunk in body) == len(body)
+    sizes = [len(chunk) for chunk in body]
+    assert sum(sizes) == len(body)
+    assert max(sizes) <= CHUNK_BYTES  # read a chunk at a time, never the whole file
 
 
 def test_api_error_is_one_line_on_stderr_with_exit_1(fake_api: FakeApi, tmp_path: Path) -> None:
