@@ -24,7 +24,7 @@ from shared.config import Settings
 from shared.errors import BadRequest, PayloadTooLarge, ServiceError
 
 #: Bytes read from the socket per step; large enough to keep Python overhead per byte low.
-BUFFER_SIZE = 256 * 1024
+BUFFER_SIZE = 1024 * 1024
 #: Largest non-file form field (the tags), in bytes. werkzeug also applies it to each chunk it
 #: buffers, so it must stay well above :data:`BUFFER_SIZE`.
 MAX_FIELD_BYTES = 4 * BUFFER_SIZE

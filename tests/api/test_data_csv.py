@@ -198,3 +198,20 @@ def test_redis_failure_while_recording_removes_the_files(
     assert res.status_code == 503
     monkeypatch.undo()
     assert nothing_stored(app, client, auth)
+
+
+def test_a_large_file_with_a_bad_header_is_refused_while_it_arrives(
+    app: Flask, client: FlaskClient, auth: dict[str, str], settings: Settings
+) -> None:
+    big = dataclasses.replace(settings, max_file_bytes=64 << 20, max_file_rows=10_000_000)
+    app.extensions["recsys"] = dataclasses.replace(app.extensions["recsys"], settings=big)
+    body = b"user,item\n" + b"u1,i1\n" * 1_000_000  # 6 MB: many chunks after the header
+    res = post(client, auth, ("wrong.csv", body), ("ok.csv", ENT + b"x,,,,\n"))
+    assert res.status_code == 422 and res.json["error"]["code"] == "unknown_header"
+    assert nothing_stored(app, client, auth)
+    rows = ENT + b"x,,,,\n" * 1_000_001  # one row over the limit, streamed
+    limited = dataclasses.replace(big, max_file_rows=1_000_000)
+    app.extensions["recsys"] = dataclasses.replace(app.extensions["recsys"], settings=limited)
+    res = post(client, auth, ("rows.csv", rows))
+    assert res.status_code == 413 and res.json["error"]["code"] == "too_many_rows"
+    assert nothing_stored(app, client, auth)
