@@ -90,13 +90,17 @@ def test_compose_file_runs_every_role_with_persistent_redis() -> None:
 
 @pytest.fixture
 def entry_env(redis_server: EmbeddedServer, tmp_path: Path) -> Iterator[dict[str, str]]:
-    """The environment the compose file gives the containers, pointed at the test server."""
-    r = redis.Redis.from_url(redis_server.url, decode_responses=True)
-    r.flushall()
+    """The environment the compose file gives the containers, pointed at the test server.
+
+    A database of its own (15), so nothing another module's stack keeps is touched.
+    """
+    url = redis_server.url.rsplit("/", 1)[0] + "/15"
+    r = redis.Redis.from_url(url, decode_responses=True)
+    r.flushdb()
     yield {
         **os.environ,
         "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""),
-        "RECSYS_REDIS_URL": redis_server.url,
+        "RECSYS_REDIS_URL": url,
         "RECSYS_DATA_DIR": str(tmp_path / "data"),
         "RECSYS_HOST": "127.0.0.1",
         "RECSYS_PORT": str(_free_port()),
@@ -105,17 +109,17 @@ def entry_env(redis_server: EmbeddedServer, tmp_path: Path) -> Iterator[dict[str
         "RECSYS_WORKER_CONCURRENCY": "1",
         "PYTHONUNBUFFERED": "1",
     }
-    r.flushall()
+    r.flushdb()
 
 
 def test_entrypoint_roles_bring_up_a_ready_service(
-    entry_env: dict[str, str], redis_server: EmbeddedServer, tmp_path: Path
+    entry_env: dict[str, str], tmp_path: Path
 ) -> None:
     # given the bootstrap role, run once as the compose file does
     done = subprocess.run(["sh", str(ENTRYPOINT), "bootstrap"], env=entry_env, cwd=tmp_path,
                           capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stderr
-    r = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    r = redis.Redis.from_url(entry_env["RECSYS_REDIS_URL"], decode_responses=True)
     record = lookup(r, entry_env["RECSYS_BOOTSTRAP_KEY"])
     assert record is not None and record.tenant == "default" and record.scopes == set(SCOPES)
     # when the api and worker roles start
