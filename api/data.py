@@ -203,6 +203,8 @@ def _upload_json(tenant: str) -> list[BatchMeta]:
 
 @blp.route("/data_batch")
 class DataBatches(MethodView):
+    """Upload, list and delete batches."""
+
     @require("data:write")
     @blp.doc(**_UPLOAD_DOC)
     @blp.response(201, BatchSchema(many=True))
@@ -259,6 +261,8 @@ def _dataset(body: dict[str, Any]) -> dict[str, Any]:
 
 @blp.route("/dataset")
 class Dataset(MethodView):
+    """What a training run with a given selection would use."""
+
     @require("data:read")
     @blp.arguments(DatasetQuerySchema, location="query", as_kwargs=True, unknown=ma.RAISE)
     @blp.response(200, DatasetSchema)

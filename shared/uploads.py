@@ -77,6 +77,7 @@ class _CountingFile:
         self._fh = open(path, "wb")  # noqa: SIM115 - closed by the owner after parsing
 
     def write(self, data: bytes) -> int:
+        """Append a received chunk (413 past the limit) and pass it to the tee."""
         self.size += len(data)
         if self.size > self.limit:
             raise PayloadTooLarge(
@@ -91,6 +92,7 @@ class _CountingFile:
         return written
 
     def seek(self, offset: int, whence: int = 0) -> int:
+        """Rewind; werkzeug calls it once the part is complete."""
         # werkzeug rewinds a file part once it is complete: the end of this file.
         self._fh.flush()
         if self.tee is not None:
@@ -98,6 +100,7 @@ class _CountingFile:
         return self._fh.seek(offset, whence)
 
     def close(self) -> None:
+        """Close the file on disk."""
         self._fh.close()
 
 
