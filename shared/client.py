@@ -11,7 +11,7 @@ Uploads are streamed from disk (:class:`shared.multipart.MultipartFiles`).
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -126,6 +126,7 @@ class RecsysClient:
         data: Any = None,
         headers: Mapping[str, str] | None = None,
         timeout: float | None = None,
+        stream: bool = False,
     ) -> requests.Response:
         """Send one request; ApiError on a non-2xx answer, ConnectionFailed when unreachable."""
         sent_headers = {"Accept": "application/json"}
@@ -143,6 +144,7 @@ class RecsysClient:
                 data=data,
                 headers=sent_headers,
                 timeout=(CONNECT_TIMEOUT, timeout or self.timeout),
+                stream=stream,
             )
         except requests.ConnectionError as exc:
             raise ConnectionFailed(f"Cannot connect to {self.base}: {_reason(exc)}") from exc
@@ -276,6 +278,7 @@ class RecsysClient:
         exclude_seen: bool,
         output_format: str,
         source_metadata: Mapping[str, Any] | None,
+        stream: bool = False,
     ) -> requests.Response:
         if source_metadata is not None or len(source_ids) > MAX_GET_SOURCES:
             body: dict[str, Any] = {
@@ -289,7 +292,7 @@ class RecsysClient:
                 body["max_recommendations"] = max_recommendations
             if source_metadata is not None:
                 body["source_metadata"] = dict(source_metadata)
-            return self.request("POST", "/recommended_items", json_body=body)
+            return self.request("POST", "/recommended_items", json_body=body, stream=stream)
         params: dict[str, Any] = {
             "model_id": model_id,
             "source_id": list(source_ids) or None,
@@ -297,7 +300,7 @@ class RecsysClient:
             "exclude_seen": "true" if exclude_seen else "false",
             "output_format": output_format,
         }
-        return self.request("GET", "/recommended_items", params=params)
+        return self.request("GET", "/recommended_items", params=params, stream=stream)
 
     def recommend(
         self,
@@ -329,10 +332,30 @@ class RecsysClient:
         exclude_seen: bool = True,
     ) -> str:
         """Recommendations as the CSV text the API returns (header row first)."""
+        return b"".join(
+            self.recommend_csv_chunks(
+                model_id, source_ids, max_recommendations=max_recommendations,
+                exclude_seen=exclude_seen,
+            )
+        ).decode("utf-8")
+
+    def recommend_csv_chunks(
+        self,
+        model_id: str,
+        source_ids: Sequence[str] = (),
+        *,
+        max_recommendations: int | None = None,
+        exclude_seen: bool = True,
+    ) -> Iterator[bytes]:
+        """The API's CSV as it streams in (no ``source_ids``: every source of the model)."""
         response = self._recommend_request(
-            model_id, source_ids, max_recommendations, exclude_seen, "csv", None
+            model_id, source_ids, max_recommendations, exclude_seen, "csv", None, stream=True
         )
-        return response.text
+        with response:
+            try:
+                yield from response.iter_content(chunk_size=1 << 16)
+            except requests.RequestException as exc:
+                raise ConnectionFailed(f"The answer from {self.base} broke off: {exc}") from exc
 
 
 def _segment(value: str) -> str:

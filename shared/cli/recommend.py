@@ -16,7 +16,7 @@ ROW_COLUMNS = ["source_id", "rank", "target_id", "score", "fallback"]
 @click.command("recommend")
 @click.argument("model_id")
 @click.option("--source", "sources", multiple=True,
-              help="Source id (repeat or comma-separate); absent: every source.")
+              help="Source id (repeat or comma-separate); absent with --csv: every source.")
 @click.option("--max", "max_recommendations", type=int, default=None,
               help="Recommendations per source (default 10, at most 1000).")
 @click.option("--csv", "as_csv", is_flag=True, help="Print the API's CSV (header row first).")
@@ -43,13 +43,18 @@ def recommend(
     if as_csv:
         if source_metadata is not None:
             raise click.UsageError("--metadata cannot be combined with --csv.")
-        text = client.recommend_csv(
+        out = sys.stdout.buffer
+        for chunk in client.recommend_csv_chunks(
             model_id, source_ids, max_recommendations=max_recommendations,
             exclude_seen=not include_seen,
-        )
-        sys.stdout.write(text if text.endswith("\n") or not text else text + "\n")
-        sys.stdout.flush()
+        ):
+            out.write(chunk)
+        out.flush()
         return
+    if not source_ids:
+        raise click.UsageError(
+            "Give --source (repeatable), or --csv to stream every source's recommendations."
+        )
     result = client.recommend(
         model_id, source_ids, max_recommendations=max_recommendations,
         exclude_seen=not include_seen, source_metadata=source_metadata,

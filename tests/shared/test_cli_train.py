@@ -207,3 +207,12 @@ def test_wait_rides_out_rate_limits_and_restarts(fake_api: FakeApi) -> None:
     result = run(fake_api, "train", "--model-id", "m1", "--wait", "--poll-interval", "0.01")
     assert result.exit_code == 0, result.output + result.stderr
     assert "popularity baseline" in result.output
+
+
+def test_every_source_needs_csv_and_streams(fake_api: FakeApi) -> None:
+    assert run(fake_api, "recommend", "m1").exit_code == 2
+    csv = "source_id,target_id,rank,score\n" + "".join(f"u{i},i1,1,0.5\n" for i in range(5000))
+    fake_api.on("GET", "/recommended_items", (200, csv))
+    result = run(fake_api, "recommend", "m1", "--csv")
+    assert result.exit_code == 0 and result.stdout == csv
+    assert "source_id" not in fake_api.last("GET", "/recommended_items").query
