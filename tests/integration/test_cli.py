@@ -128,6 +128,10 @@ def test_upload_train_wait_recommend(stack: Stack, has_training: None, tmp_path:
     csv = recsys(stack, "recommend", "cli-model", "--source", "u3", "--max", "2", "--csv")
     lines = csv.stdout.strip().splitlines()
     assert lines[0] == "source_id,target_id,rank,score" and len(lines) == 3
+    every = recsys(stack, "recommend", "cli-model", "--csv", "--max", "2").stdout
+    rows = every.strip().splitlines()
+    assert rows[0] == "source_id,target_id,rank,score"
+    assert {row.split(",")[0] for row in rows[1:]} == {f"u{u}" for u in range(40)}
     models = recsys(stack, "models")
     assert models.returncode == 0 and "cli-model" in models.stdout
     # and an unknown model is a one-line 404, exit 1
