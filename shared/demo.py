@@ -31,7 +31,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from shared.cli.main import local_key_file, read_local_key
+from shared.cli.main import default_url, local_key_file, read_local_key
 from shared.cli.output import key_values, metrics_table, table
 from shared.cli.progress import wait_for_run
 from shared.client import DEFAULT_URL, ApiError, ClientError, ConnectionFailed, RecsysClient
@@ -269,18 +269,19 @@ def own_stack(out: Console) -> Iterator[RecsysClient]:
 
 
 @click.command()
-@click.option("--url", envvar="RECSYS_URL", default=DEFAULT_URL, show_default=True)
+@click.option("--url", envvar="RECSYS_URL", default=None,
+              help=f"Default: RECSYS_HOST/RECSYS_PORT when set, else {DEFAULT_URL}.")
 @click.option("--api-key", envvar="RECSYS_API_KEY", default=None)
 @click.option("--users", type=click.IntRange(10), default=2000, show_default=True)
 @click.option("--items", type=click.IntRange(20), default=500, show_default=True)
 @click.option("--interactions", type=click.IntRange(100), default=60_000, show_default=True)
 @click.option("--epochs", type=click.IntRange(1, 1000), default=10, show_default=True)
 @click.option("--seed", type=int, default=7, show_default=True)
-def cli(url: str, api_key: str | None, users: int, items: int, interactions: int, epochs: int,
-        seed: int) -> None:
+def cli(url: str | None, api_key: str | None, users: int, items: int, interactions: int,
+        epochs: int, seed: int) -> None:
     """Generate a shop, upload it, train with live progress, and show recommendations."""
     out = Console()
-    client = RecsysClient(url, api_key or read_local_key(local_key_file()))
+    client = RecsysClient(url or default_url(), api_key or read_local_key(local_key_file()))
     try:
         state = _probe(client)
         if state == "starting":

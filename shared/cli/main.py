@@ -37,6 +37,23 @@ def local_key_file(environ: dict[str, str] | None = None) -> Path:
     return Path(data_dir).expanduser() / LOCAL_KEY_FILE
 
 
+def default_url(environ: dict[str, str] | None = None) -> str:
+    """The API ``make run`` serves: ``RECSYS_HOST``/``RECSYS_PORT`` when set, else the default.
+
+    Used only when ``RECSYS_URL`` and ``--url`` are absent, so a stack started with
+    ``RECSYS_PORT=9000 make run`` is found from the same shell.
+    """
+    env = os.environ if environ is None else environ
+    host, port = env.get("RECSYS_HOST") or "", env.get("RECSYS_PORT") or ""
+    if not host and not port:
+        return DEFAULT_URL
+    if host in {"", "0.0.0.0", "::"}:  # a wildcard bind is reached on loopback
+        host = "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port or 8000}"
+
+
 def read_local_key(path: Path) -> str | None:
     """The key stored in ``path``, or None when there is no readable, non-empty file."""
     try:
@@ -99,9 +116,9 @@ def fail(message: str, code: int) -> Any:
 @click.option(
     "--url",
     envvar="RECSYS_URL",
-    default=DEFAULT_URL,
-    show_default=True,
-    help="The service's base URL (env RECSYS_URL).",
+    default=None,
+    help=f"The service's base URL (env RECSYS_URL; else RECSYS_HOST/RECSYS_PORT; "
+    f"else {DEFAULT_URL}).",
 )
 @click.option(
     "--api-key",
@@ -112,10 +129,10 @@ def fail(message: str, code: int) -> Any:
 @click.option("--json", "as_json", is_flag=True, help="Print raw JSON instead of tables.")
 @click.version_option(package_name="recsys-service", prog_name="recsys")
 @click.pass_context
-def cli(ctx: click.Context, url: str, api_key: str | None, as_json: bool) -> None:
+def cli(ctx: click.Context, url: str | None, api_key: str | None, as_json: bool) -> None:
     """Talk to a recsys service: upload data, train models, get recommendations."""
     key = api_key or read_local_key(local_key_file())
-    ctx.obj = CliState(url=url, api_key=key, as_json=as_json)
+    ctx.obj = CliState(url=url or default_url(), api_key=key, as_json=as_json)
 
 
 def main(argv: list[str] | None = None) -> int:

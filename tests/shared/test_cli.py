@@ -126,7 +126,8 @@ def run(api: FakeApi, *args: str, key: str | None = "rk_test", env: dict[str, st
         ) -> Result:
     """Invoke ``recsys --url <fake> [--api-key key] args...``."""
     base = ["--url", api.url] + (["--api-key", key] if key else [])
-    environ = {"RECSYS_API_KEY": "", "RECSYS_URL": "", **(env or {})}
+    environ = {"RECSYS_API_KEY": "", "RECSYS_URL": "", "RECSYS_HOST": "", "RECSYS_PORT": "",
+               **(env or {})}
     return CliRunner().invoke(cli, [*base, *args], env=environ, catch_exceptions=False)
 
 
@@ -332,3 +333,20 @@ def test_keys_bootstrap_ensures_the_deploy_key(monkeypatch: pytest.MonkeyPatch) 
     assert record is not None and record.tenant == "default" and record.scopes == set(SCOPES)
     unset = CliRunner().invoke(cli, ["keys", "bootstrap"], env={"RECSYS_BOOTSTRAP_KEY": ""})
     assert unset.exit_code == 0 and "nothing to do" in unset.output
+
+
+def test_default_url_follows_make_runs_host_and_port() -> None:
+    from shared.cli.main import default_url
+    assert default_url({}) == "http://127.0.0.1:8000"
+    assert default_url({"RECSYS_PORT": "9000"}) == "http://127.0.0.1:9000"
+    assert default_url({"RECSYS_HOST": "0.0.0.0", "RECSYS_PORT": "81"}) == "http://127.0.0.1:81"
+    assert default_url({"RECSYS_HOST": "10.0.0.5"}) == "http://10.0.0.5:8000"
+
+
+def test_url_from_recsys_port_when_no_url(fake_api: FakeApi) -> None:
+    fake_api.on("GET", "/models", (200, []))
+    port = fake_api.url.rsplit(":", 1)[1]
+    result = CliRunner().invoke(cli, ["--api-key", "k", "models"],
+                                env={"RECSYS_URL": "", "RECSYS_HOST": "", "RECSYS_PORT": port})
+    assert result.exit_code == 0, result.output
+    assert fake_api.last("GET", "/models").headers["apikey"] == "k"
