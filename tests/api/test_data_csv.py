@@ -215,3 +215,14 @@ def test_a_large_file_with_a_bad_header_is_refused_while_it_arrives(
     res = post(client, auth, ("rows.csv", rows))
     assert res.status_code == 413 and res.json["error"]["code"] == "too_many_rows"
     assert nothing_stored(app, client, auth)
+
+
+def test_csv_as_a_plain_field_and_the_file_alias(
+    app: Flask, client: FlaskClient, auth: dict[str, str]
+) -> None:
+    # curl -F 'files=<items.csv' sends the text as a field; -F file=@x.csv names it 'file'
+    res = client.post(URL, data={"files": (ENT + b"x,,,,\n").decode(),
+                                 "file": (io.BytesIO(INT + b"v,u,i,,\n"), "i.csv")},
+                      headers=auth, content_type="multipart/form-data")
+    assert res.status_code == 201, res.json
+    assert sorted(b["kind"] for b in res.json) == ["entities", "interactions"]
