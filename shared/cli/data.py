@@ -23,9 +23,15 @@ def batch_rows(batches: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def parse_json_option(raw: str | None, option: str) -> Any:
-    """A JSON-valued option, or a usage error naming it."""
+    """A JSON-valued option (``@path`` reads it from a file), or a usage error naming it."""
     if raw is None:
         return None
+    if raw.startswith("@"):
+        try:
+            raw = Path(raw[1:]).expanduser().read_text(encoding="utf-8")
+        except OSError as exc:
+            raise click.BadParameter(f"cannot read {raw[1:]} ({exc.strerror})",
+                                     param_hint=option) from exc
     try:
         return json.loads(raw)
     except ValueError as exc:
@@ -99,8 +105,8 @@ def delete(state: CliState, tags: tuple[str, ...], batch_ids: tuple[str, ...]) -
 @click.option("--max-age-days", type=click.IntRange(min=1), default=None,
               help="Leave out interactions older than this.")
 @click.option("--filters", default=None, metavar="JSON",
-              help='data_filters, e.g. \'{"entities": [{"field": "type", "op": "eq", '
-                   '"value": "item"}]}\'.')
+              help='data_filters (or @file.json), e.g. \'{"entities": [{"field": "type", '
+                   '"op": "eq", "value": "item"}]}\'.')
 @click.pass_obj
 def dataset(
     state: CliState, tags: tuple[str, ...], max_age_days: int | None, filters: str | None

@@ -119,7 +119,8 @@ def show_status(state: CliState, status: dict[str, Any]) -> None:
 @click.option("--model-id", default=None, help="Model id; generated when absent.")
 @click.option("--tag", "tags", multiple=True, help="Use only batches with at least one tag.")
 @click.option("--max-age-days", type=int, default=None, help="Leave out older interactions.")
-@click.option("--filters", default=None, metavar="JSON", help="data_filters as JSON.")
+@click.option("--filters", default=None, metavar="JSON",
+              help="data_filters as JSON (or @file.json).")
 @click.option("--callback-url", default=None, help="URL called when the run ends.")
 @click.option("--source-type", default=None, help="Entity type of sources (default user).")
 @click.option("--target-type", default=None, help="Entity type of targets (default item).")

@@ -350,3 +350,14 @@ def test_url_from_recsys_port_when_no_url(fake_api: FakeApi) -> None:
                                 env={"RECSYS_URL": "", "RECSYS_HOST": "", "RECSYS_PORT": port})
     assert result.exit_code == 0, result.output
     assert fake_api.last("GET", "/models").headers["apikey"] == "k"
+
+
+def test_json_options_read_from_a_file(fake_api: FakeApi, tmp_path: Path) -> None:
+    spec = tmp_path / "filters.json"
+    spec.write_text('{"interactions": [{"field": "type", "op": "eq", "value": "buy"}]}')
+    fake_api.on("GET", "/dataset", (200, {"batches": 0}))
+    assert run(fake_api, "dataset", "--filters", f"@{spec}").exit_code == 0
+    sent = json.loads(fake_api.last("GET", "/dataset").query["data_filters"][0])
+    assert sent == json.loads(spec.read_text())
+    missing = run(fake_api, "dataset", "--filters", f"@{tmp_path / 'nope.json'}")
+    assert missing.exit_code == 2 and "cannot read" in missing.stderr
