@@ -8,6 +8,7 @@ discover batches through this registry.
 Keys (all under :func:`shared.registry.tenant_key`)::
 
     batches              ZSET  batch_id -> upload time in microseconds (oldest first)
+    batches:<kind>       ZSET  the same, for one kind only (newest entity lookups)
     batch:<batch_id>     HASH  the record (see :class:`BatchMeta`)
     batchtag:<tag>       SET   batch ids carrying the tag
 
@@ -148,6 +149,10 @@ def _index(tenant: str) -> str:
     return tenant_key(tenant, "batches")
 
 
+def _kind_index(tenant: str, kind: Kind) -> str:
+    return tenant_key(tenant, "batches", kind)
+
+
 def _record(tenant: str, batch_id: str) -> str:
     return tenant_key(tenant, "batch", batch_id)
 
@@ -171,6 +176,7 @@ def record_batches(r: redis.Redis, tenant: str, metas: Sequence[BatchMeta]) -> N
             for tag in meta.tags:
                 pipe.sadd(_tag_set(tenant, tag), meta.batch_id)
             pipe.zadd(_index(tenant), {meta.batch_id: _micros(meta)})
+            pipe.zadd(_kind_index(tenant, meta.kind), {meta.batch_id: _micros(meta)})
         pipe.execute()
 
 
@@ -217,6 +223,12 @@ def batches_with_any_tag(
         return _load(r, tenant, sorted(ids))
 
 
+def batch_ids_newest_first(r: redis.Redis, tenant: str, kind: Kind) -> list[str]:
+    """Ids of the tenant's batches of one kind, newest first (no metadata read)."""
+    with redis_guard("listing batches"):
+        return cast(list[str], r.zrevrange(_kind_index(tenant, kind), 0, -1))
+
+
 def forget_batches(r: redis.Redis, tenant: str, metas: Sequence[BatchMeta]) -> None:
     """Remove the records (one MULTI); the caller deletes the files afterwards."""
     if not metas:
@@ -226,6 +238,7 @@ def forget_batches(r: redis.Redis, tenant: str, metas: Sequence[BatchMeta]) -> N
         for meta in metas:
             pipe.delete(_record(tenant, meta.batch_id))
             pipe.zrem(_index(tenant), meta.batch_id)
+            pipe.zrem(_kind_index(tenant, meta.kind), meta.batch_id)
             for tag in meta.tags:
                 pipe.srem(_tag_set(tenant, tag), meta.batch_id)
         pipe.execute()

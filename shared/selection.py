@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import redis
 
-from shared.batches import BatchMeta, batches_with_any_tag, list_batches
+from shared.batches import BatchMeta, batch_ids_newest_first, batches_with_any_tag
 from shared.columns import TIMESTAMP_TYPE, empty_table
 from shared.errors import DependencyUnavailable, ValidationFailed
 from shared.filters import Condition, as_array, const_mask, filter_mask, parse_conditions
@@ -254,17 +254,16 @@ def latest_entity(
     storage: Storage, r: redis.Redis, tenant: str, entity_id: str
 ) -> dict[str, Any] | None:
     """The newest uploaded record of one entity across all the tenant's batches, or None."""
-    metas = [m for m in list_batches(r, tenant) if m.kind == "entities"]
-    for meta in reversed(metas):  # newest first; stops at the first batch describing it
-        path = storage.full_path(batch_path(tenant, meta.batch_id))
+    for batch_id in batch_ids_newest_first(r, tenant, "entities"):  # stops at the first hit
+        path = storage.full_path(batch_path(tenant, batch_id))
         try:
             table = pq.read_table(path, filesystem=storage.fs, filters=[("id", "==", entity_id)])
         except FileNotFoundError:
             continue
         except (OSError, pa.ArrowException) as exc:
             raise DependencyUnavailable(
-                f"Storage could not read batch {meta.batch_id}: {exc}",
-                details={"dependency": "storage", "batch_id": meta.batch_id},
+                f"Storage could not read batch {batch_id}: {exc}",
+                details={"dependency": "storage", "batch_id": batch_id},
             ) from exc
         if table.num_rows:
             row = table.slice(table.num_rows - 1).to_pylist()[0]

@@ -216,3 +216,16 @@ def test_a_batch_whose_file_vanished_is_skipped(storage: Storage, fake_redis: An
     storage.delete(f"tenants/acme/batches/{gone[0].batch_id}.parquet")
     sel = _select(storage, fake_redis, DataSpec())
     assert sel.batch_ids == [kept[0].batch_id] and _pairs(sel) == [("u2", "i2")]
+
+
+def test_latest_entity_forgets_deleted_batches(storage: Storage, fake_redis: Any,
+                                               upload: Uploader) -> None:
+    from shared.batches import forget_batches
+
+    old = upload(entities=[{"id": "i1", "name": "old"}])
+    new = upload(entities=[{"id": "i1", "name": "new"}])
+    forget_batches(fake_redis, "acme", new)
+    latest = latest_entity(storage, fake_redis, "acme", "i1")
+    assert latest is not None and latest["name"] == "old"
+    forget_batches(fake_redis, "acme", old)
+    assert latest_entity(storage, fake_redis, "acme", "i1") is None
