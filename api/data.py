@@ -136,6 +136,10 @@ def _upload_multipart(tenant: str) -> list[BatchMeta]:
     with upload_workspace(settings) as workdir:
 
         def convert_while_receiving(index: int, filename: str) -> StreamingConversion:
+            # Earlier files are complete by now; let at most one lag behind, so memory stays
+            # bounded however many files a request carries.
+            for earlier in conversions[:-1]:
+                earlier.join()
             conversion = StreamingConversion(filename, workdir / f"{index}.parquet", settings)
             conversions.append(conversion)
             return conversion

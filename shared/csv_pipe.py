@@ -126,6 +126,10 @@ class StreamingConversion:
         """The file is complete."""
         self.pipe.end()
 
+    def join(self) -> None:
+        """Wait until the conversion has finished (its file must be complete)."""
+        self._thread.join()
+
     def abort(self) -> None:
         """The request failed: stop converting and wait for the thread."""
         self.pipe.abort()
