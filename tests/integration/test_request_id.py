@@ -12,7 +12,8 @@ import requests
 from api.app import create_app
 from api.auth import authenticate
 from api.context import services
-from shared.contracts import TASK_PROGRESS_PROBE
+from shared.contracts import TASK_DELIVER_CALLBACK, TASK_PROGRESS_PROBE, TASK_TRAIN
+from tests.callback_receiver import receiving
 from tests.integration.conftest import Stack
 
 
@@ -76,3 +77,35 @@ def test_the_live_api_echoes_the_request_id(stack: Stack, http: requests.Session
     assert response.headers["X-Request-Id"] == "echo-me"
     generated = http.get(stack.url("/healthz"), timeout=10).headers["X-Request-Id"]
     assert len(generated) == 32
+
+
+def test_the_request_id_reaches_the_training_task_and_its_callback_delivery(
+    stack: Stack, http: requests.Session
+) -> None:
+    # Given a POST /train with X-Request-Id whose run ends (in error: no data) with a callback
+    request_id = f"e2e-{uuid.uuid4().hex[:12]}"
+    token = uuid.uuid4().hex
+    with receiving() as receiver:
+        response = http.post(
+            stack.url("/train"),
+            headers={**stack.headers(), "X-Request-Id": request_id},
+            json={"model_id": f"rid-{request_id}", "data_tags": ["rid-no-such-tag"],
+                  "callback_url": receiver.url(f"/done?token={token}")},
+            timeout=10,
+        )
+        assert response.status_code == 202, response.text
+        assert response.headers["X-Request-Id"] == request_id
+        receiver.wait_for(1, timeout=60)
+
+    # Then the worker's lines of both tasks carry the id, and the callback's token is not logged
+    deadline = time.monotonic() + 10
+    tasks: set[str] = set()
+    while time.monotonic() < deadline:
+        lines = _worker_lines(stack)
+        tasks = {str(line.get("task")) for line in lines if line.get("request_id") == request_id}
+        if {TASK_TRAIN, TASK_DELIVER_CALLBACK} <= tasks:
+            break
+        time.sleep(0.2)
+    assert {TASK_TRAIN, TASK_DELIVER_CALLBACK} <= tasks
+    for path in stack.data_dir.glob("*.log"):
+        assert token not in path.read_text(errors="replace")
