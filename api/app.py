@@ -30,7 +30,7 @@ from worker.celery_app import make_celery
 API_PREFIX = "/v1/recommender"
 
 
-class ContractApi(Api):
+class ContractApi(Api):  # type: ignore[misc]  # flask-smorest is untyped
     """flask-smorest's Api, documenting errors in the contract's shape, not its own."""
 
     ERROR_SCHEMA = errors.ErrorBodySchema

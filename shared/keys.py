@@ -13,6 +13,7 @@ import re
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any, cast
 
 import redis
 
@@ -140,7 +141,7 @@ def lookup(r: redis.Redis, raw: str) -> ApiKey | None:
 def list_keys(r: redis.Redis, tenant: str | None = None) -> list[ApiKey]:
     """Every stored key's public facts, optionally for one tenant."""
     with redis_guard("listing API keys"):
-        digests = [str(as_str(d)) for d in r.hvals(_index_key())]
+        digests = [str(as_str(d)) for d in cast(list[Any], r.hvals(_index_key()))]
         pipe = r.pipeline(transaction=False)
         for digest in digests:
             pipe.hgetall(_record_key(digest))
