@@ -32,7 +32,7 @@ BLOCK_SIZE = 1 << 20
 #: Block size of the second attempt when a record is larger than :data:`BLOCK_SIZE`.
 LARGE_BLOCK_SIZE = 64 << 20
 #: Rows converted and written together (one Parquet row group).
-ROW_GROUP_ROWS = 250_000
+ROW_GROUP_ROWS = 128_000
 #: Longest header line read, in bytes.
 MAX_HEADER_BYTES = 64 * 1024
 
@@ -148,9 +148,9 @@ class _Chunks:
         return []
 
     def submit(self, batches: list[pa.RecordBatch], offset: int) -> None:
-        """Queue a chunk; waits while two are already queued, so memory stays bounded."""
+        """Queue a chunk; waits while one is already queued, so memory stays bounded."""
         self.pending.append(self.pool.submit(self._convert, batches, offset))
-        while len(self.pending) > 2 or (self.pending and self.pending[0].done()):
+        while len(self.pending) > 1 or (self.pending and self.pending[0].done()):
             self.problems.extend(self.pending.pop(0).result())
 
     def finish(self) -> list[Problem]:

@@ -27,7 +27,7 @@ from shared.errors import DependencyUnavailable, ServiceError
 from shared.ingest import Prepared
 
 #: Chunks (of about the multipart buffer size) the pipe holds before the writer waits.
-PIPE_CHUNKS = 32
+PIPE_CHUNKS = 16
 #: Seconds between checks, while waiting on a full or empty pipe, that the other side is alive.
 POLL = 0.05
 
