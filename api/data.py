@@ -19,7 +19,12 @@ from api.parsing import load_json_body, parser
 from shared.batches import BatchMeta, forget_batches, list_batches, validate_tags
 from shared.csv_ingest import finish, prepare_csv
 from shared.csv_pipe import StreamingConversion
-from shared.errors import BadRequest, UnsupportedMediaType, ValidationFailed
+from shared.errors import (
+    BadRequest,
+    DependencyUnavailable,
+    UnsupportedMediaType,
+    ValidationFailed,
+)
 from shared.ingest import Prepared, delete_files, prepare_json, row_errors, store
 from shared.ingest import workspace as upload_workspace
 from shared.selection import DataSpec, select_data, summarise
@@ -216,15 +221,22 @@ class DataBatches(MethodView):
         """Upload CSV files (multipart) or a JSON body; one batch per file or non-empty list."""
         tenant = current_tenant()
         mimetype = request.mimetype
-        if mimetype == "multipart/form-data":
-            metas = _upload_multipart(tenant)
-        elif request.is_json:
-            metas = _upload_json(tenant)
-        else:
+        if mimetype != "multipart/form-data" and not request.is_json:
             raise UnsupportedMediaType(
                 "Upload CSV files as multipart/form-data, or rows as application/json.",
                 details={"content_type": request.content_type},
             )
+        try:
+            if mimetype == "multipart/form-data":
+                metas = _upload_multipart(tenant)
+            else:
+                metas = _upload_json(tenant)
+        except OSError as exc:  # the local work directory (disk full, permissions)
+            raise DependencyUnavailable(
+                f"The upload could not be written to the work directory: {exc}; "
+                "nothing was stored.",
+                details={"dependency": "disk"},
+            ) from exc
         return [m.as_dict() for m in metas]
 
     @require("data:read")

@@ -141,8 +141,9 @@ class StreamingConversion:
         self._thread.join()
         if isinstance(self.error, OSError):
             raise DependencyUnavailable(
-                f"Converting {self.source!r} failed writing to disk: {self.error}",
-                details={"dependency": "storage"},
+                f"Converting {self.source!r} failed writing to disk: {self.error}; "
+                "nothing was stored.",
+                details={"dependency": "disk"},
             ) from self.error
         if self.error is not None:
             raise self.error

@@ -226,3 +226,22 @@ def test_csv_as_a_plain_field_and_the_file_alias(
                       headers=auth, content_type="multipart/form-data")
     assert res.status_code == 201, res.json
     assert sorted(b["kind"] for b in res.json) == ["entities", "interactions"]
+
+
+def test_a_full_disk_is_a_503_and_stores_nothing(
+    app: Flask, client: FlaskClient, auth: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shared.csv_ingest
+    import shared.ingest
+
+    def full(*args: Any, **kwargs: Any) -> Any:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(shared.ingest, "parquet_writer", full)
+    monkeypatch.setattr(shared.csv_ingest, "parquet_writer", full)
+    res = post(client, auth, ("f.csv", ENT + b"x,,,,\n"))
+    assert res.status_code == 503 and res.json["error"]["details"]["dependency"] == "disk"
+    res = client.post(URL, json={"entities": [{"id": "x"}]}, headers=auth)
+    assert res.status_code == 503
+    monkeypatch.undo()
+    assert nothing_stored(app, client, auth)
