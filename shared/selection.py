@@ -98,11 +98,14 @@ def _tags(raw: Any, errors: dict[str, Any]) -> tuple[str, ...] | None:
     if raw is None:
         return None
     if isinstance(raw, str):
-        raw = [t for t in raw.split(",")]
+        raw = raw.split(",")
     if not isinstance(raw, list | tuple) or not all(
         isinstance(t, str) and t.strip() for t in raw
     ):
         errors["data_tags"] = "must be a list of non-empty strings"
+        return None
+    if not raw:  # would select nothing; almost certainly not what was meant
+        errors["data_tags"] = "must not be empty; leave it out to use every batch"
         return None
     return tuple(dict.fromkeys(t.strip() for t in raw))
 

@@ -184,7 +184,7 @@ def test_spec_from_request_valid() -> None:
 
 
 @pytest.mark.parametrize("body", [
-    {"data_tags": "a"}, {"data_tags": [1]}, {"data_tags": [""]},
+    {"data_tags": "a"}, {"data_tags": [1]}, {"data_tags": [""]}, {"data_tags": []},
     {"maximum_interaction_age_days": 0}, {"maximum_interaction_age_days": True},
     {"maximum_interaction_age_days": "3"},
     {"data_filters": []}, {"data_filters": {"users": []}},
