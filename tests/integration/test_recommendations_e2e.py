@@ -101,10 +101,18 @@ def test_upload_train_recommend(stack: Stack, http: requests.Session, has_traini
     assert len(known) == 5
     assert sum(r["target_id"] in {f"i{i}" for i in range(10)} for r in known) >= 2
 
-    everyone = rows(ask(stack, http, model_id="rec-e2e", max_recommendations=20,
-                        exclude_seen="false"))
+    # Every source, streamed over real HTTP in blocks of 7 sources (chunked, one document)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("shared.scoring.BLOCK_BUDGET_BYTES", 7 * 19 * 4)
+        streamed = ask(stack, http, model_id="rec-e2e", max_recommendations=20,
+                       exclude_seen="false")
+        assert streamed.headers.get("Transfer-Encoding") == "chunked"
+        everyone = rows(streamed)
+        text = ask(stack, http, model_id="rec-e2e", output_format="csv").text
     assert {r["source_id"] for r in everyone} == {f"u{u}" for u in range(40)}
+    assert len(everyone) == 40 * 19  # every allowed item for every user
     assert "i4" not in {r["target_id"] for r in everyone}
+    assert text.count("\n") == 1 + 40 * 10
 
     # New users: metadata sent in the request steers their recommendations
     def cold(metadata: dict[str, Any]) -> list[str]:
