@@ -1,7 +1,8 @@
 """The ``recsys`` root command: global options, where the key comes from, and exit codes.
 
 Exit codes: 0 success, 1 the API answered with an error (one line on stderr:
-the message, the machine code and the HTTP status), 2 a usage error, 3 the
+the message, the machine code and the HTTP status), 2 a usage error (bad flags, bad
+JSON, no key, a bad tenant or scope for `keys`), 3 the
 API or Redis cannot be reached, 4 a waited-for training run ended in error or
 was cancelled, 130 interrupted.
 """
@@ -18,7 +19,7 @@ import click
 from rich.console import Console
 
 from shared.client import DEFAULT_URL, ApiError, ConnectionFailed, RecsysClient
-from shared.errors import ConfigError, DependencyUnavailable, ServiceError
+from shared.errors import ConfigError, DependencyUnavailable, ServiceError, ValidationFailed
 from shared.launcher import LOCAL_KEY_FILE
 
 EXIT_API_ERROR = 1
@@ -100,6 +101,8 @@ class RecsysGroup(click.Group):
             fail(f"{exc.message} [{exc.code}]; {UNREACHABLE_HINT}", EXIT_UNREACHABLE)
         except ConfigError as exc:
             fail(exc.message, EXIT_USAGE)
+        except ValidationFailed as exc:  # raised locally (keys): the user's input is wrong
+            fail(f"{exc.message} [{exc.code}]", EXIT_USAGE)
         except ServiceError as exc:
             fail(f"{exc.message} [{exc.code}]", EXIT_API_ERROR)
         except KeyboardInterrupt:

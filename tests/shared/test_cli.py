@@ -361,3 +361,11 @@ def test_json_options_read_from_a_file(fake_api: FakeApi, tmp_path: Path) -> Non
     assert sent == json.loads(spec.read_text())
     missing = run(fake_api, "dataset", "--filters", f"@{tmp_path / 'nope.json'}")
     assert missing.exit_code == 2 and "cannot read" in missing.stderr
+
+
+def test_keys_bad_tenant_is_a_usage_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    r = fakeredis.FakeRedis(server=fakeredis.FakeServer(), decode_responses=True)
+    monkeypatch.setattr(cli_keys, "_redis", lambda *_: r)
+    result = CliRunner().invoke(cli, ["keys", "create", "--tenant", "no spaces!", "--scope",
+                                      "recommend"])
+    assert result.exit_code == 2 and "tenant name" in result.stderr
