@@ -223,7 +223,7 @@ def _attempt(svc: WorkerServices, tenant: str, model_id: str, version: int, owne
     now = datetime.fromisoformat(started.replace("Z", "+00:00")).astimezone(UTC)
     spec = DataSpec.from_request(params)
     progress("loading_data", 0.0, "Reading the selected data batches.")
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     selected: SelectedData = select_data(svc.storage, svc.redis, tenant, spec, now)
     progress("loading_data", 0.4, "Assembling the interaction and feature matrices.",
              {"data_batch_ids": selected.batch_ids})
@@ -267,7 +267,9 @@ def _attempt(svc: WorkerServices, tenant: str, model_id: str, version: int, owne
         delete_version(svc.storage, tenant, model_id, old)
     report({"phase": "done", "progress": 100, "message": message})
     return {"outcome": "completed", "assembly_seconds": round(assembly, 3),
-            "epoch_seconds": round(trained.epoch_seconds, 3)}
+            "epoch_seconds": round(trained.epoch_seconds, 3),
+            "seconds": round(time.perf_counter() - t0, 3),
+            "cpu_seconds": round(time.process_time() - cpu0, 3)}
 
 
 def record_manifest(batch_ids: list[str], params: dict[str, Any], dataset: Dataset,
