@@ -6,20 +6,23 @@ reads it again with the standard library's :mod:`csv` module, one record at a
 time, and answers two questions: which rows are structurally broken (wrong
 column count, bytes that are not UTF-8, a cell past the size limit) and on
 which 1-based physical line each data row starts (the header is line 1; a
-quoted multi-line record reports the line it starts on). Blank lines are
-skipped, as pyarrow skips them, so row ordinals agree between the two readers.
+quoted multi-line record reports the line it starts on). Lines end at ``\\n``,
+``\\r\\n`` or a lone ``\\r``, as for pyarrow; blank lines are skipped, as pyarrow
+skips them, so row ordinals agree between the two readers.
 """
 
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterator
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from shared.columns import MAX_FIELD_BYTES, MAX_PROBLEMS
 
 BOM = b"\xef\xbb\xbf"
+#: Bytes that are not UTF-8 come back from ``errors="surrogateescape"`` as these code points.
+_UNDECODABLE = re.compile("[\udc80-\udcff]")
 
 
 @dataclass
@@ -32,20 +35,19 @@ class ScanResult:
     problems: list[tuple[int, str | None, str]] = field(default_factory=list)
 
 
-def _decoded_lines(path: Path, result: ScanResult, limit: int) -> Iterator[str]:
-    """Each physical line as text; a line that is not UTF-8 is recorded and replaced."""
-    with open(path, "rb") as fh:
-        for number, raw in enumerate(fh, start=1):
-            if number == 1 and raw.startswith(BOM):
-                raw = raw[len(BOM):]
-            try:
-                yield raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                if len(result.problems) < limit:
-                    result.problems.append(
-                        (number, None, f"the line is not valid UTF-8 text (byte {exc.start + 1})")
-                    )
-                yield raw.decode("utf-8", errors="replace")
+def _check(record: list[str], header: list[str], start: int, result: ScanResult) -> None:
+    if any(_UNDECODABLE.search(cell) for cell in record):
+        result.problems.append((start, None, "the record is not valid UTF-8 text"))
+    elif len(record) != len(header):
+        result.problems.append((
+            start, None, f"expected {len(header)} columns as in the header, found {len(record)}"
+        ))
+    else:
+        for name, cell in zip(header, record, strict=True):
+            if len(cell) > MAX_FIELD_BYTES:
+                result.problems.append(
+                    (start, name, f"the cell is larger than {MAX_FIELD_BYTES} bytes"))
+                break
 
 
 def scan(
@@ -59,43 +61,29 @@ def scan(
     result = ScanResult()
     wanted = set(want_rows or ())
     last_wanted = max(wanted) if wanted else -1
-    lines = _decoded_lines(path, result, limit)
-    reader = csv.reader(lines, strict=False)
     row = -1
-    start = 1
-    while True:
-        start = reader.line_num + 1
-        try:
-            record = next(reader)
-        except StopIteration:
-            break
-        except csv.Error as exc:
-            if want_rows is None and len(result.problems) < limit:
-                result.problems.append((start, None, f"the record cannot be read as CSV: {exc}"))
-            break
-        if start == 1:
-            continue  # the header
-        if not record:
-            continue  # a blank line, skipped by pyarrow too
-        row += 1
-        if row in wanted:
-            result.lines[row] = start
-            if row >= last_wanted and want_rows is not None:
+    with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as fh:
+        reader = csv.reader(fh, strict=False)
+        while True:
+            start = reader.line_num + 1
+            try:
+                record = next(reader)
+            except StopIteration:
                 break
-        if want_rows is None:
-            if len(record) != len(header):
-                result.problems.append((
-                    start, None,
-                    f"expected {len(header)} columns as in the header, found {len(record)}",
-                ))
-            else:
-                for name, cell in zip(header, record, strict=True):
-                    if len(cell) > MAX_FIELD_BYTES:
-                        result.problems.append(
-                            (start, name, f"the cell is larger than {MAX_FIELD_BYTES} bytes")
-                        )
-                        break
+            except csv.Error as exc:
+                if want_rows is None:
+                    result.problems.append((start, None, f"the record cannot be read: {exc}"))
+                break
+            if start == 1 or not record:
+                continue  # the header; a blank line (pyarrow skips those too)
+            row += 1
+            if want_rows is not None:
+                if row in wanted:
+                    result.lines[row] = start
+                if row >= last_wanted:
+                    break
+                continue
+            _check(record, header, start, result)
             if len(result.problems) >= limit:
                 break
-    result.problems.sort(key=lambda p: p[0])
     return result

@@ -12,6 +12,7 @@ fails does :mod:`shared.csv_errors` read it again, from disk, to find exact line
 from __future__ import annotations
 
 import csv
+import io
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,19 +51,53 @@ class Failed:
     no_rows: bool = False
 
 
-def read_header(stream: IO[bytes], source: str) -> list[str]:
-    """The header's column names (BOM stripped, whitespace trimmed, lower-cased)."""
+class _Prefixed(io.RawIOBase):
+    """``prefix`` followed by the rest of ``stream``: gives back bytes read past the header."""
+
+    def __init__(self, prefix: bytes, stream: IO[bytes]) -> None:
+        super().__init__()
+        self._prefix = memoryview(prefix)
+        self._stream = stream
+
+    def readable(self) -> bool:
+        """Readable like a file."""
+        return True
+
+    def readinto(self, target: bytearray | memoryview) -> int:  # type: ignore[override]
+        """The prefix first, then the stream."""
+        if len(self._prefix):
+            n = min(len(target), len(self._prefix))
+            target[:n] = self._prefix[:n]
+            self._prefix = self._prefix[n:]
+            return n
+        data = self._stream.read(len(target))
+        target[: len(data)] = data
+        return len(data)
+
+
+def read_header(stream: IO[bytes], source: str) -> tuple[list[str], IO[bytes]]:
+    """The header's names (BOM stripped, trimmed, lower-cased) and a stream of the rows after it.
+
+    The header ends at the first ``\n``, ``\r\n`` or lone ``\r``; bytes read past it are
+    handed back in the returned stream (pyarrow skips the empty line they start with).
+    """
     first = stream.readline(MAX_HEADER_BYTES)
     if first.startswith(BOM):
         first = first[len(BOM):]
-    if not first.strip():
+    ends = [i for i in (first.find(b"\r"), first.find(b"\n")) if i >= 0]
+    cut = min(ends) if ends else len(first)
+    line, rest = first[:cut], first[cut:]
+    if not line.strip():
+        empty = not first.strip() and not stream.read(1)
         raise ValidationFailed(
-            f"File {source!r} is empty; a CSV file starts with a header row.",
-            code="empty_file",
-            details={"errors": [error_item(source, 1, None, "the file is empty")]},
+            f"File {source!r} is empty; a CSV file starts with a header row." if empty else
+            f"The first line of {source!r} is blank; a CSV file starts with a header row.",
+            code="empty_file" if empty else "missing_header",
+            details={"errors": [error_item(source, 1, None, "the file is empty" if empty
+                                           else "the first line is not a header")]},
         )
     try:
-        text = first.decode("utf-8")
+        text = line.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ValidationFailed(
             f"File {source!r} is not UTF-8 text.",
@@ -70,8 +105,11 @@ def read_header(stream: IO[bytes], source: str) -> list[str]:
             details={"errors": [error_item(source, 1, None,
                                            "the header is not valid UTF-8 text")]},
         ) from exc
-    names = next(csv.reader([text.rstrip("\r\n")]), [])
-    return [n.strip().lower() for n in names]
+    names = next(csv.reader([text]), [])
+    if not rest.strip(b"\r\n"):  # the usual case: only the header's line end was read
+        return [n.strip().lower() for n in names], stream
+    rows = io.BufferedReader(_Prefixed(rest, stream), buffer_size=BLOCK_SIZE)
+    return [n.strip().lower() for n in names], rows
 
 
 def detect_kind(names: list[str], source: str) -> Kind:
@@ -180,7 +218,7 @@ def convert_stream(
     stream: IO[bytes], source: str, out: Path, settings: Settings, block_size: int = BLOCK_SIZE
 ) -> Prepared | Failed:
     """Convert a CSV byte stream into the Parquet file ``out``; 413/422 for bad headers, limits."""
-    names = read_header(stream, source)
+    names, stream = read_header(stream, source)
     kind = detect_kind(names, source)
     rows = 0
     chunk: list[pa.RecordBatch] = []

@@ -102,6 +102,8 @@ def _errors(res: Any) -> list[tuple[Any, Any]]:
     (INT + b"v,,i,,\nv,u,,,\n", [(2, "source_id"), (3, "target_id")]),
     # bytes that are not UTF-8
     (ENT + b"a,,ok,,\nb,,caf\xe9,,\n", [(3, None)]),
+    # old Mac line ends (a lone CR), and a header read past its end
+    (ENT.replace(b"\n", b"\r") + b"a,,,,\r,,,,\rb,,,,\r", [(3, "id")]),
 ])
 def test_bad_rows_give_422_with_lines_and_store_nothing(
     app: Flask, client: FlaskClient, auth: dict[str, str], body: bytes,
@@ -126,6 +128,7 @@ def test_a_field_larger_than_any_sane_limit(
 @pytest.mark.parametrize(("body", "code"), [
     (b"", "empty_file"),
     (b"\xef\xbb\xbf\r\n", "empty_file"),
+    (b"\r\nid,type,name,metadata,media_url\r\nx,,,,\r\n", "missing_header"),
     (b"user,item,rating\nu,i,5\n", "unknown_header"),
     (b"id,type,name,metadata\nu,,,\n", "unknown_header"),
     (b"id,type,name,metadata,media_url,source_id,target_id,timestamp\n", "ambiguous_header"),
