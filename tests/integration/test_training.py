@@ -123,3 +123,33 @@ def test_dry_run_reports_counts_without_creating_a_run(
     assert got["estimated_duration_seconds"] > 0
     assert http.get(stack.url("/models/m-dry"), headers=stack.headers(),
                     timeout=10).status_code == 404
+
+
+def test_a_finished_run_posts_its_status_to_the_callback_once(
+    stack: Stack, http: requests.Session, data: int
+) -> None:
+    from tests.callback_receiver import receiving
+
+    with receiving() as receiver:
+        body = {"model_id": "m-hook", "data_tags": ["clusters"], "callback_url": receiver.url(),
+                **SMALL}
+        assert http.post(stack.url("/train"), json=body, headers=stack.headers(),
+                         timeout=10).status_code == 202
+        final, _ = wait_until_ended(stack, http, "m-hook")
+        assert final["status"] == "completed"
+        (request,) = receiver.wait_for(1, timeout=30)
+        secret = http.get(stack.url("/webhook_secret"), headers=stack.headers(),
+                          timeout=10).json()["secret"]
+        posted = request.verify(secret)
+        assert (posted["model_id"], posted["version"], posted["status"], posted["progress"]) == (
+            "m-hook", 1, "completed", 100)
+        time.sleep(1.0)
+        assert len(receiver.requests) == 1
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            shown = http.get(stack.url("/status/m-hook"), headers=stack.headers(),
+                             timeout=10).json()["callback"]
+            if shown and shown["state"] == "delivered":
+                break
+            time.sleep(0.2)
+        assert shown["state"] == "delivered" and shown["attempts"] == 1
