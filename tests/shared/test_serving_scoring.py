@@ -117,9 +117,9 @@ def test_cold_start_repr_is_weighted_feature_sum() -> None:
 @settings(max_examples=150, deadline=None)
 @given(
     b=st.integers(1, 6),
-    n=st.integers(1, 400),
+    n=st.integers(1, 3000),
     k=st.integers(1, 60),
-    levels=st.integers(1, 6),
+    levels=st.integers(1, 10**6),
     excluded=st.floats(0.0, 1.0),
     seed=st.integers(0, 2**32 - 1),
 )
