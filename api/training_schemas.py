@@ -12,8 +12,9 @@ from typing import Any
 import marshmallow as ma
 from marshmallow import validate
 
-#: What a model id looks like (API.md); anything else cannot name a model.
-MODEL_ID_PATTERN = r"^[A-Za-z0-9_.-]{1,128}$"
+#: What a model id looks like (API.md), except ids made only of dots ("." and ".." would
+#: name the parent directories of the model's storage path); anything else names no model.
+MODEL_ID_PATTERN = r"^(?!\.+$)[A-Za-z0-9_.-]{1,128}$"
 LOSSES = ("warp", "bpr", "warp-kos")
 #: Largest seed LightFM's numpy RandomState accepts.
 MAX_SEED = 2**32 - 1
@@ -87,7 +88,8 @@ class TrainRequestSchema(ma.Schema):
         unknown = ma.RAISE
 
     model_id = ma.fields.String(validate=validate.Regexp(
-        MODEL_ID_PATTERN, error="must be 1 to 128 letters, digits, '_', '.' or '-'"))
+        MODEL_ID_PATTERN,
+        error="must be 1 to 128 letters, digits, '_', '.' or '-', and not only dots"))
     maximum_interaction_age_days = ma.fields.Integer(strict=True, validate=validate.Range(min=1))
     data_tags = ma.fields.List(ma.fields.String())
     data_filters = ma.fields.Raw(metadata={

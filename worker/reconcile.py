@@ -6,13 +6,18 @@ attempt writes a heartbeat into its run record; this periodic task (beat,
 every ``reconcile_interval``) requeues a run whose heartbeat is older than
 ``heartbeat_stale_after`` and ends it as ``error`` once it has been started
 ``max_run_attempts`` times, so no run stays ``running`` forever. Queued runs
-are left alone: their message is still in the broker.
+are left alone while their message may still be in the broker; one queued for
+longer than the broker's visibility timeout lost its message (a broker that
+lost its data, say) and is enqueued again (a duplicate is harmless: only one
+delivery can claim a queued run).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from datetime import datetime
+from typing import Any
 
 from shared.errors import ServiceError
 from shared.runs import FINAL_STATES, get_run, parse_member
@@ -26,6 +31,16 @@ from shared.runs_lifecycle import (
 from worker.context import WorkerServices
 
 log = logging.getLogger(__name__)
+
+
+def _queued_since(record: dict[str, Any]) -> float:
+    """Epoch seconds since the run has been waiting (creation, or its last requeue)."""
+    created = str(record.get("created_at") or "")
+    try:
+        since = datetime.fromisoformat(created.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        since = 0.0
+    return max(since, float(record.get("heartbeat") or 0.0))
 
 
 def reconcile(svc: WorkerServices, now: float | None = None) -> dict[str, int]:
@@ -45,6 +60,11 @@ def reconcile(svc: WorkerServices, now: float | None = None) -> dict[str, int]:
             outcome["forgotten"] += 1
             continue
         if record["phase"] == "queued":
+            if _queued_since(record) + settings.visibility_timeout < moment:
+                requeue_run(svc.redis, tenant, model_id, version, str(record.get("message")))
+                enqueue_run(svc.redis, svc.celery, settings, tenant, model_id, version,
+                            int(record["attempts"]) + 1)
+                outcome["requeued"] += 1
             continue
         if moment - float(record["heartbeat"]) < settings.heartbeat_stale_after:
             continue

@@ -78,6 +78,8 @@ def test_a_model_already_training_gets_409_with_its_status(
     ({"evaluation": {"k": 0}}, "evaluation"),
     ({"model_id": "bad id!"}, "model_id"),
     ({"model_id": "x" * 129}, "model_id"),
+    ({"model_id": ".."}, "model_id"),
+    ({"model_id": "."}, "model_id"),
     ({"maximum_interaction_age_days": 0}, "maximum_interaction_age_days"),
     ({"interaction_weights": {"view": -1}}, "interaction_weights"),
     ({"hyperparameters": {"loss": "warp-kos"}, "interaction_weights": {"view": 2}},

@@ -74,3 +74,14 @@ def test_a_stale_run_with_a_cancel_request_ends_cancelled(svc: WorkerServices) -
     request_cancel(svc.redis, None, T, "m")
     assert reconcile(svc, time.time() + 60)["cancelled"] == 1
     assert get_status(svc.redis, T, "m")["phase"] == "cancelled"
+
+
+def test_a_run_queued_past_the_visibility_timeout_is_enqueued_again(
+    svc: WorkerServices,
+) -> None:
+    create_run(svc.redis, T, "lost", {}, None)
+    assert reconcile(svc, time.time() + 60)["requeued"] == 0
+    later = time.time() + svc.settings.visibility_timeout + 60
+    assert reconcile(svc, later)["requeued"] == 1
+    assert [m["kwargs"]["model_id"] for m in svc.celery.sent] == ["lost"]  # type: ignore[attr-defined]
+    assert get_status(svc.redis, T, "lost")["phase"] == "queued"
