@@ -58,7 +58,7 @@ MAX_UNIX_SECONDS = 1e11
 #: How many problems a conversion reports at most.
 MAX_PROBLEMS = 20
 
-_NUMERIC_RE = r"^\s*[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)\s*$"
+_NUMERIC_RE = r"^\s*[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?\s*$"
 _OFFSET_RE = r"[T ][0-9:.,]+(Z|z|[+-][0-9]{2}(:?[0-9]{2})?)$"
 _NUMERIC_PY = re.compile(_NUMERIC_RE)
 
@@ -97,12 +97,21 @@ def _bad_positions(
     return found
 
 
+def _cast_fine(values: pa.Array, tz: str | None) -> pa.Array:
+    """Cast to microseconds; finer fractions (nanoseconds) are truncated, not refused."""
+    try:
+        return pc.cast(values, pa.timestamp("us", tz=tz))
+    except pa.ArrowInvalid:
+        nanos = pc.cast(values, pa.timestamp("ns", tz=tz))  # raises for what is really bad
+        return pc.cast(nanos, pa.timestamp("us", tz=tz), safe=False)
+
+
 def _cast_aware(values: pa.Array) -> pa.Array:
-    return pc.cast(values, TIMESTAMP_TYPE)
+    return _cast_fine(values, "UTC")
 
 
 def _cast_naive(values: pa.Array) -> pa.Array:
-    return pc.cast(pc.cast(values, pa.timestamp("us")), TIMESTAMP_TYPE)
+    return pc.cast(_cast_fine(values, None), TIMESTAMP_TYPE)
 
 
 def _cast_seconds(values: pa.Array) -> pa.Array:
@@ -121,12 +130,13 @@ def parse_timestamps(text: pa.Array, column: str = "timestamp") -> tuple[pa.Arra
     empty = pc.equal(text, "")
     if pc.any(empty).as_py():
         text = pc.if_else(empty, pa.scalar(None, pa.string()), text)
-    for convert in (_cast_aware, _cast_naive):
+    for convert in (_cast_aware, _cast_naive, _cast_seconds):  # one form throughout: fast
         try:
             return convert(text), []
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError):
             pass
     # Mixed forms: split by form, convert each part, find bad cells by bisection.
+    text = pc.utf8_trim_whitespace(text)
     present = pc.is_valid(text)
     numeric = pc.fill_null(pc.match_substring_regex(text, _NUMERIC_RE), False)
     offset = pc.fill_null(pc.match_substring_regex(text, _OFFSET_RE), False)
