@@ -217,6 +217,9 @@ class DataBatches(MethodView):
     @require("data:write")
     @blp.doc(**_UPLOAD_DOC)
     @blp.response(201, BatchSchema(many=True))
+    @blp.alt_response(413, description="A file over the byte or row limit, or too many files.")
+    @blp.alt_response(415, description="Neither multipart/form-data nor application/json.")
+    @blp.alt_response(422, description="Bad header or rows; details.errors gives file and line.")
     def post(self) -> list[dict[str, Any]]:
         """Upload CSV files (multipart) or a JSON body; one batch per file or non-empty list."""
         tenant = current_tenant()
@@ -251,6 +254,7 @@ class DataBatches(MethodView):
     @require("data:write")
     @blp.arguments(BatchQuerySchema, location="query", as_kwargs=True, unknown=ma.RAISE)
     @blp.response(200, BatchSchema(many=True))
+    @blp.alt_response(400, description="Neither batch_id nor tags was given.")
     def delete(self, batch_id: list[str] | None = None, tags: list[str] | None = None
                ) -> list[dict[str, Any]]:
         """Delete the matching batches and their files; returns what was deleted."""
