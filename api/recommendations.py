@@ -26,6 +26,7 @@ from marshmallow import fields, validate
 
 from api.auth import current_tenant, require
 from api.context import services
+from api.errors import ErrorBodySchema
 from api.parsing import parser
 from shared import serving
 from shared.errors import DependencyUnavailable, ValidationFailed
@@ -121,13 +122,26 @@ class RecommendationsSchema(ma.Schema):
     recommendations = fields.List(fields.Nested(RecommendationSchema))
 
 
+NOT_READY = "The model's first training has not completed (details: its status)."
+#: OpenAPI: the 200 answer is JSON, or CSV (same rows, header first) with output_format=csv.
+CSV_DOC = {"200": {
+    "description": "JSON, or CSV with output_format=csv.",
+    "content": {
+        "application/json": {"schema": RecommendationsSchema},
+        "text/csv": {"schema": {
+            "type": "string", "example": "source_id,target_id,rank,score\nu1,i7,1,0.8312\n"}},
+    },
+}}
+
+
 @blp.route("/recommended_items")
 class RecommendedItems(MethodView):
     @blp.response(200, RecommendationsSchema,
                   description="JSON, or CSV with output_format=csv (text/csv).")
-    @blp.alt_response(404, description="Unknown model_id.")
-    @blp.alt_response(409, description="The model's first training has not completed.")
-    @blp.alt_response(422, description="Invalid parameters.")
+    @blp.alt_response(404, schema=ErrorBodySchema, description="Unknown model_id.")
+    @blp.alt_response(409, schema=ErrorBodySchema, description=NOT_READY)
+    @blp.alt_response(422, schema=ErrorBodySchema, description="Invalid parameters.")
+    @blp.doc(responses=CSV_DOC)
     @require("recommend")
     @blp.arguments(RecommendQuerySchema, location="query", unknown=ma.RAISE, as_kwargs=True)
     def get(self, **params: Any) -> Response:
@@ -141,9 +155,10 @@ class RecommendedItems(MethodView):
 
     @blp.response(200, RecommendationsSchema,
                   description="JSON, or CSV with output_format=csv (text/csv).")
-    @blp.alt_response(404, description="Unknown model_id.")
-    @blp.alt_response(409, description="The model's first training has not completed.")
-    @blp.alt_response(422, description="Invalid parameters.")
+    @blp.alt_response(404, schema=ErrorBodySchema, description="Unknown model_id.")
+    @blp.alt_response(409, schema=ErrorBodySchema, description=NOT_READY)
+    @blp.alt_response(422, schema=ErrorBodySchema, description="Invalid parameters.")
+    @blp.doc(responses=CSV_DOC)
     @require("recommend")
     @blp.arguments(RecommendBodySchema, location="json", as_kwargs=True)
     def post(self, **params: Any) -> Response:
