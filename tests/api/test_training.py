@@ -164,3 +164,15 @@ def test_dry_run_with_no_data_creates_no_run(
     assert body["parameters"]["evaluation"] == {"holdout": 0.1, "max_sources": 10000, "k": 10}
     assert enqueued == []
     assert client.get(f"{P}/models/d", headers=auth).status_code == 404
+
+
+def test_the_api_and_the_worker_parent_never_import_lightfm() -> None:
+    """OpenMP is not fork-safe: nothing imported at start may pull LightFM in (DESIGN.md)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, api.app, api.training, worker.tasks, worker.runner; "
+            "print(any(m.split('.')[0] == 'lightfm' for m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "False"
