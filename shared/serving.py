@@ -216,12 +216,13 @@ def _not_serving(r: redis.Redis, tenant: str, model_id: str) -> Exception:
     details: dict[str, Any] = {"model_id": model_id}
     with contextlib.suppress(NotFound):
         details = dict(runs.get_status(r, tenant, model_id))
-    return Conflict(
-        f"Model '{model_id}' has no trained version yet; its first training has not "
-        "completed. Watch GET /status/<model_id> and ask again when it completes.",
-        code="model_not_ready",
-        details=details,
-    )
+    if details.get("status") == "error":
+        message = (f"Model '{model_id}' has no trained version: its training ended in an "
+                   "error (see details). Fix the cause and train it again.")
+    else:
+        message = (f"Model '{model_id}' has no trained version yet; its first training has "
+                   "not completed. Watch GET /status/<model_id> and ask again when it does.")
+    return Conflict(message, code="model_not_ready", details=details)
 
 
 # -- recommendation blocks -------------------------------------------------------------------

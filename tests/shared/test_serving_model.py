@@ -17,7 +17,7 @@ import pytest
 from shared import serving
 from shared.artifact import ModelArtifact, save_artifact
 from shared.errors import Conflict, DependencyUnavailable, NotFound
-from shared.runs_lifecycle import complete_run, create_run, start_attempt
+from shared.runs_lifecycle import complete_run, create_run, finish_run, start_attempt
 from shared.storage import Storage
 
 T = "acme"
@@ -206,6 +206,13 @@ def test_unknown_model_is_404_and_first_training_is_409(
         cache.get(fake_redis, storage, T, "busy")
     assert busy.value.details["status"] == "running"
     assert busy.value.details["phase"] == "queued"
+    # A first training that failed leaves nothing to serve: still 409, saying so.
+    finish_run(fake_redis, None, T, "busy", 1, phase="failed",
+               message="Out of data.")
+    with pytest.raises(Conflict) as failed:
+        cache.get(fake_redis, storage, T, "busy")
+    assert failed.value.details["status"] == "error"
+    assert "error" in failed.value.message
     # Another tenant's model does not exist for this one.
     register(fake_redis, storage, "other", "theirs", make_artifact())
     with pytest.raises(NotFound):
