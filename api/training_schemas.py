@@ -63,12 +63,16 @@ class EvaluationSchema(ma.Schema):
 
 
 class FilterConditionSchema(ma.Schema):
-    """One ``data_filters`` condition (documentation; checked by the data selection)."""
+    """One ``data_filters`` condition; fields and values are checked by the data selection."""
+
+    class Meta:
+        unknown = ma.RAISE
 
     field = ma.fields.String(required=True)
     op = ma.fields.String(required=True, validate=validate.OneOf(
         ["eq", "ne", "in", "not_in", "gt", "gte", "lt", "lte", "exists"]))
-    value = ma.fields.Raw(required=True)
+    value = ma.fields.Raw(allow_none=True, metadata={
+        "description": "required except for exists (default true)"})
 
 
 class DataFiltersSchema(ma.Schema):
@@ -92,9 +96,7 @@ class TrainRequestSchema(ma.Schema):
         error="must be 1 to 128 letters, digits, '_', '.' or '-', and not only dots"))
     maximum_interaction_age_days = ma.fields.Integer(strict=True, validate=validate.Range(min=1))
     data_tags = ma.fields.List(ma.fields.String())
-    data_filters = ma.fields.Raw(metadata={
-        "description": '{"entities": [cond...], "interactions": [cond...]}; a cond is '
-                       '{"field", "op", "value"}'})
+    data_filters = ma.fields.Nested(DataFiltersSchema)
     callback_url = ma.fields.String(validate=validate.Length(min=1, max=2048))
     source_type = ma.fields.String(validate=validate.Length(min=1, max=128))
     target_type = ma.fields.String(validate=validate.Length(min=1, max=128))
