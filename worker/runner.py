@@ -179,8 +179,12 @@ def execute_run(svc: WorkerServices, tenant: str, model_id: str, version: int,
                                settings.heartbeat_stale_after)
         if record is None:
             return {"outcome": "skipped", "reason": "ended or running elsewhere"}
+        log.info("training %s/%s v%s: attempt %s started", tenant, model_id, version,
+                 record["attempts"])
         with Heartbeat(svc, tenant, model_id, version, owner) as beat:
-            return _attempt(svc, tenant, model_id, version, owner, record, report, beat)
+            summary = _attempt(svc, tenant, model_id, version, owner, record, report, beat)
+        log.info("training %s/%s v%s: %s", tenant, model_id, version, summary)
+        return summary
     except TrainingCancelled:
         _fail(svc, tenant, model_id, version, owner, "cancelled", "Cancelled on request.")
         return {"outcome": "cancelled"}
@@ -191,6 +195,7 @@ def execute_run(svc: WorkerServices, tenant: str, model_id: str, version: int,
               "RECSYS_TRAIN_SOFT_TIME_LIMIT.")
         return {"outcome": "error", "reason": "time limit"}
     except ServiceError as exc:
+        log.info("training %s/%s v%s ended as error: %s", tenant, model_id, version, exc.message)
         _fail(svc, tenant, model_id, version, owner, "failed", exc.message)
         return {"outcome": "error", "reason": exc.code}
     except Exception as exc:  # a defect: end the run clearly rather than leave it running
