@@ -396,40 +396,6 @@ def delete_model(r: redis.Redis, tenant: str, model_id: str) -> dict[str, Any]:
     return model
 
 
-# -- the per-model lock ------------------------------------------------------------------
-
-
-def acquire_lock(r: redis.Redis, tenant: str, model_id: str, token: str, ttl: float) -> bool:
-    """Take the model's training lock for ``ttl`` seconds; False when someone holds it."""
-    with redis_guard("taking a model lock"):
-        return bool(r.set(lock_key(tenant, model_id), token, nx=True, px=int(ttl * 1000)))
-
-
-def refresh_lock(r: redis.Redis, tenant: str, model_id: str, token: str, ttl: float) -> bool:
-    """Extend the lock while we hold it; False when it was lost."""
-    key = lock_key(tenant, model_id)
-    with redis_guard("refreshing a model lock"):
-        if r.get(key) != token:
-            return False
-        return bool(r.pexpire(key, int(ttl * 1000)))
-
-
-def release_lock(r: redis.Redis, tenant: str, model_id: str, token: str) -> None:
-    """Give the lock back if we still hold it."""
-    key = lock_key(tenant, model_id)
-    with redis_guard("releasing a model lock"), r.pipeline(transaction=True) as pipe:
-        try:
-            pipe.watch(key)  # type: ignore[no-untyped-call]
-            if pipe.get(key) == token:
-                pipe.multi()
-                pipe.delete(key)
-                pipe.execute()
-            else:
-                pipe.unwatch()
-        except redis.WatchError:
-            pass
-
-
 # -- enqueueing --------------------------------------------------------------------------
 
 

@@ -25,15 +25,13 @@ from shared.contracts import Phase, ProgressMeta
 from shared.errors import ServiceError
 from shared.runs import now_iso
 from shared.runs_lifecycle import (
-    acquire_lock,
     cancel_requested,
     complete_run,
     finish_run,
-    refresh_lock,
-    release_lock,
     start_attempt,
     update_run,
 )
+from shared.runs_lock import acquire_lock, refresh_lock, release_lock
 from shared.selection import DataSpec, SelectedData, select_data
 from worker.context import WorkerServices
 from worker.dataset import Dataset, DatasetOptions, EmptyData, build_dataset

@@ -11,18 +11,17 @@ import shared.runs_lifecycle as lifecycle
 from shared.errors import Conflict, NotFound
 from shared.runs import get_model, get_status, list_models, serving_version
 from shared.runs_lifecycle import (
-    acquire_lock,
     active_runs,
     complete_run,
     create_run,
     delete_model,
     finish_run,
-    release_lock,
     request_cancel,
     requeue_run,
     start_attempt,
     update_run,
 )
+from shared.runs_lock import acquire_lock, release_lock
 
 T = "acme"
 

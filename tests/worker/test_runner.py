@@ -16,7 +16,8 @@ from shared.artifact import load_artifact
 from shared.config import Settings
 from shared.contracts import ProgressMeta
 from shared.runs import get_model, get_status
-from shared.runs_lifecycle import acquire_lock, create_run
+from shared.runs_lifecycle import create_run
+from shared.runs_lock import acquire_lock
 from shared.selection import DataSpec, select_data
 from shared.storage import Storage
 from tests.worker.batches import write_batch
