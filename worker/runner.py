@@ -254,9 +254,12 @@ def _attempt(svc: WorkerServices, tenant: str, model_id: str, version: int, owne
     model = record_manifest(batch_ids, params, dataset, trained)
     save_artifact(svc.storage, tenant, model_id, version, _artifact(dataset, trained, model))
     metrics = trained.metrics
-    message = "Training completed." + (
-        f" precision@{metrics['k']} {metrics['precision_at_k']:.3f} (most popular: "
-        f"{metrics['baseline_precision_at_k']:.3f})." if metrics else "")
+    message = "Training completed."
+    if metrics:
+        message += (f" precision@{metrics['k']} {metrics['precision_at_k']:.3f} (most popular: "
+                    f"{metrics['baseline_precision_at_k']:.3f}).")
+    elif tp.evaluation.holdout > 0:
+        message += " No metrics: no source has 2 or more interactions to hold out."
     status, dropped = complete_run(
         svc.redis, svc.celery, tenant, model_id, version, owner=owner,
         keep_versions=svc.settings.keep_versions, message=message,
