@@ -183,9 +183,10 @@ def _empty_ids() -> ValidationFailed:
 
 
 def model_cache() -> ModelCache:
-    """The process's model cache (one per app)."""
+    """The process's model cache (one per app); the first call also caps BLAS threads."""
     cache = current_app.extensions.get(CACHE_EXTENSION)
     if cache is None:
+        serving.limit_blas_threads(services().settings.serve_blas_threads)
         cache = current_app.extensions.setdefault(CACHE_EXTENSION, ModelCache())
     return cast(ModelCache, cache)
 

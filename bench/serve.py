@@ -4,7 +4,7 @@ Builds a synthetic model artifact (random float32 embeddings written directly
 with ``save_artifact``; no training: serving speed does not depend on how the
 numbers were learned) with 100,000 targets, 64 components and 10,000 sources,
 makes it the serving version through the run registry, and serves it with
-gunicorn (the production server, as in the Procfile) in a subprocess against
+gunicorn with the Procfile's settings (metrics and access log included) in a subprocess against
 a private embedded Redis-compatible server, on loopback.
 
 It prints p50/p99 latency of single-source GET requests, the time to get
@@ -110,7 +110,8 @@ def start_api(
 ) -> subprocess.Popen[bytes]:
     """gunicorn serving the API, as the Procfile runs it; waits for /healthz."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--worker-class",
+        [sys.executable, "-m", "gunicorn", "-c", "python:api.gunicorn_conf",
+         "--bind", f"127.0.0.1:{port}", "--worker-class",
          "gthread", "--workers", str(workers), "--threads", str(threads), "--timeout", "600",
          "--no-control-socket", "api.app:create_app()"],
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -173,14 +174,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--naive-sample", type=int, default=200)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=4)
+    parser.add_argument("--blas-threads", type=int, default=None,
+                        help="RECSYS_SERVE_BLAS_THREADS for the API (default: the setting's, 1)")
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="recsys-bench-") as tmp:
         data_dir = Path(tmp) / "var"
         server = start_embedded(data_dir / "redis")
         env = {**os.environ, "RECSYS_REDIS_URL": server.url, "RECSYS_DATA_DIR": str(data_dir),
-               "RECSYS_LOG_LEVEL": "WARNING", "PYTHONPATH": str(ROOT)}
+               "PYTHONPATH": str(ROOT)}
         settings = Settings.from_env(env)
+        if args.blas_threads is not None:
+            env["RECSYS_SERVE_BLAS_THREADS"] = str(args.blas_threads)
         api = None
         try:
             t0 = time.perf_counter()

@@ -201,6 +201,13 @@ class ModelCache:
         return loaded
 
 
+def limit_blas_threads(threads: int) -> None:
+    """Cap this process's BLAS threads (the API scores many requests at once; see Settings)."""
+    from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
+
+    threadpool_limits(limits=threads, user_api="blas")
+
+
 def _unknown(model_id: str) -> NotFound:
     return NotFound(
         f"There is no model '{model_id}'. Train one with POST /train first.",
