@@ -11,6 +11,8 @@ Keys (all under :func:`shared.registry.tenant_key`)::
     batches:<kind>       ZSET  the same, for one kind only (newest entity lookups)
     batch:<batch_id>     HASH  the record (see :class:`BatchMeta`)
     batchtag:<tag>       SET   batch ids carrying the tag
+    batches:pending      ZSET  batch_id -> Unix time its file started moving into storage;
+                               cleared in the MULTI that records it (see :func:`mark_pending`)
 
 Batch ids are time-ordered (``b_`` + 13 hex digits of microseconds + a
 sequence within the request + random hex), so ordering by id, and by the
@@ -165,12 +167,36 @@ def _micros(meta: BatchMeta) -> int:
     return int(meta.batch_id[2:15], 16)
 
 
+def _pending(tenant: str) -> str:
+    return tenant_key(tenant, "batches", "pending")
+
+
+def mark_pending(r: redis.Redis, tenant: str, batch_ids: Sequence[str], now: float) -> None:
+    """Note files about to be put in storage, so a crash before recording them leaves a trace."""
+    with redis_guard("preparing to store batches"):
+        r.zadd(_pending(tenant), dict.fromkeys(batch_ids, now))
+
+
+def unmark_pending(r: redis.Redis, tenant: str, batch_ids: Sequence[str]) -> None:
+    """Forget pending marks (their files were removed)."""
+    if batch_ids:
+        with redis_guard("cleaning up batches"):
+            r.zrem(_pending(tenant), *batch_ids)
+
+
+def stale_pending(r: redis.Redis, tenant: str, older_than: float) -> list[str]:
+    """Batch ids marked pending before ``older_than``: their upload died mid-way."""
+    with redis_guard("listing pending batches"):
+        return cast(list[str], r.zrangebyscore(_pending(tenant), "-inf", older_than))
+
+
 def record_batches(r: redis.Redis, tenant: str, metas: Sequence[BatchMeta]) -> None:
     """Make the batches visible, all of them or none (one MULTI)."""
     if not metas:
         return
     with redis_guard("recording uploaded batches"):
         pipe = r.pipeline(transaction=True)
+        pipe.zrem(_pending(tenant), *[m.batch_id for m in metas])
         for meta in metas:
             pipe.hset(_record(tenant, meta.batch_id), mapping=meta.to_hash())
             for tag in meta.tags:

@@ -27,10 +27,20 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import redis
 
-from shared.batches import KINDS, BatchMeta, Kind, iso_utc, new_batch_ids, record_batches
+from shared.batches import (
+    KINDS,
+    BatchMeta,
+    Kind,
+    iso_utc,
+    mark_pending,
+    new_batch_ids,
+    record_batches,
+    stale_pending,
+    unmark_pending,
+)
 from shared.columns import COLUMNS, ID_COLUMNS, MAX_PROBLEMS, SCHEMAS, convert
 from shared.config import Settings
-from shared.errors import PayloadTooLarge, ValidationFailed
+from shared.errors import PayloadTooLarge, ServiceError, ValidationFailed
 from shared.storage import Storage, batch_path
 
 log = logging.getLogger(__name__)
@@ -61,6 +71,8 @@ class Prepared:
     source: str
 
 
+#: Seconds after which a file put in storage by an upload that never recorded it is removed.
+STALE_PENDING_SECONDS = 3600
 #: Seconds after which a work directory left behind by a crashed process is removed.
 STALE_WORKSPACE_SECONDS = 24 * 3600
 
@@ -218,6 +230,8 @@ def store(
         )
         for batch_id, p in zip(ids, prepared, strict=True)
     ]
+    _sweep_stale(storage, r, tenant, now)
+    mark_pending(r, tenant, ids, now.timestamp())
     placed: list[str] = []
     try:
         for meta, p in zip(metas, prepared, strict=True):
@@ -225,13 +239,28 @@ def store(
             placed.append(meta.batch_id)
         record_batches(r, tenant, metas)
     except BaseException:
-        for batch_id in placed:
-            try:
-                storage.delete(batch_path(tenant, batch_id))
-            except OSError:
-                log.warning("could not remove %s after a failed upload", batch_id)
+        _remove_files(storage, tenant, placed)
+        with contextlib.suppress(ServiceError):  # Redis down too: the sweep clears it later
+            unmark_pending(r, tenant, ids)
         raise
     return metas
+
+
+def _remove_files(storage: Storage, tenant: str, batch_ids: Sequence[str]) -> None:
+    for batch_id in batch_ids:
+        try:
+            storage.delete(batch_path(tenant, batch_id))
+        except OSError:
+            log.warning("could not remove the file of unrecorded batch %s", batch_id)
+
+
+def _sweep_stale(storage: Storage, r: redis.Redis, tenant: str, now: datetime) -> None:
+    """Remove files a crashed upload put in storage but never recorded (invisible anyway)."""
+    stale = stale_pending(r, tenant, now.timestamp() - STALE_PENDING_SECONDS)
+    if stale:
+        log.warning("removing %d file(s) of uploads that died before recording them", len(stale))
+        _remove_files(storage, tenant, stale)
+        unmark_pending(r, tenant, stale)
 
 
 def delete_files(storage: Storage, tenant: str, metas: Sequence[BatchMeta]) -> None:
