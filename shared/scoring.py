@@ -79,8 +79,9 @@ def csr_pairs(
     rows = np.asarray(rows, dtype=np.int64)
     valid = rows >= 0
     safe = np.where(valid, rows, 0)
-    starts = np.asarray(indptr, dtype=np.int64)[safe]
-    lengths = np.where(valid, np.asarray(indptr, dtype=np.int64)[safe + 1] - starts, 0)
+    # Index the (memory-mapped) CSR arrays first, convert after: never copy them whole.
+    starts = indptr[safe].astype(np.int64)
+    lengths = np.where(valid, indptr[safe + 1].astype(np.int64) - starts, 0)
     total = int(lengths.sum())
     if total == 0:
         empty = np.zeros(0, dtype=np.int64)
@@ -88,7 +89,7 @@ def csr_pairs(
     block_row = np.repeat(np.arange(len(rows), dtype=np.int64), lengths)
     offsets = np.cumsum(lengths) - lengths
     positions = np.arange(total, dtype=np.int64) - np.repeat(offsets - starts, lengths)
-    return block_row, np.asarray(indices, dtype=np.int64)[positions]
+    return block_row, indices[positions].astype(np.int64)
 
 
 def mask_seen(
