@@ -153,3 +153,21 @@ def test_a_finished_run_posts_its_status_to_the_callback_once(
                 break
             time.sleep(0.2)
         assert shown["state"] == "delivered" and shown["attempts"] == 1
+
+
+def test_the_soft_time_limit_ends_a_run_as_error_with_a_clear_message(
+    stack: Stack, http: requests.Session, data: int
+) -> None:
+    from shared.contracts import QUEUE_TRAIN, TASK_TRAIN
+    from shared.runs_lifecycle import create_run
+
+    # given a long run sent with a 1-second soft limit (the API sends the configured ones)
+    params = {"data_tags": ["clusters"], "evaluation": {"holdout": 0},
+              "hyperparameters": {"epochs": 1000, "no_components": 16}}
+    version = create_run(stack.redis, "default", "m-slow", params, None)["version"]
+    make_celery(stack.settings, include_tasks=False).send_task(
+        TASK_TRAIN, kwargs={"tenant": "default", "model_id": "m-slow", "version": version},
+        queue=QUEUE_TRAIN, soft_time_limit=1, time_limit=60)
+    final, _ = wait_until_ended(stack, http, "m-slow", timeout=60)
+    assert (final["status"], final["phase"]) == ("error", "failed")
+    assert "time limit" in final["message"] and "RECSYS_TRAIN_SOFT_TIME_LIMIT" in final["message"]
