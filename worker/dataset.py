@@ -226,13 +226,15 @@ def _vectorised_features(
         if pa.types.is_list(kind) or pa.types.is_large_list(kind):
             if not _is_text(kind.value_type):
                 continue
-            parents = pc.list_parent_indices(column).to_numpy(zero_copy_only=False)
-            values = pc.list_flatten(column)
-            valid = pc.is_valid(values).to_numpy(zero_copy_only=False)
-            feature = pc.binary_join_element_wise(f"{column_name}=", values.filter(valid), "")
-            names.append(feature)
-            out_rows.append(rows[parents[valid]])
-            out_weights.append(np.ones(int(valid.sum()), dtype=np.float32))
+            pairs = pa.table({"parent": pc.list_parent_indices(column),
+                              "value": pc.list_flatten(column)})
+            # one feature per distinct element: ["a", "a"] is the feature "key=a" once
+            pairs = pairs.filter(pc.is_valid(pairs["value"])).group_by(
+                ["parent", "value"], use_threads=False).aggregate([])
+            parents = pairs["parent"].to_numpy()
+            names.append(pc.binary_join_element_wise(f"{column_name}=", pairs["value"], ""))
+            out_rows.append(rows[parents])
+            out_weights.append(np.ones(parents.size, dtype=np.float32))
         elif pa.types.is_boolean(kind) or _is_text(kind):
             valid = pc.is_valid(column).to_numpy(zero_copy_only=False)
             text = pc.cast(column.filter(pa.array(valid)), pa.string())

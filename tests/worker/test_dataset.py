@@ -121,3 +121,44 @@ def test_mixed_type_metadata_takes_the_per_entity_path_with_the_same_result() ->
         got = {name: dense[row, dataset.n_sources + j] for j, name in enumerate(side.names)
                if dense[row, dataset.n_sources + j] != 0}
         assert got == pytest.approx({k: v / total for k, v in expected.items()})
+
+
+def _feature_rows(side: ds.SideFeatures, n: int) -> list[dict[str, float]]:
+    dense = side.matrix.toarray()
+    return [{name: float(dense[row, n + j]) for j, name in enumerate(side.names)
+             if dense[row, n + j] != 0} for row in range(n)]
+
+
+def test_vectorised_and_per_entity_metadata_paths_agree() -> None:
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    keys = st.sampled_from(["genre", "size", "tags", "new", "price"])
+    values = st.one_of(
+        st.text("abc=", min_size=1, max_size=3), st.integers(-50, 50),
+        st.floats(-10, 10, allow_nan=False), st.booleans(), st.none(),
+        st.lists(st.text("xy", min_size=1, max_size=1), max_size=3),  # duplicates too
+    )
+
+    @settings(max_examples=60, deadline=None)
+    @given(st.lists(st.dictionaries(keys, values, max_size=4), min_size=1, max_size=6))
+    def check(metas: list[dict[str, Any]]) -> None:
+        entities = _entities([(f"u{i}", "user", m) for i, m in enumerate(metas)])
+        ids = np.array([f"u{i}" for i in range(len(metas))])
+        fast = ds.side_features(entities, "user", ids)
+        rows, texts = ds._metadata_rows(entities, "user", ids)
+        slow_parts = ds._python_features(texts, rows)
+        expected_scales = slow_parts[3]
+        if fast is None:
+            assert all(not entity_features(m, expected_scales) for m in metas)
+            return
+        assert fast.numeric_scales == pytest.approx(expected_scales)
+        for row, metadata in enumerate(metas):
+            wanted = entity_features(metadata, expected_scales)
+            total = 1 + sum(abs(w) for w in wanted.values())
+            got = _feature_rows(fast, len(metas))[row]
+            # float32 matrices drop weights too small to represent (e.g. 1e-130 / 1)
+            expected = {k: v / total for k, v in wanted.items() if np.float32(v / total) != 0}
+            assert got == pytest.approx(expected, abs=1e-6), metas
+
+    check()
