@@ -15,6 +15,8 @@ import io
 import itertools
 import logging
 from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, cast
 
 import marshmallow as ma
@@ -30,7 +32,8 @@ from api.errors import ErrorBodySchema
 from api.parsing import parser
 from shared import serving
 from shared.errors import DependencyUnavailable, ValidationFailed
-from shared.serving import LoadedModel, MetadataLookup, ModelCache, RecBlock
+from shared.serving import LoadedModel, MetadataLookup, ModelCache
+from shared.serving_blocks import RecBlock, clean_scores, recommend_all, recommend_ids
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +41,8 @@ blp = Blueprint("recommendations", __name__, description="Recommendations from t
 # Set before the @blp.arguments decorators run (they bind the parser at import time).
 blp.ARGUMENTS_PARSER = parser
 
-#: Key of the per-app model cache in ``app.extensions``.
-CACHE_EXTENSION = "recsys_model_cache"
+#: Key of the per-app :class:`Serving` state in ``app.extensions``.
+SERVING_EXTENSION = "recsys_serving"
 #: Largest ``max_recommendations``.
 MAX_RECOMMENDATIONS = 1000
 CSV_HEADER = ("source_id", "target_id", "rank", "score")
@@ -182,13 +185,28 @@ def _empty_ids() -> ValidationFailed:
     )
 
 
-def model_cache() -> ModelCache:
-    """The process's model cache (one per app); the first call also caps BLAS threads."""
-    cache = current_app.extensions.get(CACHE_EXTENSION)
-    if cache is None:
-        serving.limit_blas_threads(services().settings.serve_blas_threads)
-        cache = current_app.extensions.setdefault(CACHE_EXTENSION, ModelCache())
-    return cast(ModelCache, cache)
+@dataclass(frozen=True)
+class Serving:
+    """Per-app serving state: the model cache and the threads bulk requests score on."""
+
+    cache: ModelCache
+    executor: ThreadPoolExecutor | None
+
+
+def serving_state() -> Serving:
+    """The app's serving state, built on first use (which also caps BLAS threads)."""
+    state = current_app.extensions.get(SERVING_EXTENSION)
+    if state is None:
+        settings = services().settings
+        serving.limit_blas_threads(settings.serve_blas_threads)
+        threads = settings.serve_threads
+        executor = (ThreadPoolExecutor(threads, thread_name_prefix="recsys-score")
+                    if threads > 1 else None)
+        state = current_app.extensions.setdefault(
+            SERVING_EXTENSION, Serving(ModelCache(), executor))
+        if state.executor is not executor and executor is not None:
+            executor.shutdown(wait=False)  # another thread built it first
+    return cast(Serving, state)
 
 
 def _check_types(model: LoadedModel, source_type: str | None, target_type: str | None) -> None:
@@ -256,12 +274,13 @@ def _recommend(
 ) -> Response:
     svc = services()
     tenant = current_tenant()
-    model = model_cache().get(svc.redis, svc.storage, tenant, model_id, svc.settings.data_dir)
+    state = serving_state()
+    model = state.cache.get(svc.redis, svc.storage, tenant, model_id, svc.settings.data_dir)
     _check_types(model, source_type, target_type)
     k = max_recommendations
     blocks: Iterator[RecBlock]
     if ids is None:
-        blocks = serving.recommend_all(model, k, exclude_seen)
+        blocks = recommend_all(model, k, exclude_seen, state.executor)
     else:
         lookup: MetadataLookup
         if source_metadata is not None:
@@ -269,7 +288,7 @@ def _recommend(
                 return source_metadata
         else:
             lookup = _entity_lookup(tenant, model)
-        blocks = serving.recommend_ids(model, _dedupe(ids), k, exclude_seen, lookup)
+        blocks = recommend_ids(model, _dedupe(ids), k, exclude_seen, lookup, state.executor)
     # Compute up to two blocks now, so errors still get a proper status and small
     # answers go out whole with a Content-Length; the rest is streamed.
     head = list(itertools.islice(blocks, 2))
@@ -306,7 +325,7 @@ def _json_chunks(model: LoadedModel, blocks: Iterable[RecBlock]) -> Iterator[byt
             {"source_id": s, "target_id": t, "rank": r, "score": sc, "fallback": f}
             for s, t, r, sc, f in zip(
                 block.source_ids.tolist(), block.target_ids.tolist(), block.ranks.tolist(),
-                serving.clean_scores(block.scores), block.fallback.tolist(), strict=True,
+                clean_scores(block.scores), block.fallback.tolist(), strict=True,
             )
         ]
         yield sep + orjson.dumps(rows)[1:-1]
@@ -326,6 +345,6 @@ def _csv_chunks(model: LoadedModel, blocks: Iterable[RecBlock]) -> Iterator[byte
         buffer.truncate()
         out.writerows(zip(
             block.source_ids.tolist(), block.target_ids.tolist(), block.ranks.tolist(),
-            serving.clean_scores(block.scores), strict=True,
+            clean_scores(block.scores), strict=True,
         ))
         yield buffer.getvalue().encode("utf-8")

@@ -176,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=4)
     parser.add_argument("--blas-threads", type=int, default=None,
                         help="RECSYS_SERVE_BLAS_THREADS for the API (default: the setting's, 1)")
+    parser.add_argument("--serve-threads", type=int, default=None,
+                        help="RECSYS_SERVE_THREADS for the API (default: the setting's, 2)")
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="recsys-bench-") as tmp:
@@ -186,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
         settings = Settings.from_env(env)
         if args.blas_threads is not None:
             env["RECSYS_SERVE_BLAS_THREADS"] = str(args.blas_threads)
+        if args.serve_threads is not None:
+            env["RECSYS_SERVE_THREADS"] = str(args.serve_threads)
         api = None
         try:
             t0 = time.perf_counter()

@@ -149,6 +149,8 @@ class Settings:
     #: BLAS threads of an API process scoring recommendations (requests already run in
     #: parallel; more threads spin on busy cores and double single-request CPU).
     serve_blas_threads: int = 1
+    #: Threads of an API process that score the blocks of bulk recommendation requests.
+    serve_threads: int = 2
     callback_connect_timeout: float = 3.0
     callback_read_timeout: float = 15.0
     #: Seconds between callback attempts after the first (API.md: 5 s, 5 min, 30 min, 2 h,
@@ -256,6 +258,7 @@ class Settings:
         read("RECSYS_MAX_RECOMMEND_SOURCE_IDS", "max_recommend_source_ids", _positive_int)
         read("RECSYS_MAX_COLD_START_LOOKUPS", "max_cold_start_lookups", _positive_int)
         read("RECSYS_SERVE_BLAS_THREADS", "serve_blas_threads", _positive_int)
+        read("RECSYS_SERVE_THREADS", "serve_threads", _positive_int)
         read("RECSYS_CALLBACK_CONNECT_TIMEOUT", "callback_connect_timeout", _positive_float)
         read("RECSYS_CALLBACK_READ_TIMEOUT", "callback_read_timeout", _positive_float)
         read("RECSYS_CALLBACK_RETRY_DELAYS", "callback_retry_delays", _delays)

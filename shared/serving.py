@@ -1,21 +1,12 @@
-"""Serving trained models: a per-process artifact cache and the recommendation blocks.
+"""Serving trained models: the per-process artifact cache and what is derived from a version.
 
 :class:`ModelCache` maps ``(tenant, model_id, version)`` to a loaded, memory-
 mapped artifact. Every request first reads the model's serving version (one
 Redis HGET), so a retrain that becomes current is served by the very next
 request, with no restart; older versions of the same model drop out of the
-cache when a newer one loads.
-
-:func:`recommend_ids` and :func:`recommend_all` yield :class:`RecBlock` s:
-sources are scored in blocks (one matrix product each, see
-:mod:`shared.scoring`), so a request for every source of a large model never
-holds more than one block of scores and rows at a time.
-
-Sources the model never saw: scored from their metadata features when the
-model learned source metadata features (the caller supplies the metadata,
-from the request or the newest uploaded entity record), else given the most
-popular targets scored by their share of interactions. Their rows carry
-``fallback = True``.
+cache when a newer one loads. :class:`LoadedModel` adds the lookups built
+once per version: source id to row, popularity order, metadata feature index.
+Scoring blocks of sources is :mod:`shared.serving_blocks`.
 """
 
 from __future__ import annotations
@@ -23,10 +14,10 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import redis
@@ -42,17 +33,6 @@ MAX_CACHED_MODELS = 32
 
 #: Looks up the metadata of a source the model never saw (None: nothing known).
 MetadataLookup = Callable[[str], Mapping[str, Any] | None]
-
-
-class RecBlock(NamedTuple):
-    """Flat recommendation rows, ordered by source (request order), then rank."""
-
-    source_ids: np.ndarray
-    target_ids: np.ndarray
-    ranks: np.ndarray
-    scores: np.ndarray
-    fallback: np.ndarray
-
 
 @dataclass
 class LoadedModel:
@@ -230,145 +210,3 @@ def _not_serving(r: redis.Redis, tenant: str, model_id: str) -> Exception:
         message = (f"Model '{model_id}' has no trained version yet; its first training has "
                    "not completed. Watch GET /status/<model_id> and ask again when it does.")
     return Conflict(message, code="model_not_ready", details=details)
-
-
-# -- recommendation blocks -------------------------------------------------------------------
-
-
-def _empty_block() -> RecBlock:
-    ints = np.zeros(0, dtype=np.int64)
-    text = np.zeros(0, dtype="<U1")
-    return RecBlock(text, text, ints, np.zeros(0, np.float32), np.zeros(0, dtype=bool))
-
-
-def _score_rows(
-    model: LoadedModel,
-    reprs: np.ndarray,
-    seen_rows: np.ndarray,
-    k: int,
-    exclude_seen: bool,
-    buffer: np.ndarray,
-) -> scoring.TopK:
-    """Top-k of ``reprs`` (b, k+2); ``seen_rows`` are artifact rows (-1: no history)."""
-    art = model.artifact
-    scores = scoring.score_block(reprs, art.target_repr, out=buffer)
-    if exclude_seen:
-        scoring.mask_seen(scores, seen_rows, art.seen_indptr, art.seen_indices)
-    return scoring.top_k(scores, k)
-
-
-def recommend_all(model: LoadedModel, k: int, exclude_seen: bool) -> Iterator[RecBlock]:
-    """Every source of the model, in artifact order, one block at a time."""
-    art = model.artifact
-    step = scoring.block_rows(model.n_targets)
-    buffer = np.empty(min(step, model.n_sources) * max(1, model.n_targets), dtype=np.float32)
-    for start in range(0, model.n_sources, step):
-        rows = np.arange(start, min(start + step, model.n_sources), dtype=np.int64)
-        top = _score_rows(
-            model, np.asarray(art.source_repr[rows]), rows, k, exclude_seen, buffer
-        )
-        yield RecBlock(
-            np.asarray(art.source_ids[rows[top.rows]]),
-            np.asarray(art.target_ids[top.cols]),
-            top.ranks,
-            top.scores,
-            np.zeros(len(top.rows), dtype=bool),
-        )
-
-
-def recommend_ids(
-    model: LoadedModel,
-    source_ids: Sequence[str],
-    k: int,
-    exclude_seen: bool,
-    lookup: MetadataLookup | None = None,
-) -> Iterator[RecBlock]:
-    """The given sources, in the given order, one block at a time.
-
-    Unseen sources: scored from ``lookup(source_id)`` metadata when the model
-    learned metadata features (one lookup per unseen source), else popularity.
-    """
-    if not source_ids:
-        return
-    ids = np.asarray(source_ids, dtype=str)
-    rows_all = model.rows_of(ids)
-    step = scoring.block_rows(model.n_targets)
-    buffer = np.empty(min(step, len(ids)) * max(1, model.n_targets), dtype=np.float32)
-    for start in range(0, len(ids), step):
-        yield _block(
-            model, ids[start : start + step], rows_all[start : start + step], k,
-            exclude_seen, lookup, buffer,
-        )
-
-
-def _block(
-    model: LoadedModel,
-    ids: np.ndarray,
-    rows: np.ndarray,
-    k: int,
-    exclude_seen: bool,
-    lookup: MetadataLookup | None,
-    buffer: np.ndarray,
-) -> RecBlock:
-    """One block of requested sources: known, cold-started and popularity rows merged."""
-    art = model.artifact
-    known = np.flatnonzero(rows >= 0)
-    cold_pos: list[int] = []
-    cold_reprs: list[np.ndarray] = []
-    unseen = np.flatnonzero(rows < 0)
-    if len(unseen) and lookup is not None and model.has_metadata_features:
-        # One metadata lookup per unseen source: unavoidable, each is its own entity record.
-        for pos in unseen.tolist():
-            metadata = lookup(str(ids[pos]))
-            rep = model.cold_repr(metadata) if metadata else None
-            if rep is not None:
-                cold_pos.append(pos)
-                cold_reprs.append(rep)
-    scored_pos = np.concatenate([known, np.asarray(cold_pos, dtype=np.int64)])
-    pop_pos = np.setdiff1d(unseen, scored_pos, assume_unique=True)
-
-    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
-    if len(scored_pos):
-        reprs = np.empty((len(scored_pos), art.source_repr.shape[1]), dtype=np.float32)
-        reprs[: len(known)] = art.source_repr[rows[known]]
-        if cold_reprs:
-            reprs[len(known) :] = np.stack(cold_reprs)
-        seen_rows = np.concatenate([rows[known], np.full(len(cold_pos), -1, dtype=np.int64)])
-        top = _score_rows(model, reprs, seen_rows, k, exclude_seen, buffer)
-        positions = scored_pos[top.rows]
-        parts.append((positions, top.cols, top.ranks, top.scores, rows[positions] < 0))
-    if len(pop_pos) and model.n_targets:
-        cols, shares = scoring.popular(model.pop_order, art.target_popularity, k)
-        n = len(cols)
-        parts.append((
-            np.repeat(pop_pos, n),
-            np.tile(cols, len(pop_pos)),
-            np.tile(np.arange(1, n + 1, dtype=np.int64), len(pop_pos)),
-            np.tile(shares, len(pop_pos)),
-            np.ones(n * len(pop_pos), dtype=bool),
-        ))
-    if not parts:
-        return _empty_block()
-    positions, cols, ranks, scores, fallback = (np.concatenate(p) for p in zip(*parts, strict=True))
-    order = np.lexsort((ranks, positions))
-    return RecBlock(
-        ids[positions[order]],
-        np.asarray(art.target_ids[cols[order]]),
-        ranks[order],
-        scores[order].astype(np.float32),
-        fallback[order],
-    )
-
-
-def clean_scores(scores: np.ndarray) -> list[float]:
-    """Scores as Python floats rounded to float32's 7 significant digits (short JSON/CSV text)."""
-    x = np.asarray(scores, dtype=np.float64)
-    out = x.copy()
-    ok = np.isfinite(x) & (x != 0)
-    if ok.any():
-        v = x[ok]
-        digits = 6 - np.floor(np.log10(np.abs(v))).astype(np.int64)
-        scale = 10.0 ** np.abs(digits).astype(np.float64)
-        out[ok] = np.where(digits >= 0, np.round(v * scale) / scale, np.round(v / scale) * scale)
-    result: list[float] = out.tolist()
-    return result

@@ -7,6 +7,7 @@ put a hand-built model on storage and make it the serving version.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ import fakeredis
 import numpy as np
 import pytest
 
-from shared import serving
+from shared import serving, serving_blocks
 from shared.artifact import ModelArtifact, save_artifact
 from shared.errors import Conflict, DependencyUnavailable, NotFound
 from shared.runs_lifecycle import complete_run, create_run, finish_run, start_attempt
@@ -120,13 +121,13 @@ def test_known_sources_match_brute_force_and_exclude_seen(
     register(fake_redis, storage, T, "m", art)
     model = serving.ModelCache().get(fake_redis, storage, T, "m")
     for exclude in (True, False):
-        got = rows_by_source(serving.recommend_ids(model, ["u0", "u2", "u4"], 5, exclude))
+        got = rows_by_source(serving_blocks.recommend_ids(model, ["u0", "u2", "u4"], 5, exclude))
         for sid, row in (("u0", 0), ("u2", 2), ("u4", 4)):
             assert [t for t, *_ in got[sid]] == brute(art, row, 5, exclude)
             assert [r for _, r, *_ in got[sid]] == list(range(1, 6))
             assert not any(f for *_, f in got[sid])
     # Every source, streamed in blocks, gives the same as asking for each one.
-    everything = rows_by_source(serving.recommend_all(model, 3, True))
+    everything = rows_by_source(serving_blocks.recommend_all(model, 3, True))
     assert sorted(everything) == [f"u{i}" for i in range(5)]
     assert [t for t, *_ in everything["u2"]] == brute(art, 2, 3, True)
 
@@ -137,7 +138,8 @@ def test_unseen_sources_get_popularity_marked_as_fallback(
     art = make_artifact()
     register(fake_redis, storage, T, "pop", art)
     model = serving.ModelCache().get(fake_redis, storage, T, "pop")
-    got = rows_by_source(serving.recommend_ids(model, ["nobody", "u1"], 4, True, lambda _: None))
+    got = rows_by_source(
+        serving_blocks.recommend_ids(model, ["nobody", "u1"], 4, True, lambda _: None))
     popular = np.argsort(-art.target_popularity, kind="stable")[:4]
     assert [t for t, *_ in got["nobody"]] == [f"i{c}" for c in popular]
     np.testing.assert_allclose([s for _, _, s, _ in got["nobody"]],
@@ -154,7 +156,7 @@ def test_unseen_sources_with_metadata_are_scored_from_their_features(
     register(fake_redis, storage, T, "cold", art)
     model = serving.ModelCache().get(fake_redis, storage, T, "cold")
     meta = {"a": {"country": "fr"}, "b": {"country": "de", "age": 40}, "c": {"shoe": "big"}}
-    got = rows_by_source(serving.recommend_ids(model, ["a", "b", "c"], 5, True, meta.get))
+    got = rows_by_source(serving_blocks.recommend_ids(model, ["a", "b", "c"], 5, True, meta.get))
     assert all(f for rows in got.values() for *_, f in rows)
     assert [t for t, *_ in got["a"]] != [t for t, *_ in got["b"]]
     # "a" has one known feature (weight 1): its score is that feature's repr against targets.
@@ -175,7 +177,7 @@ def test_request_order_is_kept_across_known_cold_and_popular_sources(
     register(fake_redis, storage, T, "order", art)
     model = serving.ModelCache().get(fake_redis, storage, T, "order")
     ids = ["zz", "u3", "cold", "u0"]
-    blocks = list(serving.recommend_ids(model, ids, 2, True,
+    blocks = list(serving_blocks.recommend_ids(model, ids, 2, True,
                                         lambda s: {"x": "1"} if s == "cold" else None))
     seq = [s for b in blocks for s in b.source_ids.tolist()]
     assert list(dict.fromkeys(seq)) == ids
@@ -221,7 +223,7 @@ def test_unknown_model_is_404_and_first_training_is_409(
 
 def test_clean_scores_keep_seven_significant_digits() -> None:
     raw = np.array([0.1, 1 / 3, -2.5e-6, 12345678.9, 0.0, -np.inf], dtype=np.float32)
-    cleaned = serving.clean_scores(raw)
+    cleaned = serving_blocks.clean_scores(raw)
     assert cleaned[:5] == [0.1, 0.3333333, -2.5e-06, 12345680.0, 0.0]
     assert cleaned[5] == float("-inf")
 
@@ -254,3 +256,30 @@ def test_a_version_pruned_between_lookup_and_load_is_retried_with_the_new_one(
     answers = iter([1, 2, 2])
     monkeypatch.setattr(serving.runs, "serving_version", lambda r, t, m: next(answers))
     assert serving.ModelCache().get(fake_redis, storage, T, "race").version == 2
+
+
+def test_blocks_scored_on_threads_come_back_in_order_and_equal(
+    fake_redis: fakeredis.FakeRedis, storage: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given blocks of 3 sources, so 20 sources take 7 blocks
+    art = make_artifact(n_sources=20, n_targets=500, seen={3: [1, 2], 17: [5]})
+    register(fake_redis, storage, T, "par", art)
+    model = serving.ModelCache().get(fake_redis, storage, T, "par")
+    monkeypatch.setattr("shared.scoring.BLOCK_BUDGET_BYTES", 3 * 500 * 4)
+    ids = [f"u{i}" for i in reversed(range(20))] + ["stranger"]
+    with ThreadPoolExecutor(2) as pool:
+        parallel = list(serving_blocks.recommend_ids(model, ids, 4, True, None, pool))
+        everything = list(serving_blocks.recommend_all(model, 4, True, pool))
+        # An abandoned stream stops early without error.
+        stream = serving_blocks.recommend_all(model, 4, True, pool)
+        next(stream)
+        stream.close()  # type: ignore[attr-defined]
+    sequential = list(serving_blocks.recommend_ids(model, ids, 4, True, None))
+    assert len(parallel) == 7
+    for a, b in zip(parallel, sequential, strict=True):
+        assert a.source_ids.tolist() == b.source_ids.tolist()
+        assert a.target_ids.tolist() == b.target_ids.tolist()
+    seq = [s for block in parallel for s in block.source_ids.tolist()]
+    assert list(dict.fromkeys(seq)) == ids
+    got = rows_by_source(everything)
+    assert [t for t, *_ in got["u3"]] == brute(art, 3, 4, True)
