@@ -171,3 +171,27 @@ def test_the_soft_time_limit_ends_a_run_as_error_with_a_clear_message(
     final, _ = wait_until_ended(stack, http, "m-slow", timeout=60)
     assert (final["status"], final["phase"]) == ("error", "failed")
     assert "time limit" in final["message"] and "RECSYS_TRAIN_SOFT_TIME_LIMIT" in final["message"]
+
+
+def test_a_trained_model_serves_recommendations_and_cold_start(
+    stack: Stack, http: requests.Session, data: int
+) -> None:
+    body = {"model_id": "m-serve", "data_tags": ["clusters"],
+            "hyperparameters": {"epochs": 20, "no_components": 16}}
+    assert http.post(stack.url("/train"), json=body, headers=stack.headers(),
+                     timeout=10).status_code == 202
+    assert wait_until_ended(stack, http, "m-serve")[0]["status"] == "completed"
+    got = http.get(stack.url("/recommended_items?model_id=m-serve&source_id=u1"),
+                   headers=stack.headers(), timeout=30)
+    assert got.status_code == 200, got.text
+    rows = got.json()["recommendations"]
+    assert len(rows) == 10 and not any(r["fallback"] for r in rows)
+    cold = http.post(stack.url("/recommended_items"), headers=stack.headers(), timeout=30,
+                     json={"model_id": "m-serve", "source_id": "newcomer",
+                           "source_metadata": {"segment": "s1", "age": 21}})
+    assert cold.status_code == 200, cold.text
+    cold_rows = cold.json()["recommendations"]
+    assert all(r["fallback"] for r in cold_rows)
+    # users of segment s1 like the items of cluster 1 (i % 5 == 1): so does the newcomer
+    in_cluster = sum(int(r["target_id"][1:]) % 5 == 1 for r in cold_rows)
+    assert in_cluster >= 6, cold_rows
