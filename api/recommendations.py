@@ -31,7 +31,7 @@ from api.context import services
 from api.errors import ErrorBodySchema
 from api.parsing import parser
 from shared import serving
-from shared.errors import DependencyUnavailable, ValidationFailed
+from shared.errors import DependencyUnavailable, ServiceError, ValidationFailed
 from shared.serving import LoadedModel, MetadataLookup, ModelCache
 from shared.serving_blocks import RecBlock, clean_scores, recommend_all, recommend_ids
 
@@ -248,11 +248,16 @@ def _entity_lookup(tenant: str, model: LoadedModel) -> MetadataLookup:
             return None
         try:
             record = latest_entity(svc.storage, svc.redis, tenant, source_id)
+        except ServiceError:
+            raise
         except OSError as exc:
             raise DependencyUnavailable(
                 f"Storage is unreachable while reading entity '{source_id}': {exc}",
                 details={"dependency": "storage"},
             ) from exc
+        except Exception:  # an unreadable batch must not fail the request: use popularity
+            log.exception("reading the entity record of %r for cold start failed", source_id)
+            return None
         if not record or (record.get("type") or "default") != model.source_type:
             return None
         metadata = record.get("metadata")

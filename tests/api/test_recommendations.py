@@ -330,3 +330,24 @@ def test_uploaded_metadata_lookups_are_capped_per_request(
     assert targets(rows, "a") == targets(rows, "b") != popular
     assert targets(rows, "c") == popular
     assert all(r["fallback"] for r in rows)
+
+
+def test_an_unreadable_entity_record_falls_back_to_popularity(
+    client: FlaskClient, auth: dict[str, str], model: ModelArtifact, monkeypatch: Any
+) -> None:
+    def broken(storage: Any, r: Any, tenant: str, entity_id: str) -> dict[str, Any]:
+        raise ValueError("corrupt parquet")
+
+    monkeypatch.setattr("shared.selection.latest_entity", broken)
+    rows = recs(client.get(URL, query_string={"model_id": "m", "source_id": "newbie"},
+                           headers=auth))
+    popular = [f"i{c}" for c in np.argsort(-model.target_popularity, kind="stable")[:10]]
+    assert targets(rows, "newbie") == popular
+
+    def down(storage: Any, r: Any, tenant: str, entity_id: str) -> dict[str, Any]:
+        raise OSError("connection refused")
+
+    monkeypatch.setattr("shared.selection.latest_entity", down)
+    resp = client.get(URL, query_string={"model_id": "m", "source_id": "newbie"}, headers=auth)
+    assert resp.status_code == 503
+    assert resp.get_json()["error"]["details"]["dependency"] == "storage"
