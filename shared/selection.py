@@ -191,7 +191,7 @@ def select_data(
             ids = pc.unique(col)
             ids = ids.filter(pc.invert(pc.is_in(ids, value_set=described)))
             implied_table = pa.table({
-                "id": ids, "type": pa.array([etype] * len(ids), pa.string()),
+                "id": ids, "type": pa.repeat(pa.scalar(etype, pa.string()), len(ids)),
                 "name": pa.nulls(len(ids), pa.string()),
                 "metadata": pa.nulls(len(ids), pa.string()),
             })
