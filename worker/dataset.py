@@ -162,7 +162,7 @@ def _merge_pairs(rows: np.ndarray, cols: np.ndarray, weights: np.ndarray, times:
                  n_targets: int) -> tuple[np.ndarray, ...]:
     """Unique (row, col) pairs with the max weight and the latest time, sorted by pair."""
     keys = rows.astype(np.int64) * n_targets + cols
-    order = np.argsort(keys, kind="stable")
+    order = np.argsort(keys)  # any order among equal keys: max is commutative
     keys = keys[order]
     starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
     unique = keys[starts]
