@@ -183,7 +183,14 @@ def get_status(
     status = status_of(record)
     if record.get("callback_url"):
         with redis_guard("reading a callback's state"):
-            status["callback"] = callback_status(r, tenant, model_id, status["version"])
+            status["callback"] = callback_status(
+                r, tenant, model_id, status["version"]
+            ) or {  # the run has not ended yet: its one delivery is still to come
+                "state": "pending",
+                "attempts": 0,
+                "last_response_code": None,
+                "next_attempt_at": None,
+            }
     return status
 
 

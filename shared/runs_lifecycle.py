@@ -27,6 +27,7 @@ from celery import Celery
 from shared.config import Settings
 from shared.contracts import QUEUE_TRAIN, TASK_TRAIN, Phase, RunState, RunStatus
 from shared.errors import Conflict, NotFound
+from shared.metrics import record_run_finished
 from shared.registry import redis_guard, tenant_key
 from shared.runs import (
     ACTIVE_RUNS,
@@ -209,6 +210,20 @@ def _release_active(r: redis.Redis, tenant: str, model_id: str, version: int) ->
     r.srem(ACTIVE_RUNS, run_member(tenant, model_id, version))
 
 
+def _outcome(status: RunStatus) -> str:
+    if status["status"] == "completed":
+        return "completed"
+    return "cancelled" if status["phase"] == "cancelled" else "error"
+
+
+def _duration_s(status: RunStatus) -> float:
+    """Seconds from start to end; 0 for a run that ended before a worker started it."""
+    start, end = status["start_timestamp"], status["end_timestamp"]
+    if not start or not end:
+        return 0.0
+    return max(0.0, (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds())
+
+
 def _after_end(r: redis.Redis, celery: Celery | None, tenant: str, model_id: str,
                version: int, record: dict[str, Any]) -> RunStatus:
     """What follows every end of a run, once: free the model and schedule the callback."""
@@ -217,6 +232,7 @@ def _after_end(r: redis.Redis, celery: Celery | None, tenant: str, model_id: str
     with redis_guard("ending a training run"):
         _release_active(r, tenant, model_id, version)
     status = get_status(r, tenant, model_id, version)
+    record_run_finished(r, _outcome(status), _duration_s(status))
     url = record.get("callback_url")
     if url and celery is not None:
         schedule_for_run(r, celery, tenant, model_id, version, url, status)

@@ -158,3 +158,33 @@ def test_delete_removes_a_model_but_never_reuses_versions(
     with pytest.raises(NotFound):
         get_status(fake_redis, T, "m")
     assert create_run(fake_redis, T, "m", {}, None)["version"] == 2
+
+
+def test_every_end_of_a_run_is_counted_once_for_metrics(
+    fake_redis: fakeredis.FakeRedis, scheduled: list[tuple[str, int, str]]
+) -> None:
+    from shared.metrics import RUNS_KEY
+
+    create_run(fake_redis, T, "done", {}, None)
+    _complete(fake_redis, "done", 1)
+    create_run(fake_redis, T, "failed", {}, None)
+    finish_run(fake_redis, None, T, "failed", 1, phase="failed", message="boom")
+    finish_run(fake_redis, None, T, "failed", 1, phase="failed", message="again")  # no-op
+    create_run(fake_redis, T, "stopped", {}, None)
+    finish_run(fake_redis, None, T, "stopped", 1, phase="cancelled", message="cancelled")
+    counters = fake_redis.hgetall(RUNS_KEY)
+    assert counters["count:completed"] == "1"
+    assert counters["count:error"] == "1"
+    assert counters["count:cancelled"] == "1"
+
+
+def test_a_running_run_with_a_callback_url_shows_its_delivery_as_pending(
+    fake_redis: fakeredis.FakeRedis,
+) -> None:
+    create_run(fake_redis, T, "hooked", {}, "https://example.com/hook")
+    callback = get_status(fake_redis, T, "hooked")["callback"]
+    assert callback == {
+        "state": "pending", "attempts": 0, "last_response_code": None, "next_attempt_at": None,
+    }
+    create_run(fake_redis, T, "silent", {}, None)
+    assert get_status(fake_redis, T, "silent")["callback"] is None
