@@ -45,6 +45,8 @@ blp.ARGUMENTS_PARSER = parser
 SERVING_EXTENSION = "recsys_serving"
 #: Largest ``max_recommendations``.
 MAX_RECOMMENDATIONS = 1000
+#: Longest source id a request may name (ids become fixed-width numpy strings per block).
+MAX_ID_LENGTH = 1024
 CSV_HEADER = ("source_id", "target_id", "rank", "score")
 MODEL_ID_PATTERN = r"^[A-Za-z0-9_.-]{1,128}$"
 
@@ -222,7 +224,14 @@ def _check_types(model: LoadedModel, source_type: str | None, target_type: str |
 
 
 def _dedupe(ids: list[str]) -> list[str]:
-    """Distinct ids in first-seen order, within the configured limit (422 beyond it)."""
+    """Distinct ids in first-seen order, within the configured limits (422 beyond them)."""
+    longest = max(map(len, ids))
+    if longest > MAX_ID_LENGTH:
+        raise ValidationFailed(
+            f"A source_id is {longest} characters long; ids are at most {MAX_ID_LENGTH}.",
+            code="source_id_too_long",
+            details={"limit": MAX_ID_LENGTH},
+        )
     unique = list(dict.fromkeys(ids))
     limit = services().settings.max_recommend_source_ids
     if len(unique) > limit:

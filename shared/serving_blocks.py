@@ -103,17 +103,16 @@ def recommend_ids(
     """
     if not source_ids:
         return iter(())
-    ids = np.asarray(source_ids, dtype=str)
-    rows_all = model.rows_of(ids)
     step = scoring.block_rows(model.n_targets)
-    buffers = _Buffers(min(step, len(ids)) * max(1, model.n_targets))
+    buffers = _Buffers(min(step, len(source_ids)) * max(1, model.n_targets))
 
     def task(start: int) -> RecBlock:
+        # Fixed-width numpy strings per block only: memory follows the block's longest id.
+        ids = np.asarray(source_ids[start : start + step], dtype=str)
         with buffers.take() as buffer:
-            return _block(model, ids[start : start + step], rows_all[start : start + step], k,
-                          exclude_seen, lookup, buffer)
+            return _block(model, ids, model.rows_of(ids), k, exclude_seen, lookup, buffer)
 
-    return _in_order(task, range(0, len(ids), step), executor)
+    return _in_order(task, range(0, len(source_ids), step), executor)
 
 
 class _Buffers:

@@ -273,6 +273,10 @@ def test_post_body_errors(
                        content_type="application/json").status_code in {400, 422}
     empty = client.get(URL, query_string={"model_id": "m", "source_id": ","}, headers=auth)
     assert empty.status_code == 422
+    long_id = client.post(URL, json={"model_id": "m", "source_id": ["u1", "x" * 5000]},
+                          headers=auth)
+    assert long_id.status_code == 422
+    assert long_id.get_json()["error"]["code"] == "source_id_too_long"
 
 
 def test_max_recommendations_above_the_catalogue_returns_everything_unseen(
