@@ -99,6 +99,10 @@ class RecommendBodySchema(RecommendQuerySchema):
         metadata={"description": "One source id or a list of them. Absent: every source.",
                   "oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
     )
+    max_recommendations = fields.Integer(
+        strict=True, load_default=10, validate=validate.Range(1, MAX_RECOMMENDATIONS),
+        metadata={"description": "Rows per source, 1 to 1000."},
+    )
     source_metadata = fields.Dict(
         keys=fields.String(),
         metadata={"description": "Metadata of a source the model never saw, used for cold start "
@@ -225,6 +229,10 @@ def _check_types(model: LoadedModel, source_type: str | None, target_type: str |
 
 def _dedupe(ids: list[str]) -> list[str]:
     """Distinct ids in first-seen order, within the configured limits (422 beyond them)."""
+    if any("\x00" in source_id for source_id in ids):
+        # numpy's fixed-width strings drop trailing NULs: such an id could not be matched.
+        raise ValidationFailed("A source_id contains a NUL character.",
+                               code="invalid_source_id")
     longest = max(map(len, ids))
     if longest > MAX_ID_LENGTH:
         raise ValidationFailed(

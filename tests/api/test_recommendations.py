@@ -273,6 +273,9 @@ def test_post_body_errors(
                        content_type="application/json").status_code in {400, 422}
     empty = client.get(URL, query_string={"model_id": "m", "source_id": ","}, headers=auth)
     assert empty.status_code == 422
+    for bad in ({"model_id": "m", "source_id": "a\x00"}, {"model_id": "m",
+                                                             "max_recommendations": 1.5}):
+        assert client.post(URL, json=bad, headers=auth).status_code == 422
     long_id = client.post(URL, json={"model_id": "m", "source_id": ["u1", "x" * 5000]},
                           headers=auth)
     assert long_id.status_code == 422
