@@ -7,6 +7,10 @@ request, with no restart; older versions of the same model drop out of the
 cache when a newer one loads. :class:`LoadedModel` adds the lookups built
 once per version: source id to row, popularity order, metadata feature index.
 Scoring blocks of sources is :mod:`shared.serving_blocks`.
+
+The cache is a small OrderedDict LRU rather than ``functools.lru_cache``: a
+new version must push the model's older versions out at once, and loads are
+serialised so two threads never load the same version twice.
 """
 
 from __future__ import annotations
