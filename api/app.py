@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 
 from flask import Flask, g, request
-from flask_smorest import Api, Blueprint
+from flask_smorest import Api
 
 from api import (
     data,
@@ -20,7 +20,7 @@ from api import (
     webhooks,
 )
 from api.context import Services
-from api.parsing import parser
+from api.parsing import Blueprint
 from shared.config import Settings
 from shared.logs import configure_logging
 from shared.registry import connect
@@ -66,7 +66,6 @@ def create_app(settings: Settings | None = None) -> Flask:
         "apikey", {"type": "apiKey", "in": "header", "name": "apikey"}
     )
     for blueprint, prefix in _blueprints():
-        blueprint.ARGUMENTS_PARSER = parser
         api.register_blueprint(blueprint, url_prefix=prefix)
     errors.init_app(app)
 

@@ -11,11 +11,10 @@ import marshmallow as ma
 import orjson
 from flask import request
 from flask.views import MethodView
-from flask_smorest import Blueprint
 
 from api.auth import current_tenant, require
 from api.context import services
-from api.parsing import load_json_body, parser
+from api.parsing import Blueprint, load_json_body
 from shared.batches import BatchMeta, forget_batches, list_batches, validate_tags
 from shared.csv_ingest import finish, prepare_csv
 from shared.csv_pipe import StreamingConversion
@@ -35,8 +34,6 @@ log = logging.getLogger(__name__)
 blp = Blueprint(
     "data", __name__, description="Data batches: upload, list, delete, and the dataset summary."
 )
-# Set before the decorators below run: flask-smorest binds the parser at decoration time.
-blp.ARGUMENTS_PARSER = parser
 
 #: Bytes a multipart body may carry beyond its files (part headers, boundaries, tags).
 MULTIPART_OVERHEAD = 1 << 20

@@ -10,16 +10,13 @@ from typing import Any
 
 import marshmallow as ma
 from flask.views import MethodView
-from flask_smorest import Blueprint
 
 from api.auth import current_tenant, require
 from api.context import services
-from api.parsing import parser
+from api.parsing import Blueprint
 from shared.keys import SCOPES, create_key, list_keys, revoke_key
 
 blp = Blueprint("keys", __name__, description="API keys of the caller's tenant (admin scope).")
-# Set before the @blp.arguments decorators run (they bind the parser at import time).
-blp.ARGUMENTS_PARSER = parser
 
 #: A raw key must not sit in shared caches or browser history.
 _NO_STORE = {"Cache-Control": "no-store"}

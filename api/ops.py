@@ -7,12 +7,12 @@ from typing import Any
 import redis
 from flask import Response
 from flask.views import MethodView
-from flask_smorest import Blueprint
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from api import metrics
 from api.context import services
 from api.errors import error_response
+from api.parsing import Blueprint
 from shared.errors import DependencyUnavailable
 
 blp = Blueprint("ops", __name__, description="Health, readiness and metrics (no API key).")

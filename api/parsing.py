@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, NoReturn
 
+import flask_smorest
 import marshmallow as ma
 import orjson
 from flask import Request
@@ -102,3 +103,14 @@ def _summarise(messages: Any) -> str:
 
 
 parser = ContractParser()
+
+
+class Blueprint(flask_smorest.Blueprint):  # type: ignore[misc]  # flask-smorest is untyped
+    """flask-smorest's Blueprint with the contract's parser.
+
+    The parser is bound when ``@blp.arguments`` decorates a view, so it must be
+    set on the class, before any view module is imported; every blueprint of
+    the API is built from this class.
+    """
+
+    ARGUMENTS_PARSER = parser

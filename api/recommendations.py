@@ -23,13 +23,12 @@ import marshmallow as ma
 import orjson
 from flask import Response, current_app, stream_with_context
 from flask.views import MethodView
-from flask_smorest import Blueprint
 from marshmallow import fields, validate
 
 from api.auth import current_tenant, require
 from api.context import services
 from api.errors import ErrorBodySchema
-from api.parsing import parser
+from api.parsing import Blueprint
 from shared import serving
 from shared.errors import DependencyUnavailable, ServiceError, ValidationFailed
 from shared.serving import LoadedModel, MetadataLookup, ModelCache
@@ -38,8 +37,6 @@ from shared.serving_blocks import RecBlock, clean_scores, recommend_all, recomme
 log = logging.getLogger(__name__)
 
 blp = Blueprint("recommendations", __name__, description="Recommendations from trained models.")
-# Set before the @blp.arguments decorators run (they bind the parser at import time).
-blp.ARGUMENTS_PARSER = parser
 
 #: Key of the per-app :class:`Serving` state in ``app.extensions``.
 SERVING_EXTENSION = "recsys_serving"

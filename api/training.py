@@ -17,11 +17,10 @@ from typing import Any
 
 from flask import jsonify
 from flask.views import MethodView
-from flask_smorest import Blueprint
 
 from api.auth import current_tenant, require
 from api.context import services
-from api.parsing import parser
+from api.parsing import Blueprint
 from api.training_schemas import (
     MODEL_ID_PATTERN,
     DryRunSchema,
@@ -48,9 +47,6 @@ from shared.storage import model_dir
 log = logging.getLogger(__name__)
 
 blp = Blueprint("training", __name__, description="Training runs, their status, and models.")
-# Set before the views are decorated: @blp.arguments binds the parser at decoration time,
-# so setting it later (as the app factory does) would leave webargs' own 422 shape here.
-blp.ARGUMENTS_PARSER = parser
 
 _MODEL_ID = re.compile(MODEL_ID_PATTERN)
 

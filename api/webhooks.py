@@ -6,10 +6,10 @@ from typing import Any
 
 import marshmallow as ma
 from flask.views import MethodView
-from flask_smorest import Blueprint
 
 from api.auth import current_tenant, require
 from api.context import services
+from api.parsing import Blueprint
 from shared import webhook_secrets
 
 blp = Blueprint("webhooks", __name__, description="The tenant's webhook signing secret.")
