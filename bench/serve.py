@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -40,6 +39,7 @@ from shared.artifact import ModelArtifact, save_artifact  # noqa: E402
 from shared.config import Settings  # noqa: E402
 from shared.embedded import start_embedded  # noqa: E402
 from shared.keys import create_key  # noqa: E402
+from shared.procs import stop_group  # noqa: E402
 from shared.registry import connect  # noqa: E402
 from shared.runs_lifecycle import complete_run, create_run, start_attempt  # noqa: E402
 from shared.storage import open_storage  # noqa: E402
@@ -279,11 +279,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"framework and network included) {naive * 1000 / p50:.1f}x faster")
         finally:
             if api is not None:
-                os.killpg(api.pid, signal.SIGTERM)
-                try:
-                    api.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    os.killpg(api.pid, signal.SIGKILL)
+                stop_group(api)
             server.stop()
     return 0
 

@@ -25,6 +25,8 @@ import json
 import os
 import tempfile
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -112,6 +114,24 @@ def _local_copy(storage: Storage, rel: str, cache: Path) -> Path:
     return dest
 
 
+@contextmanager
+def _reading(model_id: str, version: int, missing: str) -> Iterator[None]:
+    """Storage errors while reading an artifact, as 404 (missing) or 503 (unreachable)."""
+    try:
+        yield
+    except FileNotFoundError as exc:
+        raise NotFound(
+            f"Version {version} of model '{model_id}' {missing}.",
+            code="model_artifact_missing",
+            details={"model_id": model_id, "version": version},
+        ) from exc
+    except OSError as exc:
+        raise DependencyUnavailable(
+            f"Storage is unreachable while reading model '{model_id}': {exc}",
+            details={"dependency": "storage"},
+        ) from exc
+
+
 def load_artifact(
     storage: Storage, tenant: str, model_id: str, version: int, *, cache_dir: Path | None = None
 ) -> ModelArtifact:
@@ -121,25 +141,14 @@ def load_artifact(
     ``settings.data_dir / CACHE_SUBDIR``; a temporary directory when omitted).
     """
     base = model_dir(tenant, model_id, version)
-    try:
+    with _reading(model_id, version, "is not on storage"):
         manifest: dict[str, Any] = json.loads(storage.get_bytes(f"{base}/{MANIFEST}"))
-    except FileNotFoundError as exc:
-        raise NotFound(
-            f"Version {version} of model '{model_id}' is not on storage.",
-            code="model_artifact_missing",
-            details={"model_id": model_id, "version": version},
-        ) from exc
-    except OSError as exc:
-        raise DependencyUnavailable(
-            f"Storage is unreachable while reading model '{model_id}': {exc}",
-            details={"dependency": "storage"},
-        ) from exc
     cache = None if storage.is_local else _cache_root(storage, cache_dir)
     arrays: dict[str, np.ndarray | None] = {}
     for name in (*ARRAYS, *OPTIONAL_ARRAYS):
         rel = f"{base}/{name}.npy"
         local = storage.local_path(rel)
-        try:
+        with _reading(model_id, version, f"is incomplete on storage ({name})"):
             if local is None:
                 assert cache is not None
                 if name in OPTIONAL_ARRAYS and not storage.exists(rel):
@@ -150,17 +159,6 @@ def load_artifact(
                 arrays[name] = None
                 continue
             arrays[name] = np.load(local, mmap_mode="r", allow_pickle=False)
-        except FileNotFoundError as exc:
-            raise NotFound(
-                f"Version {version} of model '{model_id}' is incomplete on storage ({name}).",
-                code="model_artifact_missing",
-                details={"model_id": model_id, "version": version},
-            ) from exc
-        except OSError as exc:
-            raise DependencyUnavailable(
-                f"Storage is unreachable while reading model '{model_id}': {exc}",
-                details={"dependency": "storage"},
-            ) from exc
     return ModelArtifact(manifest=manifest, **arrays)  # type: ignore[arg-type]
 
 

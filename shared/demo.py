@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -42,6 +41,7 @@ from shared.demo_shop import (
     write_catalogue,
     write_events,
 )
+from shared.procs import stop_group
 
 DEMO_TAG = "recsys-demo"
 MODEL_ID = "demo-shop"
@@ -259,12 +259,7 @@ def own_stack(out: Console) -> Iterator[RecsysClient]:
     finally:
         if proc.poll() is None:
             out.print("Stopping the demo's stack.")
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
+            stop_group(proc, timeout=60)
         shutil.rmtree(data_dir, ignore_errors=True)
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -16,6 +15,8 @@ from pathlib import Path
 import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
+
+from shared.procs import stop_group
 
 ROOT = Path(__file__).resolve().parents[2]
 BURST = 40
@@ -60,12 +61,7 @@ def gunicorn(tmp_path: Path) -> Iterator[tuple[str, Path]]:
                 time.sleep(0.2)
         yield base, data_dir / "prometheus-web"
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
+        stop_group(proc)
         log.close()
 
 

