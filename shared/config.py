@@ -248,6 +248,7 @@ class Settings:
         read("RECSYS_MAX_FILE_ROWS", "max_file_rows", _positive_int)
         read("RECSYS_MAX_FILES_PER_REQUEST", "max_files_per_request", _positive_int)
         read("RECSYS_MAX_JSON_BODY_BYTES", "max_json_body_bytes", _positive_int)
+        read("RECSYS_MAX_TAGS", "max_tags", _positive_int)
         read("RECSYS_TRAIN_SOFT_TIME_LIMIT", "train_soft_time_limit", _positive_int)
         read("RECSYS_TRAIN_HARD_TIME_LIMIT", "train_hard_time_limit", _positive_int)
         read("RECSYS_HEARTBEAT_INTERVAL", "heartbeat_interval", _positive_float)

@@ -68,3 +68,15 @@ def test_embedded_server_url_comes_from_the_port_recorded_in_the_data_dir(tmp_pa
 def test_visibility_timeout_exceeds_the_hard_time_limit() -> None:
     settings = Settings.from_env({})
     assert settings.visibility_timeout > settings.train_hard_time_limit
+
+
+def test_every_setting_documented_in_the_readme_is_read_from_the_environment() -> None:
+    import re
+
+    from shared import config
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    documented = set(re.findall(r"`(RECSYS_[A-Z_]+)`", readme))
+    read = set(re.findall(r'"(RECSYS_[A-Z_]+)"', Path(config.__file__).read_text()))
+    assert documented - read == set(), "documented but never read"
+    assert read - documented == set(), "read but never documented in the README"
