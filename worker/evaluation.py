@@ -5,7 +5,10 @@
 sampled sources are computed once, chunk by chunk, as one matrix product,
 and precision@k, recall@k, AUC and the most-popular baseline's precision@k
 all come from that pass. Training pairs are excluded from the ranking, as
-LightFM's own metrics do with ``train_interactions``.
+LightFM's own metrics do with ``train_interactions``. The most-popular
+baseline needs no scores at all: a held-out target's rank follows from its
+popularity position and the source's seen targets (sparse), so no dense
+matrix is built for it.
 """
 
 from __future__ import annotations
@@ -61,16 +64,56 @@ def _csr(dataset: Dataset, mask: np.ndarray) -> sp.csr_matrix:
     )
 
 
-def _greater_counts(matrix: np.ndarray, pos_rows: np.ndarray, pos_cols: np.ndarray) -> np.ndarray:
-    """For each positive (row, col): how many cells of its row score strictly higher."""
-    n_cols = matrix.shape[1]
-    values = matrix[pos_rows, pos_cols]
+def _count_greater(matrix: np.ndarray, values: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """Per row of ``matrix``: how many cells are strictly greater than that row's value."""
+    flags = np.greater(matrix, values[:, None], out=out[:matrix.shape[0]])
+    counts: np.ndarray = flags.view(np.uint8).sum(axis=1, dtype=np.int64)
+    return counts
+
+
+def _greater_counts(scores: np.ndarray, pos_rows: np.ndarray, pos_cols: np.ndarray,
+                    indptr: np.ndarray) -> np.ndarray:
+    """For each positive (row, col), rows in order: how many cells of its row score higher.
+
+    Every row has at least one positive. The first positive of each row is
+    compared in place against its whole row (no copy); only the rows' further
+    positives gather their row, in blocks, so memory stays bounded.
+    """
+    n_rows, n_cols = scores.shape
+    values = scores[pos_rows, pos_cols]
     greater = np.empty(pos_rows.size, dtype=np.int64)
+    first = indptr[:-1]
+    rest = np.ones(pos_rows.size, dtype=bool)
+    rest[first] = False
+    rest_idx = np.flatnonzero(rest)
     step = max(1, CHUNK_CELLS // max(n_cols, 1))
-    for start in range(0, pos_rows.size, step):  # bounded memory: step x n_cols booleans
-        stop = start + step
-        greater[start:stop] = (matrix[pos_rows[start:stop]] > values[start:stop, None]).sum(axis=1)
+    buffer = np.empty((max(n_rows, min(step, rest_idx.size)), n_cols), dtype=np.bool_)
+    greater[first] = _count_greater(scores, values[first], buffer)
+    for start in range(0, rest_idx.size, step):  # bounded memory: step x n_cols cells
+        block = rest_idx[start:start + step]
+        greater[block] = _count_greater(scores[pos_rows[block]], values[block], buffer)
     return greater
+
+
+def _popularity_hits(train: sp.csr_matrix, test: sp.csr_matrix, pop_pos: np.ndarray,
+                     k: int) -> np.ndarray:
+    """Held-out targets per row that the most-popular list (minus seen targets) puts in the top k.
+
+    A held-out target at popularity position ``p`` (0 = most popular) is
+    outranked by the ``p`` targets before it, less the row's seen targets
+    among them; counted with one sorted key array, no dense matrix.
+    """
+    n_rows = train.shape[0]
+    span = np.int64(pop_pos.size + 1)
+    train_rows = np.repeat(np.arange(n_rows, dtype=np.int64), np.diff(train.indptr))
+    seen_keys = np.sort(train_rows * span + pop_pos[train.indices])
+    test_rows = np.repeat(np.arange(n_rows, dtype=np.int64), np.diff(test.indptr))
+    positions = pop_pos[test.indices]
+    seen_before = (np.searchsorted(seen_keys, test_rows * span + positions)
+                   - np.searchsorted(seen_keys, test_rows * span))
+    hits: np.ndarray = np.bincount(test_rows, weights=(positions - seen_before) < k,
+                                   minlength=n_rows)
+    return hits
 
 
 def _auc(values: np.ndarray, greater: np.ndarray, pos_rows: np.ndarray, n_rows: int,
@@ -106,42 +149,34 @@ def evaluate(
     rng = np.random.default_rng(seed)
     if candidates.size > settings.max_sources:
         candidates = np.sort(rng.choice(candidates, settings.max_sources, replace=False))
-    n_targets = dataset.n_targets
-    k = max(1, min(settings.k, n_targets))
-    # popularity as distinct ranks (ties broken by index, as a stable sort would): exact
-    # in float32, so "how many targets rank higher" needs no tie handling
-    popularity = np.bincount(dataset.cols[train_mask], minlength=n_targets)
-    pop_rank = np.empty(n_targets, dtype=np.float32)
-    pop_rank[np.argsort(-popularity, kind="stable")] = np.arange(n_targets, 0, -1)
-    precision = np.zeros(candidates.size)
-    recall = np.zeros(candidates.size)
-    auc = np.zeros(candidates.size)
-    baseline = np.zeros(candidates.size)
-    step = max(1, CHUNK_CELLS // max(n_targets, 1))
-    for start in range(0, candidates.size, step):  # per chunk of sources: bounded memory
-        chunk = candidates[start:start + step]
-        seen = train[chunk].toarray()
-        held = test[chunk]
-        pos_rows, pos_cols = held.nonzero()
-        n_test = np.diff(held.indptr)
-        scores = source_repr[chunk] @ target_repr.T
-        scores[seen] = -np.inf
-        greater = _greater_counts(scores, pos_rows, pos_cols)
-        # a held-out target is in the top k when fewer than k targets score higher
-        hits = np.bincount(pos_rows, weights=greater < k, minlength=chunk.size)
-        ranks = np.broadcast_to(pop_rank, scores.shape).copy()
-        ranks[seen] = -1.0
-        pop_hits = np.bincount(pos_rows, weights=_greater_counts(ranks, pos_rows, pos_cols) < k,
-                               minlength=chunk.size)
-        sl = slice(start, start + chunk.size)
-        precision[sl] = hits / settings.k
-        recall[sl] = hits / n_test
-        n_neg = n_targets - seen.sum(axis=1) - n_test
-        auc[sl] = _auc(scores[pos_rows, pos_cols], greater, pos_rows, chunk.size, n_neg)
-        baseline[sl] = pop_hits / settings.k
     if candidates.size == 0:
         return {"k": settings.k, "precision_at_k": 0.0, "recall_at_k": 0.0, "auc": 0.0,
                 "baseline_precision_at_k": 0.0, "evaluated_sources": 0}
+    n_targets = dataset.n_targets
+    k = max(1, min(settings.k, n_targets))
+    train, test = train[candidates], test[candidates]  # row i = candidates[i]
+    # most popular first, ties by index (as a stable sort orders them)
+    popularity = np.bincount(dataset.cols[train_mask], minlength=n_targets)
+    pop_pos = np.empty(n_targets, dtype=np.int64)
+    pop_pos[np.argsort(-popularity, kind="stable")] = np.arange(n_targets)
+    baseline = _popularity_hits(train, test, pop_pos, k) / settings.k
+    n_seen, n_test = np.diff(train.indptr), np.diff(test.indptr)
+    hits = np.zeros(candidates.size)
+    auc = np.zeros(candidates.size)
+    step = max(1, CHUNK_CELLS // max(n_targets, 1))
+    for start in range(0, candidates.size, step):  # per chunk of sources: bounded memory
+        stop = min(start + step, candidates.size)
+        seen, held = train[start:stop], test[start:stop]
+        scores = source_repr[candidates[start:stop]] @ target_repr.T
+        scores[np.repeat(np.arange(stop - start), np.diff(seen.indptr)), seen.indices] = -np.inf
+        pos_rows = np.repeat(np.arange(stop - start), np.diff(held.indptr))
+        greater = _greater_counts(scores, pos_rows, held.indices, held.indptr)
+        # a held-out target is in the top k when fewer than k targets score higher
+        hits[start:stop] = np.bincount(pos_rows, weights=greater < k, minlength=stop - start)
+        n_neg = n_targets - n_seen[start:stop] - n_test[start:stop]
+        auc[start:stop] = _auc(scores[pos_rows, held.indices], greater, pos_rows,
+                               stop - start, n_neg)
+    precision, recall = hits / settings.k, hits / n_test
     return {
         "k": settings.k,
         "precision_at_k": round(float(precision.mean()), 6),

@@ -78,3 +78,22 @@ def test_max_sources_caps_the_scored_sources() -> None:
     reprs = np.ones((dataset.n_sources, 3), np.float32), np.ones((dataset.n_targets, 3), np.float32)
     got = evaluate(dataset, mask, *reprs, EvaluationSettings(0.2, 17, 10), 0)
     assert got["evaluated_sources"] == 17
+
+
+def test_small_chunks_give_the_same_metrics(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    # given scores split into many chunks of 2 sources (and many row-gather blocks)
+    import worker.evaluation as evaluation
+
+    dataset = _random_dataset(4)
+    mask = holdout_split(dataset, 0.3)
+    rng = np.random.default_rng(5)
+    source_repr = rng.normal(size=(dataset.n_sources, 4)).astype(np.float32)
+    target_repr = rng.normal(size=(dataset.n_targets, 4)).astype(np.float32)
+    settings = EvaluationSettings(0.3, 10_000, 7)
+    whole = evaluate(dataset, mask, source_repr, target_repr, settings, 0)
+    # when the same metrics are computed with a tiny memory budget
+    monkeypatch.setattr(evaluation, "CHUNK_CELLS", 2 * dataset.n_targets)
+    chunked = evaluate(dataset, mask, source_repr, target_repr, settings, 0)
+    # then nothing changes
+    assert chunked == whole
+    assert whole["evaluated_sources"] > 20
