@@ -166,6 +166,7 @@ def _fail(svc: WorkerServices, tenant: str, model_id: str, version: int, owner: 
 def execute_run(svc: WorkerServices, tenant: str, model_id: str, version: int,
                 report: Report) -> dict[str, Any]:
     """Run one attempt; returns a small summary for the Celery result."""
+    picked_up = time.time()
     owner = uuid.uuid4().hex
     settings = svc.settings
     if not acquire_lock(svc.redis, tenant, model_id, owner, settings.heartbeat_stale_after):
@@ -181,6 +182,7 @@ def execute_run(svc: WorkerServices, tenant: str, model_id: str, version: int,
                  record["attempts"])
         with Heartbeat(svc, tenant, model_id, version, owner) as beat:
             summary = _attempt(svc, tenant, model_id, version, owner, record, report, beat)
+        summary["picked_up_at"] = round(picked_up, 3)
         log.info("training %s/%s v%s: %s", tenant, model_id, version, summary)
         return summary
     except TrainingCancelled:
@@ -228,6 +230,7 @@ def _attempt(svc: WorkerServices, tenant: str, model_id: str, version: int, owne
     progress("loading_data", 0.0, "Reading the selected data batches.")
     t0, cpu0 = time.perf_counter(), time.process_time()
     selected: SelectedData = select_data(svc.storage, svc.redis, tenant, spec, now)
+    selection = time.perf_counter() - t0
     progress("loading_data", 0.4, "Assembling the interaction and feature matrices.",
              {"data_batch_ids": selected.batch_ids})
     if selected.interactions.num_rows == 0:
@@ -251,8 +254,10 @@ def _attempt(svc: WorkerServices, tenant: str, model_id: str, version: int, owne
     if should_cancel():
         raise TrainingCancelled("Cancelled on request.")
     progress("saving", 0.0, "Saving the model.")
+    t_save = time.perf_counter()
     model = record_manifest(batch_ids, params, dataset, trained)
     save_artifact(svc.storage, tenant, model_id, version, _artifact(dataset, trained, model))
+    saving = time.perf_counter() - t_save
     metrics = trained.metrics
     message = "Training completed."
     if metrics:
@@ -272,10 +277,16 @@ def _attempt(svc: WorkerServices, tenant: str, model_id: str, version: int, owne
     for old in dropped:
         delete_version(svc.storage, tenant, model_id, old)
     report({"phase": "done", "progress": 100, "message": message})
+    # timings for logs and bench/train.py; finished_at is wall-clock (time.time())
     return {"outcome": "completed", "assembly_seconds": round(assembly, 3),
+            "selection_seconds": round(selection, 3),
             "epoch_seconds": round(trained.epoch_seconds, 3),
+            "evaluation_seconds": round(trained.evaluation_seconds, 3),
+            "scoring_seconds": round(trained.scoring_seconds, 3),
+            "saving_seconds": round(saving, 3),
             "seconds": round(time.perf_counter() - t0, 3),
-            "cpu_seconds": round(time.process_time() - cpu0, 3)}
+            "cpu_seconds": round(time.process_time() - cpu0, 3),
+            "finished_at": round(time.time(), 3)}
 
 
 def record_manifest(batch_ids: list[str], params: dict[str, Any], dataset: Dataset,

@@ -63,6 +63,8 @@ class TrainedModel:
     source_feature_biases: np.ndarray | None  # (n_meta,) float32
     metrics: Metrics | None
     epoch_seconds: float
+    evaluation_seconds: float = 0.0  # split, second fit and scoring together
+    scoring_seconds: float = 0.0
 
 
 class TrainingCancelled(ServiceError):
@@ -161,6 +163,8 @@ def train(
         feature_emb = np.ascontiguousarray(model.user_embeddings[n:], dtype=np.float32)
         feature_bias = np.ascontiguousarray(model.user_biases[n:], dtype=np.float32)
     metrics: Metrics | None = None
+    evaluation_started = time.perf_counter()
+    scoring_seconds = 0.0
     if params.evaluation.holdout > 0:
         test_mask = holdout_split(dataset, params.evaluation.holdout)
         if test_mask.any():
@@ -170,10 +174,14 @@ def train(
                               lambda epoch: on_progress("evaluating", epoch / steps),
                               should_cancel, mask=~test_mask)
             split_source, split_target = representations(split_model, dataset)
+            scoring_started = time.perf_counter()
             metrics = evaluate(dataset, test_mask, split_source, split_target,
                                params.evaluation, hp.random_state)
+            scoring_seconds = time.perf_counter() - scoring_started
             on_progress("evaluating", 1.0)
     return TrainedModel(source_repr=source_repr, target_repr=target_repr,
                         source_feature_embeddings=feature_emb,
                         source_feature_biases=feature_bias, metrics=metrics,
-                        epoch_seconds=epoch_seconds)
+                        epoch_seconds=epoch_seconds,
+                        evaluation_seconds=time.perf_counter() - evaluation_started,
+                        scoring_seconds=scoring_seconds)
