@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from datetime import UTC, datetime
-from typing import IO, Any, cast
+from typing import Any
 
 import marshmallow as ma
 import orjson
@@ -126,21 +126,6 @@ _UPLOAD_DOC = {
 }
 
 
-def _body_stream() -> IO[bytes]:
-    """The request body to parse: the server's own input when its length is known.
-
-    werkzeug's ``request.stream`` wraps the input in a ``LimitedStream`` whose reads copy
-    each chunk twice more; with a Content-Length within the limit, the parser reads exactly
-    that many bytes from the server's input itself. Chunked bodies and bodies over the limit
-    go through ``request.stream``, which bounds (and refuses) them.
-    """
-    length = request.content_length
-    limit = request.max_content_length
-    if length is not None and limit is not None and length <= limit:
-        return cast(IO[bytes], request.environ["wsgi.input"])
-    return request.stream
-
-
 def _upload_multipart(tenant: str) -> list[BatchMeta]:
     svc = services()
     settings = svc.settings
@@ -163,7 +148,7 @@ def _upload_multipart(tenant: str) -> list[BatchMeta]:
 
         try:
             received = receive_multipart(
-                _body_stream(), request.content_type or "", request.content_length, workdir,
+                request.stream, request.content_type or "", request.content_length, workdir,
                 settings, convert_while_receiving,
             )
             received_at = time.perf_counter()
