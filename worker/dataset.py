@@ -158,11 +158,29 @@ def _index(values: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
     return ids, encoded.indices.to_numpy(zero_copy_only=False).astype(np.int32)
 
 
+def _sort_order(keys: np.ndarray) -> np.ndarray:
+    """A sorting permutation of non-negative int64 ``keys``.
+
+    NumPy's value sort is SIMD-accelerated and about twice as fast as
+    ``argsort``: when key and position fit in 63 bits together, sort
+    ``key << bits | position`` and keep the positions.
+    """
+    n = keys.size
+    bits = max(1, int(n - 1).bit_length())
+    top = int(keys.max()) if n else 0
+    if top.bit_length() + bits > 63:
+        order: np.ndarray = np.argsort(keys)
+        return order
+    packed = np.sort((keys << bits) | np.arange(n, dtype=np.int64))
+    positions: np.ndarray = packed & ((1 << bits) - 1)
+    return positions
+
+
 def _merge_pairs(rows: np.ndarray, cols: np.ndarray, weights: np.ndarray, times: np.ndarray,
                  n_targets: int) -> tuple[np.ndarray, ...]:
     """Unique (row, col) pairs with the max weight and the latest time, sorted by pair."""
     keys = rows.astype(np.int64) * n_targets + cols
-    order = np.argsort(keys)  # any order among equal keys: max is commutative
+    order = _sort_order(keys)  # any order among equal keys: max is commutative
     keys = keys[order]
     starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
     unique = keys[starts]

@@ -162,3 +162,16 @@ def test_vectorised_and_per_entity_metadata_paths_agree() -> None:
             assert got == pytest.approx(expected, abs=1e-6), metas
 
     check()
+
+
+@pytest.mark.parametrize("top", [0, 5, 10**9, 2**62])
+def test_pair_sort_order_sorts_small_and_huge_keys(top: int) -> None:
+    # given keys with many repeats, small ones (packed sort) and huge ones (argsort fallback)
+    rng = np.random.default_rng(top % 97)
+    keys = rng.integers(0, top + 1, 5000, dtype=np.int64)
+    # when the merge step orders them
+    order = ds._sort_order(keys)
+    # then the order is a permutation that sorts them
+    assert np.array_equal(np.sort(order), np.arange(keys.size))
+    assert np.all(np.diff(keys[order]) >= 0)
+    assert ds._sort_order(np.empty(0, np.int64)).size == 0
