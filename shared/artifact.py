@@ -26,6 +26,7 @@ import os
 import tempfile
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +49,8 @@ ARRAYS = (
     "target_popularity",
 )
 OPTIONAL_ARRAYS = ("source_feature_embeddings", "source_feature_biases")
+#: Arrays written at once by :func:`save_artifact`.
+WRITE_THREADS = 4
 #: Sub-directory of the data directory where S3 artifacts are cached (pass ``cache_dir``).
 CACHE_SUBDIR = "artifact-cache"
 
@@ -86,13 +89,22 @@ def _check(artifact: ModelArtifact) -> None:
 def save_artifact(
     storage: Storage, tenant: str, model_id: str, version: int, artifact: ModelArtifact
 ) -> None:
-    """Write every array, then the manifest; each file atomically and durably."""
+    """Write every array, then the manifest; each file atomically and durably.
+
+    The arrays are written concurrently (their fsyncs, or S3 uploads, overlap);
+    the manifest only once all of them are durable.
+    """
     _check(artifact)
     base = model_dir(tenant, model_id, version)
-    for name in (*ARRAYS, *OPTIONAL_ARRAYS):
+
+    def write(name: str) -> None:
         array = getattr(artifact, name)
         if array is not None:
             storage.put_bytes(f"{base}/{name}.npy", _npy_bytes(array))
+
+    with ThreadPoolExecutor(max_workers=WRITE_THREADS, thread_name_prefix="artifact") as pool:
+        for done in [pool.submit(write, name) for name in (*ARRAYS, *OPTIONAL_ARRAYS)]:
+            done.result()  # re-raises the first failed write (DependencyUnavailable)
     manifest = {**artifact.manifest, "format": ARTIFACT_FORMAT, "model_id": model_id,
                 "version": version}
     storage.put_bytes(f"{base}/{MANIFEST}", json.dumps(manifest, indent=1).encode("utf-8"))

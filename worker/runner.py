@@ -116,7 +116,9 @@ class Progress:
 def _artifact(dataset: Dataset, trained: TrainedModel, manifest: dict[str, Any]) -> ModelArtifact:
     indptr = np.zeros(dataset.n_sources + 1, dtype=np.int64)
     np.cumsum(np.bincount(dataset.rows, minlength=dataset.n_sources), out=indptr[1:])
-    order = np.lexsort((dataset.cols, dataset.rows))  # pairs come sorted; be explicit
+    keys = dataset.rows.astype(np.int64) * dataset.n_targets + dataset.cols
+    # build_dataset yields pairs sorted by (source, target); sort only if that ever changes
+    order = slice(None) if bool(np.all(keys[1:] > keys[:-1])) else np.argsort(keys)
     popularity = np.bincount(dataset.cols, weights=dataset.weights,
                              minlength=dataset.n_targets)
     total = float(popularity.sum()) or 1.0
