@@ -240,7 +240,8 @@ from worker.dataset import DatasetOptions, build_dataset
 settings = Settings.from_env({env!r})
 storage, r = open_storage(settings.storage_root()), connect(settings)
 started = time.perf_counter()
-selected = select_data(storage, r, {tenant!r}, DataSpec(data_tags=("big",)), datetime.now(UTC))
+selected = select_data(storage, r, {tenant!r}, DataSpec(data_tags=("big",)), datetime.now(UTC),
+                       count_implied=False)
 read = time.perf_counter() - started
 dataset = build_dataset(selected.entities, selected.interactions, DatasetOptions())
 total = time.perf_counter() - started

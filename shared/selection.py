@@ -153,9 +153,13 @@ def _newest_per_id(tables: list[pa.Table]) -> pa.Table:
 
 
 def select_data(
-    storage: Storage, r: redis.Redis, tenant: str, spec: DataSpec, now: datetime
+    storage: Storage, r: redis.Redis, tenant: str, spec: DataSpec, now: datetime,
+    count_implied: bool = True,
 ) -> SelectedData:
-    """Resolve ``spec`` against the tenant's batches as of ``now``."""
+    """Resolve ``spec`` against the tenant's batches as of ``now``.
+
+    ``count_implied=False`` leaves ``implied`` empty (training does not use it).
+    """
     metas = batches_with_any_tag(r, tenant, spec.data_tags)
     used: list[BatchMeta] = []
     entity_tables: list[pa.Table] = []
@@ -200,7 +204,7 @@ def select_data(
             bad = pa.concat_arrays([as_array(removed), as_array(bad_implied)])
             drop = pc.or_(drop, pc.is_in(col, value_set=bad))
         interactions = interactions.filter(pc.invert(drop))
-    for role in ("source_id", "target_id"):
+    for role in ("source_id", "target_id") if count_implied else ():
         ids = pc.unique(interactions.column(role))
         implied[role] = int(pc.sum(pc.invert(pc.is_in(ids, value_set=described))).as_py() or 0)
     return SelectedData(

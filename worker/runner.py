@@ -231,7 +231,8 @@ def _attempt(svc: WorkerServices, tenant: str, model_id: str, version: int, owne
     spec = DataSpec.from_request(params)
     progress("loading_data", 0.0, "Reading the selected data batches.")
     t0, cpu0 = time.perf_counter(), time.process_time()
-    selected: SelectedData = select_data(svc.storage, svc.redis, tenant, spec, now)
+    selected: SelectedData = select_data(svc.storage, svc.redis, tenant, spec, now,
+                                         count_implied=False)
     selection = time.perf_counter() - t0
     progress("loading_data", 0.4, "Assembling the interaction and feature matrices.",
              {"data_batch_ids": selected.batch_ids})
