@@ -62,11 +62,13 @@ class Stack:
     def start_worker(
         self, queues: str = "train,callbacks", concurrency: int = 2, name: str | None = None
     ) -> subprocess.Popen[bytes]:
-        """Start a real prefork Celery worker and wait until it answers a ping."""
+        """Start a real prefork Celery worker, supervised as the Procfile runs it, and wait
+        until it answers a ping."""
         node = name or f"w{len(self.workers)}-{os.getpid()}@localhost"
         log = open(self.data_dir / f"{node.split('@')[0]}.log", "ab")  # noqa: SIM115
         proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
+            [sys.executable, "-m", "shared.supervise", "--",
+             sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
              "-Q", queues, "-E", "--concurrency", str(concurrency), "--prefetch-multiplier",
              "1", "--hostname", node, "--loglevel", "INFO", "--without-mingle",
              "--without-gossip"],
