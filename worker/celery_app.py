@@ -120,3 +120,17 @@ def _setup_logging(**_: Any) -> None:
     """Worker and beat log in the service's format instead of Celery's default."""
     settings = settings_of(app)
     configure_logging(settings.log_level, settings.log_format)
+
+
+def _warm_up() -> None:
+    from worker.runner import warm_up
+
+    warm_up()
+
+
+@signals.worker_process_init.connect(weak=False)
+def _warm_up_child(**_: Any) -> None:
+    """Each prefork child imports the training code in the background, off the first run's clock."""
+    import threading
+
+    threading.Thread(target=_warm_up, name="warm-up", daemon=True).start()

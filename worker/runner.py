@@ -292,6 +292,19 @@ def _attempt(svc: WorkerServices, tenant: str, model_id: str, version: int, owne
             "finished_at": round(time.time(), 3)}
 
 
+def warm_up() -> None:
+    """Import what a run needs (LightFM, Parquet) so the first run does not wait for it.
+
+    Runs in a background thread of each prefork child after the fork; it never
+    calls LightFM (OpenMP must not start before the fork, and it does not here).
+    """
+    try:
+        import lightfm.lightfm  # noqa: F401
+        import pyarrow.parquet  # noqa: F401
+    except ImportError:  # the run itself reports a missing library
+        log.warning("warm-up import failed", exc_info=True)
+
+
 def record_manifest(batch_ids: list[str], params: dict[str, Any], dataset: Dataset,
                     trained: TrainedModel) -> dict[str, Any]:
     """The manifest.json of a version (see :mod:`shared.artifact`)."""
