@@ -12,6 +12,8 @@ from typing import Any
 import marshmallow as ma
 from marshmallow import validate
 
+from shared.contracts import EVALUATION_DEFAULTS, HYPERPARAMETER_DEFAULTS
+
 #: What a model id looks like (API.md), except ids made only of dots ("." and ".." would
 #: name the parent directories of the model's storage path); anything else names no model.
 MODEL_ID_PATTERN = r"^(?!\.+$)[A-Za-z0-9_.-]{1,128}$"
@@ -19,17 +21,6 @@ LOSSES = ("warp", "bpr", "warp-kos")
 #: Largest seed LightFM's numpy RandomState accepts.
 MAX_SEED = 2**32 - 1
 
-HYPERPARAMETER_DEFAULTS: dict[str, Any] = {
-    "loss": "warp",
-    "no_components": 32,
-    "epochs": 10,
-    "learning_rate": 0.05,
-    "item_alpha": 0.0,
-    "user_alpha": 0.0,
-    "max_sampled": 10,
-    "random_state": 42,
-}
-EVALUATION_DEFAULTS: dict[str, Any] = {"holdout": 0.1, "max_sources": 10_000, "k": 10}
 
 
 class HyperparametersSchema(ma.Schema):

@@ -6,7 +6,7 @@ code; these constants are the only link between the two sides.
 
 from __future__ import annotations
 
-from typing import Literal, TypedDict
+from typing import Any, Literal, TypedDict
 
 #: Long-running training tasks. Prefetch 1, late acks.
 QUEUE_TRAIN = "train"
@@ -22,6 +22,20 @@ TASK_PROGRESS_PROBE = "recsys.progress_probe"
 
 #: Custom Celery state a task reports while it works; its meta is a :class:`ProgressMeta`.
 PROGRESS_STATE = "PROGRESS"
+
+#: Training defaults (API.md, "Training"); the API fills requests with them and the
+#: worker's parameter types default to them, so both sides always agree.
+HYPERPARAMETER_DEFAULTS: dict[str, Any] = {
+    "loss": "warp",
+    "no_components": 32,
+    "epochs": 10,
+    "learning_rate": 0.05,
+    "item_alpha": 0.0,
+    "user_alpha": 0.0,
+    "max_sampled": 10,
+    "random_state": 42,
+}
+EVALUATION_DEFAULTS: dict[str, Any] = {"holdout": 0.1, "max_sources": 10_000, "k": 10}
 
 Phase = Literal[
     "queued", "loading_data", "training", "evaluating", "saving", "done", "failed", "cancelled"

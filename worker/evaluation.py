@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from shared.contracts import Metrics
+from shared.contracts import EVALUATION_DEFAULTS, Metrics
 from worker.dataset import Dataset
 
 #: Scores held in memory at once (float32 cells) while evaluating: about 64 MiB.
@@ -29,9 +29,9 @@ CHUNK_CELLS = 1 << 24
 class EvaluationSettings:
     """API.md ``evaluation``: holdout fraction (0 turns it off), sources scored, k."""
 
-    holdout: float = 0.1
-    max_sources: int = 10_000
-    k: int = 10
+    holdout: float = EVALUATION_DEFAULTS["holdout"]
+    max_sources: int = EVALUATION_DEFAULTS["max_sources"]
+    k: int = EVALUATION_DEFAULTS["k"]
 
 
 def holdout_split(dataset: Dataset, holdout: float) -> np.ndarray:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import scipy.sparse as sp
 
-from shared.contracts import Metrics
+from shared.contracts import HYPERPARAMETER_DEFAULTS, Metrics
 from shared.errors import ServiceError, TrainingFailed
 from worker.dataset import Dataset
 from worker.evaluation import EvaluationSettings, evaluate, holdout_split
@@ -34,14 +34,14 @@ CancelHook = Callable[[], bool]
 class Hyperparameters:
     """LightFM's knobs (API.md table); defaults are the documented ones."""
 
-    loss: str = "warp"
-    no_components: int = 32
-    epochs: int = 10
-    learning_rate: float = 0.05
-    item_alpha: float = 0.0
-    user_alpha: float = 0.0
-    max_sampled: int = 10
-    random_state: int = 42
+    loss: str = HYPERPARAMETER_DEFAULTS["loss"]
+    no_components: int = HYPERPARAMETER_DEFAULTS["no_components"]
+    epochs: int = HYPERPARAMETER_DEFAULTS["epochs"]
+    learning_rate: float = HYPERPARAMETER_DEFAULTS["learning_rate"]
+    item_alpha: float = HYPERPARAMETER_DEFAULTS["item_alpha"]
+    user_alpha: float = HYPERPARAMETER_DEFAULTS["user_alpha"]
+    max_sampled: int = HYPERPARAMETER_DEFAULTS["max_sampled"]
+    random_state: int = HYPERPARAMETER_DEFAULTS["random_state"]
 
 
 @dataclass(frozen=True)
