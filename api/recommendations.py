@@ -14,7 +14,7 @@ import csv
 import io
 import itertools
 import logging
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, cast
@@ -140,15 +140,22 @@ CSV_DOC = {"200": {
 }}
 
 
+def _answered(view: Callable[..., Response]) -> Callable[..., Response]:
+    """What GET and POST share: the ``recommend`` scope and the documented answers."""
+    view = require("recommend")(view)
+    view = blp.doc(responses=CSV_DOC)(view)
+    view = blp.alt_response(422, schema=ErrorBodySchema, description="Invalid parameters.")(view)
+    view = blp.alt_response(409, schema=ErrorBodySchema, description=NOT_READY)(view)
+    view = blp.alt_response(404, schema=ErrorBodySchema, description="Unknown model_id.")(view)
+    documented: Callable[..., Response] = blp.response(
+        200, RecommendationsSchema, description="JSON, or CSV with output_format=csv (text/csv)."
+    )(view)
+    return documented
+
+
 @blp.route("/recommended_items")
 class RecommendedItems(MethodView):
-    @blp.response(200, RecommendationsSchema,
-                  description="JSON, or CSV with output_format=csv (text/csv).")
-    @blp.alt_response(404, schema=ErrorBodySchema, description="Unknown model_id.")
-    @blp.alt_response(409, schema=ErrorBodySchema, description=NOT_READY)
-    @blp.alt_response(422, schema=ErrorBodySchema, description="Invalid parameters.")
-    @blp.doc(responses=CSV_DOC)
-    @require("recommend")
+    @_answered
     @blp.arguments(RecommendQuerySchema, location="query", unknown=ma.RAISE, as_kwargs=True)
     def get(self, **params: Any) -> Response:
         """Top recommendations for one source, a list, or every source of the model."""
@@ -159,13 +166,7 @@ class RecommendedItems(MethodView):
                 raise _empty_ids()
         return _recommend(ids, None, **params)
 
-    @blp.response(200, RecommendationsSchema,
-                  description="JSON, or CSV with output_format=csv (text/csv).")
-    @blp.alt_response(404, schema=ErrorBodySchema, description="Unknown model_id.")
-    @blp.alt_response(409, schema=ErrorBodySchema, description=NOT_READY)
-    @blp.alt_response(422, schema=ErrorBodySchema, description="Invalid parameters.")
-    @blp.doc(responses=CSV_DOC)
-    @require("recommend")
+    @_answered
     @blp.arguments(RecommendBodySchema, location="json", as_kwargs=True)
     def post(self, **params: Any) -> Response:
         """The same as GET with a JSON body; ``source_metadata`` cold-starts unseen sources."""
