@@ -10,8 +10,10 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 import redis
@@ -103,6 +105,39 @@ def _serve(app_settings: Settings) -> tuple[BaseWSGIServer, threading.Thread]:
     return server, thread
 
 
+S = TypeVar("S", bound=Stack)
+
+
+@contextmanager
+def running_stack(redis_url: str, data_dir: Path, cls: type[S] = Stack) -> Iterator[S]:  # type: ignore[assignment]
+    """Settings for tests (fast heartbeats, private callbacks allowed), an all-scope key,
+    the API over HTTP and one supervised worker, against the server at ``redis_url``."""
+    env = {
+        **os.environ,
+        "RECSYS_REDIS_URL": redis_url,
+        "RECSYS_DATA_DIR": str(data_dir),
+        "RECSYS_CALLBACK_ALLOW_PRIVATE": "true",
+        "RECSYS_TRAIN_THREADS": "2",
+        "RECSYS_HEARTBEAT_INTERVAL": "1",
+        "RECSYS_HEARTBEAT_STALE_AFTER": "6",
+        "RECSYS_RECONCILE_INTERVAL": "2",
+        "PYTHONUNBUFFERED": "1",
+    }
+    settings = Settings.from_env(env)
+    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    raw, _ = create_key(r, "default", list(SCOPES))
+    st = cls(settings=settings, env=env, redis=r, data_dir=data_dir, api_key=raw)
+    server, _thread = _serve(settings)
+    st.api_url = f"http://127.0.0.1:{server.server_port}"
+    try:
+        st.start_worker()
+        yield st
+    finally:
+        server.shutdown()
+        for proc in list(st.workers):
+            st.stop_worker(proc, signal.SIGKILL)
+
+
 @pytest.fixture(scope="module")
 def stack(
     redis_server: EmbeddedServer, tmp_path_factory: pytest.TempPathFactory
@@ -115,29 +150,8 @@ def stack(
     r.flushall()
     data_dir = tmp_path_factory.mktemp("stack") / "var"
     data_dir.mkdir()
-    env = {
-        **os.environ,
-        "RECSYS_REDIS_URL": redis_server.url,
-        "RECSYS_DATA_DIR": str(data_dir),
-        "RECSYS_CALLBACK_ALLOW_PRIVATE": "true",
-        "RECSYS_TRAIN_THREADS": "2",
-        "RECSYS_HEARTBEAT_INTERVAL": "1",
-        "RECSYS_HEARTBEAT_STALE_AFTER": "6",
-        "RECSYS_RECONCILE_INTERVAL": "2",
-        "PYTHONUNBUFFERED": "1",
-    }
-    settings = Settings.from_env(env)
-    raw, _ = create_key(r, "default", list(SCOPES))
-    st = Stack(settings=settings, env=env, redis=r, data_dir=data_dir, api_key=raw)
-    server, _thread = _serve(settings)
-    st.api_url = f"http://127.0.0.1:{server.server_port}"
-    st.start_worker()
-    try:
+    with running_stack(redis_server.url, data_dir) as st:
         yield st
-    finally:
-        server.shutdown()
-        for proc in list(st.workers):
-            st.stop_worker(proc, signal.SIGKILL)
 
 
 @pytest.fixture

@@ -12,15 +12,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
 import requests
 
-from shared.config import Settings
 from shared.embedded import EmbeddedServer, start_embedded
-from shared.keys import SCOPES, create_key, lookup
+from shared.keys import lookup
 from shared.registry import connect
 from shared.storage import open_storage
-from tests.integration.conftest import Stack, _serve
+from tests.integration.conftest import Stack, running_stack
 from tests.integration.training_helpers import status, upload_clustered
 from worker.celery_app import make_celery
 from worker.context import WorkerServices
@@ -42,28 +40,16 @@ def faulty(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultStack]:
     server = start_embedded(base / "redis")
     data_dir = base / "var"
     data_dir.mkdir()
-    import os
-
-    env = {**os.environ, "RECSYS_REDIS_URL": server.url, "RECSYS_DATA_DIR": str(data_dir),
-           "RECSYS_TRAIN_THREADS": "2", "RECSYS_HEARTBEAT_INTERVAL": "1",
-           "RECSYS_HEARTBEAT_STALE_AFTER": "6", "PYTHONUNBUFFERED": "1"}
-    settings = Settings.from_env(env)
-    r = redis.Redis.from_url(server.url, decode_responses=True)
-    raw, _ = create_key(r, "default", list(SCOPES))
-    st = FaultStack(settings=settings, env=env, redis=r, data_dir=data_dir, api_key=raw)
-    st.server = server
-    http_server, _ = _serve(settings)
-    st.api_url = f"http://127.0.0.1:{http_server.server_port}"
-    st.start_worker()
-    with requests.Session() as http:
-        upload_clustered(st, http, "faults", n_users=1200, n_items=300, per_user=40)
+    st: FaultStack | None = None
     try:
-        yield st
+        with running_stack(server.url, data_dir, FaultStack) as st:
+            st.server = server
+            with requests.Session() as http:
+                upload_clustered(st, http, "faults", n_users=1200, n_items=300, per_user=40)
+            yield st
     finally:
-        http_server.shutdown()
-        for proc in list(st.workers):
-            st.stop_worker(proc, signal.SIGKILL)
-        st.server.stop()
+        # the tests restart Redis: stop whichever server is current
+        (st.server if st is not None else server).stop()
 
 
 def _train(st: Stack, http: requests.Session, model_id: str) -> None:
