@@ -13,6 +13,7 @@ from flask import request
 from flask.views import MethodView
 
 from api.auth import current_tenant, require
+from api.body import body_stream
 from api.context import services
 from api.parsing import Blueprint, load_json_body
 from shared.batches import BatchMeta, forget_batches, list_batches, validate_tags
@@ -147,10 +148,11 @@ def _upload_multipart(tenant: str) -> list[BatchMeta]:
             return conversion
 
         try:
-            received = receive_multipart(
-                request.stream, request.content_type or "", request.content_length, workdir,
-                settings, convert_while_receiving,
-            )
+            with body_stream(request) as stream:
+                received = receive_multipart(
+                    stream, request.content_type or "", request.content_length, workdir,
+                    settings, convert_while_receiving,
+                )
             received_at = time.perf_counter()
             unknown = sorted(set(received.fields) - {"tags"})
             if unknown:

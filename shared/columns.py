@@ -4,8 +4,17 @@ Both upload forms (CSV files and JSON bodies) end here: a table of text
 columns (empty string = empty cell) goes in, a table in the stored schema
 comes out, together with the first problems found (row index, column,
 message). Every check works on whole columns with pyarrow compute; the only
-Python loop is over the *unique* metadata strings (each parsed once with
+Python loop is over the *distinct* metadata strings (each parsed once with
 orjson), which in practice are far fewer than the rows.
+
+``type`` and ``metadata`` repeat a lot, so they are handled as dictionary
+arrays (:data:`WRITE_SCHEMAS`): checks and rewrites (blank metadata to
+``{}``, no type to ``default``) touch each distinct value once, and the
+Parquet writer stores the dictionaries as they are instead of hashing every
+cell again. pyarrow's CSV reader can build those dictionaries, and parse the
+timestamps, while it parses (:mod:`shared.csv_ingest`); :func:`convert` takes
+text or such pre-typed columns alike. Files read back as plain strings
+(:data:`SCHEMAS`): the writer does not store the Arrow schema.
 """
 
 from __future__ import annotations
@@ -45,6 +54,18 @@ INTERACTION_SCHEMA = pa.schema(
 )
 SCHEMAS: dict[Kind, pa.Schema] = {"entities": ENTITY_SCHEMA, "interactions": INTERACTION_SCHEMA}
 COLUMNS: dict[Kind, tuple[str, ...]] = {k: tuple(s.names) for k, s in SCHEMAS.items()}
+#: Columns handled as dictionary arrays from conversion to the Parquet writer.
+DICTIONARY_COLUMNS = ("type", "metadata")
+DICTIONARY_TYPE = pa.dictionary(pa.int32(), pa.string())
+#: What :func:`convert` returns and the Parquet writer takes: :data:`SCHEMAS` with
+#: :data:`DICTIONARY_COLUMNS` as dictionaries.
+WRITE_SCHEMAS: dict[Kind, pa.Schema] = {
+    kind: pa.schema([
+        pa.field(f.name, DICTIONARY_TYPE, f.nullable) if f.name in DICTIONARY_COLUMNS else f
+        for f in schema
+    ])
+    for kind, schema in SCHEMAS.items()
+}
 #: Columns that may not be empty, per kind.
 ID_COLUMNS: dict[Kind, tuple[str, ...]] = {
     "entities": ("id",),
@@ -61,6 +82,7 @@ MAX_PROBLEMS = 20
 _NUMERIC_RE = r"^\s*[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?\s*$"
 _OFFSET_RE = r"[T ][0-9:.,]+(Z|z|[+-][0-9]{2}(:?[0-9]{2})?)$"
 _NUMERIC_PY = re.compile(_NUMERIC_RE)
+_OFFSET_PY = re.compile(_OFFSET_RE)
 
 
 @dataclass(frozen=True, order=True)
@@ -184,35 +206,86 @@ def parse_timestamp_value(value: Any) -> datetime:
     return moment.astimezone(UTC)
 
 
-def _normalise_metadata(col: pa.Array) -> tuple[pa.Array, list[Problem]]:
+def as_dictionary(col: pa.Array | pa.ChunkedArray) -> pa.DictionaryArray:
+    """``col`` as one dictionary array (text is encoded; chunks must share a dictionary)."""
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    if not pa.types.is_dictionary(col.type):
+        col = pc.dictionary_encode(col)
+    if col.type != DICTIONARY_TYPE:
+        col = col.cast(DICTIONARY_TYPE)
+    return col
+
+
+def _rows_with(col: pa.DictionaryArray, positions: list[int]) -> list[int]:
+    """The first rows whose value is one of the dictionary ``positions``."""
+    mask = pc.is_in(col.indices, value_set=pa.array(positions, col.indices.type))
+    return _first_rows(mask)
+
+
+def _rewrite(col: pa.DictionaryArray, values: list[str]) -> pa.DictionaryArray:
+    """``col`` with its dictionary's values replaced by ``values`` (kept distinct)."""
+    distinct = list(dict.fromkeys(values))
+    if len(distinct) == len(values):
+        return pa.DictionaryArray.from_arrays(col.indices, pa.array(values, pa.string()))
+    where = {v: i for i, v in enumerate(distinct)}
+    remap = pa.array([where[v] for v in values], col.indices.type)
+    return pa.DictionaryArray.from_arrays(pc.take(remap, col.indices),
+                                          pa.array(distinct, pa.string()))
+
+
+def _normalise_metadata(col: pa.DictionaryArray) -> tuple[pa.DictionaryArray, list[Problem]]:
     """Validate each distinct metadata string once; empty and blank cells become ``"{}"``."""
-    encoded = pc.dictionary_encode(col)
-    uniques = encoded.dictionary
-    bad: list[tuple[str, str]] = []
-    blank: list[int] = []
-    for position, text in enumerate(uniques.to_pylist()):
+    values = col.dictionary.to_pylist()
+    bad: list[tuple[int, str]] = []
+    blank = False
+    for position, text in enumerate(values):
         if text.strip() == "":
-            blank.append(position)
+            values[position] = "{}"
+            blank = True
             continue
         try:
             parsed = orjson.loads(text)
         except orjson.JSONDecodeError as exc:
-            bad.append((text, f"metadata is not valid JSON ({exc})"))
+            bad.append((position, f"metadata is not valid JSON ({exc})"))
             continue
         if not isinstance(parsed, dict):
-            bad.append((text, f"metadata must be a JSON object, not {type(parsed).__name__}"))
+            bad.append((position, f"metadata must be a JSON object, not {type(parsed).__name__}"))
     problems: list[Problem] = []
-    for text, why in bad:
-        rows = _first_rows(pc.equal(col, text), MAX_PROBLEMS)
-        problems.extend(Problem(row, "metadata", why) for row in rows)
-    if blank and not problems:
-        # Rewrite the few distinct values, then expand: cheaper than a per-row if_else.
-        values = uniques.to_pylist()
-        for position in blank:
-            values[position] = "{}"
-        col = pc.take(pa.array(values, pa.string()), encoded.indices)
-    problems.sort()
-    return col, problems[:MAX_PROBLEMS]
+    for position, why in bad:
+        problems.extend(Problem(row, "metadata", why) for row in _rows_with(col, [position]))
+    if problems:
+        problems.sort()
+        return col, problems[:MAX_PROBLEMS]
+    return (_rewrite(col, values) if blank else col), []
+
+
+def _default_type(col: pa.DictionaryArray) -> pa.DictionaryArray:
+    """Empty types become :data:`DEFAULT_TYPE`."""
+    values = col.dictionary.to_pylist()
+    if "" not in values:
+        return col
+    return _rewrite(col, [v or DEFAULT_TYPE for v in values])
+
+
+def _oversized(name: str, col: pa.Array) -> list[Problem]:
+    """Cells of ``col`` larger than :data:`MAX_FIELD_BYTES` (a dictionary's values checked once)."""
+    values = col.dictionary if pa.types.is_dictionary(col.type) else col
+    if not len(values) or pc.max(pc.binary_length(values)).as_py() <= MAX_FIELD_BYTES:
+        return []
+    too_big = pc.greater(pc.binary_length(values), MAX_FIELD_BYTES)
+    if pa.types.is_dictionary(col.type):
+        rows = _rows_with(col, _first_rows(too_big, len(values)))
+    else:
+        rows = _first_rows(too_big)
+    return [Problem(r, name, f"the cell is larger than {MAX_FIELD_BYTES} bytes") for r in rows]
+
+
+def _timestamps(col: pa.Array) -> tuple[pa.Array, list[Problem]]:
+    """The timestamp column as ``timestamp[us, UTC]``: text is parsed, a naive one is UTC."""
+    if pa.types.is_timestamp(col.type):
+        return pc.cast(col, TIMESTAMP_TYPE), []
+    return parse_timestamps(col)
 
 
 def _empty_to_null(col: pa.Array) -> pa.Array:
@@ -223,36 +296,39 @@ def _empty_to_null(col: pa.Array) -> pa.Array:
 
 
 def convert(kind: Kind, text: pa.Table) -> tuple[pa.Table, list[Problem]]:
-    """Text columns (every column of ``COLUMNS[kind]``, "" for empty) to the stored schema."""
+    """Columns of ``COLUMNS[kind]`` as text ("" for empty) to :data:`WRITE_SCHEMAS`.
+
+    ``type`` and ``metadata`` may also come as dictionaries of text, and ``timestamp`` as
+    timestamps already parsed (naive ones are UTC).
+    """
+    if any(pa.types.is_dictionary(text.schema.field(n).type) for n in DICTIONARY_COLUMNS):
+        text = text.unify_dictionaries()
     problems: list[Problem] = []
     cols: dict[str, pa.Array] = {}
     for name in COLUMNS[kind]:
         col = text.column(name)
         col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
-        if len(col) and pc.max(pc.binary_length(col)).as_py() > MAX_FIELD_BYTES:
-            rows = _first_rows(pc.greater(pc.binary_length(col), MAX_FIELD_BYTES))
-            problems.extend(
-                Problem(r, name, f"the cell is larger than {MAX_FIELD_BYTES} bytes") for r in rows
-            )
+        if name in DICTIONARY_COLUMNS:
+            col = as_dictionary(col)
+        if not pa.types.is_timestamp(col.type):
+            problems.extend(_oversized(name, col))
         cols[name] = col
     for name in ID_COLUMNS[kind]:
         rows = _first_rows(pc.equal(cols[name], ""))
         problems.extend(Problem(r, name, f"{name} may not be empty") for r in rows)
-    no_type = pc.equal(cols["type"], "")
-    if pc.any(no_type).as_py():
-        cols["type"] = pc.if_else(no_type, DEFAULT_TYPE, cols["type"])
+    cols["type"] = _default_type(cols["type"])
     cols["metadata"], meta_problems = _normalise_metadata(cols["metadata"])
     problems.extend(meta_problems)
     if kind == "entities":
         cols["name"] = _empty_to_null(cols["name"])
         cols["media_url"] = _empty_to_null(cols["media_url"])
     else:
-        cols["timestamp"], ts_problems = parse_timestamps(cols["timestamp"])
+        cols["timestamp"], ts_problems = _timestamps(cols["timestamp"])
         problems.extend(ts_problems)
     problems.sort()
     if problems:
         return pa.table({}), problems[:MAX_PROBLEMS]
-    schema = SCHEMAS[kind]
+    schema = WRITE_SCHEMAS[kind]
     table = pa.Table.from_arrays([cols[n] for n in schema.names], schema=schema)
     return table, []
 
@@ -265,3 +341,8 @@ def empty_table(kind: Kind) -> pa.Table:
 def is_numeric_text(text: str) -> bool:
     """True when ``text`` reads as a number (Unix seconds) rather than an ISO-8601 string."""
     return bool(_NUMERIC_PY.match(text))
+
+
+def is_offset_text(text: str) -> bool:
+    """True when an ISO-8601 ``text`` ends in a UTC offset (``Z``, ``+02:00``)."""
+    return bool(_OFFSET_PY.search(text))

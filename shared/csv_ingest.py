@@ -1,12 +1,27 @@
 """CSV files to validated Parquet batches: header and kind, pyarrow's reader, exact errors.
 
-The good case reads a file once with pyarrow's multi-threaded streaming CSV
-reader while a second thread converts and validates chunks of rows with
-whole-column operations (:mod:`shared.columns`) and writes them as Parquet row
-groups, so memory stays bounded by the block and row-group sizes, not the file
-size. :func:`convert_stream` reads from any binary stream, so a file can be
-converted while it is still arriving (:mod:`shared.csv_pipe`). Only when a file
-fails does :mod:`shared.csv_errors` read it again, from disk, to find exact lines.
+A file is read in up to three ways, each slower and plainer than the one before;
+the next is only tried when the one before asks for it (:func:`finish`):
+
+0. :data:`PIECES`: the rows are cut at line ends into pieces of a few MiB
+   (:mod:`shared.csv_segments`); a pool of threads parses each piece with
+   pyarrow and converts it (:mod:`shared.columns`), while this thread writes the
+   converted pieces, in order, as Parquet row groups. The reader does what it
+   can while it parses: ``type`` and ``metadata`` come out as dictionaries and,
+   when the first rows show ISO-8601 timestamps (with or without an offset), it
+   parses the timestamps too. A cut inside a quoted value, or any cell or row
+   pyarrow refuses, sends the file to the next way.
+1. :data:`STREAM`: pyarrow's streaming reader over the whole file, one block
+   after another, timestamps as text (mixed forms are accepted), converted by a
+   second thread: exactly what the file says, or its first problems.
+2. :data:`STREAM_LARGE`: the same with blocks of :data:`LARGE_BLOCK_SIZE`, for a
+   record larger than a block.
+
+Memory stays bounded by the piece, block and row-group sizes, not the file size.
+:func:`convert_stream` reads from any binary stream, so a file is converted
+while it is still arriving (:mod:`shared.csv_pipe`); later ways read its copy on
+disk. Only when a file fails does :mod:`shared.csv_errors` read it again, from
+disk, to find exact lines.
 """
 
 from __future__ import annotations
@@ -22,20 +37,35 @@ import pyarrow as pa
 import pyarrow.csv as pv
 
 from shared.batches import KINDS, Kind
-from shared.columns import COLUMNS, MAX_PROBLEMS, Problem, convert
+from shared.columns import (
+    COLUMNS,
+    DICTIONARY_COLUMNS,
+    DICTIONARY_TYPE,
+    MAX_PROBLEMS,
+    TIMESTAMP_TYPE,
+    Problem,
+    convert,
+    is_numeric_text,
+    is_offset_text,
+)
 from shared.config import Settings
 from shared.csv_errors import BOM, scan
+from shared.csv_segments import NoLineEnd, ends_inside_value, map_segments
 from shared.errors import PayloadTooLarge, ValidationFailed
 from shared.ingest import Prepared, error_item, parquet_writer
 
-#: Bytes pyarrow parses per block (small blocks parallelise best); a record must fit in one.
+#: Bytes pyarrow's streaming reader parses per block; a record must fit in one.
 BLOCK_SIZE = 1 << 20
-#: Block size of the second attempt when a record is larger than :data:`BLOCK_SIZE`.
+#: Block size of the last way, for a record larger than :data:`BLOCK_SIZE`.
 LARGE_BLOCK_SIZE = 64 << 20
-#: Rows converted and written together (one Parquet row group).
+#: Rows the streaming ways convert and write together (one Parquet row group).
 ROW_GROUP_ROWS = 128_000
 #: Longest header line read, in bytes.
 MAX_HEADER_BYTES = 64 * 1024
+#: Rows looked at to guess the form of the timestamps.
+SAMPLE_ROWS = 20
+#: The ways a file is read, in the order they are tried (see the module's docstring).
+PIECES, STREAM, STREAM_LARGE = 0, 1, 2
 
 
 @dataclass
@@ -45,8 +75,8 @@ class Failed:
     names: list[str]
     problems: list[Problem] = field(default_factory=list)
     error: Exception | None = None
-    #: A record was larger than a block: read again from disk with larger blocks.
-    retry: bool = False
+    #: The way to read the file next, from its copy on disk (None: this is the answer).
+    retry: int | None = None
     #: The file has a header and nothing else.
     no_rows: bool = False
 
@@ -144,23 +174,60 @@ def detect_kind(names: list[str], source: str) -> Kind:
     )
 
 
-def _open_reader(stream: IO[bytes], names: list[str], kind: Kind, block_size: int
-                 ) -> pv.CSVStreamingReader:
-    """pyarrow's reader over the rows after the header (already consumed from ``stream``)."""
+def guess_timestamps(stream: IO[bytes], names: list[str]) -> pa.DataType | None:
+    """The type pyarrow should parse timestamps as, from the first rows already buffered.
+
+    ``timestamp[us, UTC]`` when they carry offsets, naive ``timestamp[us]`` when they do
+    not (read as UTC later), None (read as text) for Unix seconds, mixed forms, or when
+    unsure. Only a guess: a later cell in another form makes pyarrow refuse the piece.
+    """
+    peek = getattr(stream, "peek", None)
+    if "timestamp" not in names or peek is None:
+        return None
+    head = peek(MAX_HEADER_BYTES)[:MAX_HEADER_BYTES]
+    try:
+        lines = head[: head.rfind(b"\n") + 1].decode("utf-8").splitlines()[:SAMPLE_ROWS]
+        rows = list(csv.reader(lines))
+    except (UnicodeDecodeError, csv.Error):
+        return None
+    at = names.index("timestamp")
+    cells = [row[at] for row in rows if len(row) == len(names) and row[at]]
+    if not cells or any(is_numeric_text(c) for c in cells):
+        return None
+    offsets = {is_offset_text(c) for c in cells}
+    if len(offsets) > 1:
+        return None
+    return TIMESTAMP_TYPE if offsets.pop() else pa.timestamp("us")
+
+
+def _options(names: list[str], kind: Kind, timestamps: pa.DataType | None, block_size: int,
+             threads: bool, keep: tuple[int, ...] = ()) -> dict[str, Any]:
+    """pyarrow's CSV options for the rows after the header (``keep``: other columns to read).
+
+    Columns are named as in the header, except duplicates and columns of no use, which
+    are named ``_extra_<position>``.
+    """
     unique = [n if n in COLUMNS[kind] and names.index(n) == i else f"_extra_{i}"
               for i, n in enumerate(names)]
-    return pv.open_csv(
-        stream,
-        read_options=pv.ReadOptions(column_names=unique, block_size=block_size,
-                                    use_threads=True),
-        parse_options=pv.ParseOptions(newlines_in_values=True),
-        convert_options=pv.ConvertOptions(
-            column_types={c: pa.string() for c in COLUMNS[kind]},
-            include_columns=list(COLUMNS[kind]),
+    types: dict[str, pa.DataType] = {
+        c: DICTIONARY_TYPE if c in DICTIONARY_COLUMNS else pa.string() for c in COLUMNS[kind]
+    }
+    if timestamps is not None:
+        types["timestamp"] = timestamps
+    include = list(COLUMNS[kind]) + [unique[i] for i in keep if unique[i] not in COLUMNS[kind]]
+    return {
+        "read_options": pv.ReadOptions(column_names=unique, block_size=block_size,
+                                       use_threads=threads),
+        "parse_options": pv.ParseOptions(newlines_in_values=True),
+        "convert_options": pv.ConvertOptions(
+            column_types=types,
+            include_columns=include,
+            # only a parsed timestamp may be null (an empty cell); text stays text
+            null_values=[""],
             strings_can_be_null=False,
             quoted_strings_can_be_null=False,
         ),
-    )
+    }
 
 
 class _Chunks:
@@ -214,19 +281,86 @@ def _too_many_rows(source: str, settings: Settings) -> PayloadTooLarge:
     )
 
 
-def convert_stream(
-    stream: IO[bytes], source: str, out: Path, settings: Settings, block_size: int = BLOCK_SIZE
-) -> Prepared | Failed:
-    """Convert a CSV byte stream into the Parquet file ``out``; 413/422 for bad headers, limits."""
-    names, stream = read_header(stream, source)
-    kind = detect_kind(names, source)
+@dataclass
+class _Piece:
+    """A piece of a file, parsed and converted by :func:`_convert_piece`."""
+
+    rows: int
+    table: pa.Table | None = None
+    problems: list[Problem] = field(default_factory=list)
+    #: The piece may end inside a quoted value: read the file another way.
+    cut_inside: bool = False
+
+
+def _last_text(table: pa.Table, position: int) -> str | None:
+    """The text in the last row of column ``position`` (None if the column is not text)."""
+    col = table.column(position)
+    if not (pa.types.is_string(col.type) or pa.types.is_dictionary(col.type)):
+        return None
+    value = col[len(col) - 1].as_py()
+    return value if isinstance(value, str) else None
+
+
+def _convert_piece(piece: memoryview, kind: Kind, options: dict[str, Any], last: str
+                   ) -> _Piece:
+    """Parse and convert one piece of a file (in a pool thread)."""
+    try:
+        table = pv.read_csv(pa.BufferReader(pa.py_buffer(piece)), **options)
+    except pa.ArrowInvalid as exc:
+        if "Empty CSV file" in str(exc):
+            return _Piece(0)
+        raise
+    rows = table.num_rows
+    if rows and ends_inside_value(_last_text(table, table.schema.get_field_index(last))):
+        return _Piece(rows, cut_inside=True)
+    converted, problems = convert(kind, table.select(list(COLUMNS[kind])))
+    return _Piece(rows, None if problems else converted, problems)
+
+
+def _convert_pieces(stream: IO[bytes], names: list[str], kind: Kind, out: Path,
+                    source: str, settings: Settings) -> Prepared | Failed:
+    """:data:`PIECES`: parsed and converted in a pool of threads, written here in order."""
+    timestamps = guess_timestamps(stream, names) if kind == "interactions" else None
+    # one block per piece (pieces are small), so a record never straddles blocks
+    options = _options(names, kind, timestamps, LARGE_BLOCK_SIZE, threads=False,
+                       keep=(len(names) - 1,))
+    # the header's last column, read to check that a piece does not end inside a value
+    last = options["read_options"].column_names[-1]
+    rows = 0
+    problems: list[Problem] = []
+    with parquet_writer(out, kind) as writer:
+        pieces = map_segments(stream, lambda p: _convert_piece(p, kind, options, last))
+        try:
+            for piece in pieces:
+                if piece.cut_inside:
+                    return Failed(names, retry=STREAM)
+                problems.extend(Problem(p.row + rows, p.column, p.message)
+                                for p in piece.problems)
+                rows += piece.rows
+                if rows > settings.max_file_rows:
+                    raise _too_many_rows(source, settings)
+                if len(problems) >= MAX_PROBLEMS:
+                    break
+                if piece.table is not None and not problems:
+                    writer.write_table(piece.table)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, NoLineEnd) as exc:
+            return Failed(names, error=exc, retry=STREAM)
+        finally:
+            pieces.close()
+    return _outcome(names, kind, out, rows, source, problems)
+
+
+def _convert_blocks(stream: IO[bytes], names: list[str], kind: Kind, out: Path, source: str,
+                    settings: Settings, way: int) -> Prepared | Failed:
+    """:data:`STREAM` and :data:`STREAM_LARGE`: pyarrow's streaming reader, timestamps as text."""
+    block_size = LARGE_BLOCK_SIZE if way == STREAM_LARGE else BLOCK_SIZE
     rows = 0
     chunk: list[pa.RecordBatch] = []
     chunk_rows = 0
     chunks = _Chunks(kind, out)
     try:
         try:
-            for batch in _open_reader(stream, names, kind, block_size):
+            for batch in pv.open_csv(stream, **_options(names, kind, None, block_size, True)):
                 rows += batch.num_rows
                 if rows > settings.max_file_rows:
                     raise _too_many_rows(source, settings)
@@ -243,15 +377,36 @@ def convert_stream(
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
             if "Empty CSV file" in str(exc):
                 problems = []
+            elif "straddl" in str(exc) and way < STREAM_LARGE:
+                return Failed(names, error=exc, retry=STREAM_LARGE)
             else:
-                return Failed(names, error=exc, retry="straddl" in str(exc))
+                return Failed(names, error=exc)
     finally:
         chunks.close()
+    return _outcome(names, kind, out, rows, source, problems)
+
+
+def _outcome(names: list[str], kind: Kind, out: Path, rows: int, source: str,
+             problems: list[Problem]) -> Prepared | Failed:
     if problems:
-        return Failed(names, problems=problems)
+        return Failed(names, problems=sorted(problems)[:MAX_PROBLEMS])
     if rows == 0:
         return Failed(names, no_rows=True)
     return Prepared(kind, out, rows, out.stat().st_size, source)
+
+
+def convert_stream(stream: IO[bytes], source: str, out: Path, settings: Settings,
+                   way: int = PIECES) -> Prepared | Failed:
+    """Convert a CSV byte stream into the Parquet file ``out``; 413/422 for bad headers, limits.
+
+    ``way`` says how to read it (see the module's docstring); a :class:`Failed` result may
+    ask for another way in its ``retry``.
+    """
+    names, stream = read_header(stream, source)
+    kind = detect_kind(names, source)
+    if way == PIECES:
+        return _convert_pieces(stream, names, kind, out, source, settings)
+    return _convert_blocks(stream, names, kind, out, source, settings, way)
 
 
 def explain(path: Path, source: str, failed: Failed) -> list[dict[str, Any]]:
@@ -270,11 +425,10 @@ def explain(path: Path, source: str, failed: Failed) -> list[dict[str, Any]]:
 
 def finish(path: Path, source: str, out: Path, settings: Settings, result: Prepared | Failed
            ) -> Prepared | list[dict[str, Any]]:
-    """The outcome of a conversion: the batch, or its errors (retrying huge records once)."""
-    if isinstance(result, Failed) and result.retry:
-        # A record larger than a block: read again with blocks large enough for any sane one.
+    """The outcome of a conversion: the batch, or its errors (trying the ways asked for)."""
+    while isinstance(result, Failed) and result.retry is not None:
         with open(path, "rb") as fh:
-            result = convert_stream(fh, source, out, settings, LARGE_BLOCK_SIZE)
+            result = convert_stream(fh, source, out, settings, result.retry)
     if isinstance(result, Prepared):
         return result
     return explain(path, source, result)

@@ -10,7 +10,9 @@ slows the upload down rather than filling memory.
 
 The standard library has no blocking byte pipe between threads that pyarrow
 can read like a file (``os.pipe`` would copy every byte through the kernel
-twice), hence the small :class:`ChunkPipe` here.
+twice), hence the small :class:`ChunkPipe` here. It copies what it is fed into
+blocks it reuses (:mod:`shared.buffers`), so the caller may reuse its own
+buffer at once.
 """
 
 from __future__ import annotations
@@ -21,13 +23,18 @@ import queue
 import threading
 from pathlib import Path
 
+from shared.buffers import BufferPool
 from shared.config import Settings
 from shared.csv_ingest import BLOCK_SIZE, Failed, convert_stream
 from shared.errors import DependencyUnavailable, ServiceError
 from shared.ingest import Prepared
 
-#: Chunks (of about the multipart buffer size) the pipe holds before the writer waits.
+#: Blocks the pipe holds before the writer waits.
 PIPE_CHUNKS = 16
+#: Bytes per block of the pipe.
+PIPE_BLOCK = 1 << 20
+#: Blocks of every pipe, kept for reuse (enough for two uploads at once).
+_BLOCKS = BufferPool(PIPE_BLOCK, keep=2 * (PIPE_CHUNKS + 2))
 #: Seconds between checks, while waiting on a full or empty pipe, that the other side is alive.
 POLL = 0.05
 
@@ -37,7 +44,8 @@ class ChunkPipe(io.RawIOBase):
 
     def __init__(self, max_chunks: int = PIPE_CHUNKS) -> None:
         super().__init__()
-        self._queue: queue.Queue[bytes | None] = queue.Queue(max_chunks)
+        self._queue: queue.Queue[memoryview | None] = queue.Queue(max_chunks)
+        self._blocks = _BLOCKS
         self._buffer = memoryview(b"")
         self._eof = False
         self._ended = False
@@ -50,19 +58,24 @@ class ChunkPipe(io.RawIOBase):
     def readinto(self, target: bytearray | memoryview) -> int:  # type: ignore[override]
         """Copy the next available bytes; blocks until some arrive; 0 at the end."""
         while not len(self._buffer):
+            if self._buffer.obj is not None:  # a block read to its end: reuse it
+                block = self._buffer.obj
+                self._buffer.release()
+                self._blocks.give(block)  # type: ignore[arg-type]
+            self._buffer = memoryview(b"")
             if self._eof:
                 return 0
             chunk = self._queue.get()
             if chunk is None:
                 self._eof = True
                 return 0
-            self._buffer = memoryview(chunk)
+            self._buffer = chunk
         n = min(len(target), len(self._buffer))
         target[:n] = self._buffer[:n]
         self._buffer = self._buffer[n:]
         return n
 
-    def _put(self, item: bytes | None) -> None:
+    def _put(self, item: memoryview | None) -> None:
         while not self.reader_gone.is_set():
             try:
                 self._queue.put(item, timeout=POLL)
@@ -70,10 +83,16 @@ class ChunkPipe(io.RawIOBase):
             except queue.Full:
                 continue
 
-    def feed(self, data: bytes) -> None:
-        """Hand over a chunk (waits while the pipe is full; dropped once the reader is gone)."""
-        if not self._ended and data:
-            self._put(bytes(data))
+    def feed(self, data: bytes | memoryview) -> None:
+        """Hand over a copy of ``data`` (waits while the pipe is full; dropped once the
+        reader is gone)."""
+        view = memoryview(data)
+        while not self._ended and len(view):
+            block = self._blocks.take()
+            n = min(len(block), len(view))
+            block[:n] = view[:n]
+            self._put(memoryview(block)[:n])
+            view = view[n:]
 
     def end(self) -> None:
         """No more data: the reader sees the end of the file."""
@@ -116,7 +135,7 @@ class StreamingConversion:
         finally:
             self.pipe.reader_gone.set()
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes | memoryview) -> None:
         """Pass a received chunk on; raises the conversion's refusal (bad header, row limit)."""
         if isinstance(self.error, ServiceError):
             raise self.error

@@ -38,7 +38,7 @@ from shared.batches import (
     stale_pending,
     unmark_pending,
 )
-from shared.columns import COLUMNS, ID_COLUMNS, MAX_PROBLEMS, SCHEMAS, convert
+from shared.columns import COLUMNS, ID_COLUMNS, MAX_PROBLEMS, WRITE_SCHEMAS, convert
 from shared.config import Settings
 from shared.errors import PayloadTooLarge, ServiceError, ValidationFailed
 from shared.storage import Storage, batch_path
@@ -55,9 +55,13 @@ PARQUET_OPTIONS: dict[Kind, dict[str, Any]] = {
 
 
 def parquet_writer(path: Path, kind: Kind) -> pq.ParquetWriter:
-    """A Parquet writer for a batch file of ``kind``."""
-    return pq.ParquetWriter(path, SCHEMAS[kind], compression=PARQUET_COMPRESSION,
-                            **PARQUET_OPTIONS[kind])
+    """A Parquet writer for a batch file of ``kind``, taking tables in ``WRITE_SCHEMAS[kind]``.
+
+    The Arrow schema is not stored, so the dictionary columns read back as the plain
+    strings of ``SCHEMAS[kind]``.
+    """
+    return pq.ParquetWriter(path, WRITE_SCHEMAS[kind], compression=PARQUET_COMPRESSION,
+                            store_schema=False, **PARQUET_OPTIONS[kind])
 
 
 @dataclass

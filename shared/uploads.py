@@ -29,6 +29,7 @@ from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.http import parse_options_header
 
+from shared.buffers import fill
 from shared.config import Settings
 from shared.errors import BadRequest, PayloadTooLarge, ServiceError
 
@@ -48,8 +49,11 @@ FILE_FIELDS = ("files", "file")
 class Tee(Protocol):
     """Something that sees a file's bytes as they arrive (a streaming conversion)."""
 
-    def feed(self, data: bytes) -> None:
-        """A chunk was received (may raise a ServiceError to stop the upload)."""
+    def feed(self, data: bytes | memoryview) -> None:
+        """A chunk was received (may raise a ServiceError to stop the upload).
+
+        ``data`` is only valid during the call: copy what is kept.
+        """
 
     def end(self) -> None:
         """The file is complete."""
@@ -89,7 +93,7 @@ class _CountingFile:
         self.size = 0
         self._fh = open(path, "wb")  # noqa: SIM115 - closed by the owner after parsing
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
         """Append a received chunk (413 past the limit) and pass it to the tee."""
         self.size += len(data)
         if self.size > self.limit:
@@ -231,7 +235,7 @@ class _Receiver:
             if data.startswith(self.dash_boundary, start, end):
                 raise _EmptyPart(start)
         if self._file is not None:
-            self._file.write(data[start:end])
+            self._file.write(memoryview(data)[start:end])  # written (and copied) at once
             return
         if self._value is None:
             raise _malformed("part data before the part's headers")
@@ -306,16 +310,19 @@ def receive_multipart(
             encoded = boundary.encode("latin-1")
             receiver = _Receiver(encoded, workdir, settings, tee_factory)
             parser = MultipartParser(encoded, receiver.callbacks())
+            # one buffer for every read: whoever keeps received bytes copies them
+            buf = bytearray(BUFFER_SIZE)
             while remaining is None or remaining > 0:
-                data = stream.read(BUFFER_SIZE if remaining is None
-                                   else min(BUFFER_SIZE, remaining))
-                if not data:
+                n = fill(stream, memoryview(buf)[: BUFFER_SIZE if remaining is None
+                                                 else min(BUFFER_SIZE, remaining)])
+                if not n:
                     break
                 if remaining is not None:
-                    remaining -= len(data)
+                    remaining -= n
+                data = buf if n == len(buf) else buf[:n]
                 while True:
                     try:
-                        parser.write(data)
+                        parser.write(data)  # type: ignore[arg-type]  # any bytes-like works
                         break
                     except _EmptyPart as cut:  # rare: restart at the delimiter
                         receiver.part_end()
