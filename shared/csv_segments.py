@@ -73,16 +73,18 @@ def segments(stream: IO[bytes], pool: BufferPool | None = None,
         yield buf, memoryview(buf)[: cut + 1]
 
 
-def map_segments(stream: IO[bytes], work: Callable[[memoryview], T], threads: int = THREADS
-                 ) -> Generator[T, None, None]:
+def map_segments(stream: IO[bytes], work: Callable[[memoryview], T], threads: int = THREADS,
+                 size: int | None = None) -> Generator[T, None, None]:
     """``work`` applied to each piece of ``stream`` in a pool of threads, results in order.
 
     At most ``threads + 1`` pieces are read ahead of the one being yielded, so memory is
     bounded by a few pieces whatever the stream's length; their buffers are reused once
     the caller comes back for the next result. Stopping early (closing the generator, or
-    an exception from ``work``) cancels the pieces not yet started.
+    an exception from ``work``) cancels the pieces not yet started. ``size`` (bytes per
+    piece) defaults to :data:`SEGMENT_BYTES`.
     """
-    buffers = _BUFFERS
+    size = size or SEGMENT_BYTES
+    buffers = _BUFFERS if size == _BUFFERS.size else BufferPool(size, keep=0)
     pending: deque[tuple[Future[T], bytearray]] = deque()
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="csv-piece") as pool:
         try:

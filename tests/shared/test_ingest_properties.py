@@ -1,9 +1,15 @@
-"""Property tests: what is uploaded (as CSV or as JSON) is what is stored."""
+"""Property tests: what is uploaded (as CSV or as JSON) is what is stored.
+
+CSV files are also converted in tiny pieces (a few dozen bytes), so that pieces are cut
+inside quoted values and between lines of one record, and the answer must not change.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -13,6 +19,7 @@ import pyarrow.parquet as pq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from shared import csv_segments
 from shared.config import Settings
 from shared.csv_ingest import prepare_csv
 from shared.ingest import Prepared, prepare_json, workspace
@@ -61,10 +68,26 @@ def _csv(header: list[str], rows: list[list[str]], crlf: bool, bom: bool) -> byt
     return (b"\xef\xbb\xbf" if bom else b"") + buf.getvalue().encode("utf-8")
 
 
-def _prepare(tmp: Path, data: bytes) -> list[dict[str, Any]]:
+#: Bytes per piece: the default, or tiny ones.
+piece_bytes = st.sampled_from([0, 24, 100])
+
+
+@contextlib.contextmanager
+def _pieces(size: int) -> Iterator[None]:
+    """Convert CSV files in pieces of ``size`` bytes (0: the default)."""
+    default = csv_segments.SEGMENT_BYTES
+    csv_segments.SEGMENT_BYTES = size or default
+    try:
+        yield
+    finally:
+        csv_segments.SEGMENT_BYTES = default
+
+
+def _prepare(tmp: Path, data: bytes, piece: int = 0) -> list[dict[str, Any]]:
     src = tmp / "in.csv"
     src.write_bytes(data)
-    result = prepare_csv(src, "in.csv", tmp / "out.parquet", Settings(data_dir=tmp))
+    with _pieces(piece):
+        result = prepare_csv(src, "in.csv", tmp / "out.parquet", Settings(data_dir=tmp))
     assert isinstance(result, Prepared), result
     rows: list[dict[str, Any]] = pq.read_table(result.path).to_pylist()
     return rows
@@ -79,15 +102,16 @@ SLOW = settings(max_examples=60, deadline=None,
     rows=st.lists(st.tuples(ident, cell, cell, st.none() | metadata, cell), min_size=1,
                   max_size=8),
     order=st.permutations(ENTITY_COLUMNS), crlf=st.booleans(), bom=st.booleans(),
+    piece=piece_bytes,
 )
 def test_entities_csv_round_trip(tmp_path: Path, rows: list[Any], order: list[str],
-                                 crlf: bool, bom: bool) -> None:
+                                 crlf: bool, bom: bool, piece: int) -> None:
     given_rows = [dict(zip(ENTITY_COLUMNS, (i, t, n, "" if m is None else orjson.dumps(m)
                                             .decode(), u), strict=True))
                   for i, t, n, m, u in rows]
     data = _csv(order, [[r[c] for c in order] for r in given_rows], crlf, bom)
     with workspace(Settings(data_dir=tmp_path)) as tmp:
-        stored = _prepare(tmp, data)
+        stored = _prepare(tmp, data, piece)
     assert len(stored) == len(rows)
     for got, (i, t, n, m, u) in zip(stored, rows, strict=True):
         assert got["id"] == i
@@ -102,12 +126,14 @@ def test_entities_csv_round_trip(tmp_path: Path, rows: list[Any], order: list[st
     rows=st.lists(st.tuples(cell, ident, ident, timestamp_cell(), st.none() | metadata),
                   min_size=1, max_size=8),
     crlf=st.booleans(),
+    piece=piece_bytes,
 )
-def test_interactions_csv_round_trip(tmp_path: Path, rows: list[Any], crlf: bool) -> None:
+def test_interactions_csv_round_trip(tmp_path: Path, rows: list[Any], crlf: bool,
+                                     piece: int) -> None:
     cells = [[t, s, g, ts[0], "" if m is None else orjson.dumps(m).decode()]
              for t, s, g, ts, m in rows]
     with workspace(Settings(data_dir=tmp_path)) as tmp:
-        stored = _prepare(tmp, _csv(INTERACTION_COLUMNS, cells, crlf, bom=False))
+        stored = _prepare(tmp, _csv(INTERACTION_COLUMNS, cells, crlf, bom=False), piece)
     for got, (t, s, g, ts, m) in zip(stored, rows, strict=True):
         assert (got["type"], got["source_id"], got["target_id"]) == (t or "default", s, g)
         assert got["timestamp"] == ts[1]
@@ -148,9 +174,10 @@ def test_json_round_trip(tmp_path: Path, entities: list[dict[str, Any]],
     after=st.lists(st.tuples(ident, cell), max_size=3),
     bad=st.sampled_from(["id", "metadata"]),
     crlf=st.booleans(),
+    piece=piece_bytes,
 )
 def test_errors_point_at_the_physical_line_a_record_starts_on(
-    tmp_path: Path, before: list[Any], after: list[Any], bad: str, crlf: bool
+    tmp_path: Path, before: list[Any], after: list[Any], bad: str, crlf: bool, piece: int
 ) -> None:
     end = "\r\n" if crlf else "\n"
     # names may hold line breaks (quoted), so records can span several physical lines; a lone
@@ -164,6 +191,7 @@ def test_errors_point_at_the_physical_line_a_record_starts_on(
     with workspace(Settings(data_dir=tmp_path)) as tmp:
         src = tmp / "in.csv"
         src.write_bytes(text.encode())
-        result = prepare_csv(src, "in.csv", tmp / "out.parquet", Settings(data_dir=tmp))
+        with _pieces(piece):
+            result = prepare_csv(src, "in.csv", tmp / "out.parquet", Settings(data_dir=tmp))
     assert isinstance(result, list)
     assert [(e["line"], e["column"]) for e in result] == [(expected_line, bad)]

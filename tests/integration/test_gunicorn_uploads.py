@@ -1,0 +1,171 @@
+"""Uploads under gunicorn, whose request bodies the API reads from the socket itself.
+
+Reading the socket directly (api/body.py) must leave gunicorn's connection exactly where
+gunicorn's own reader would: later requests on a kept-alive connection, pipelined
+requests, refused uploads and clients that hang up must all work as before.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+import redis
+import requests
+
+from shared.embedded import EmbeddedServer
+from shared.keys import SCOPES, create_key
+from shared.procs import stop_group
+
+ROOT = Path(__file__).resolve().parents[2]
+BOUNDARY = "testboundary7MA4YWxk"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def api(redis_server: EmbeddedServer, tmp_path_factory: pytest.TempPathFactory
+        ) -> Iterator[tuple[int, str]]:
+    """The API under gunicorn as the Procfile runs it; its port and an all-scope key."""
+    tmp = tmp_path_factory.mktemp("gunicorn")
+    r = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    key, _ = create_key(r, "gunicorn-uploads", list(SCOPES))
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    env.update(RECSYS_DATA_DIR=str(tmp / "var"), RECSYS_REDIS_URL=redis_server.url,
+               RECSYS_MAX_FILE_BYTES="3000000", PYTHONUNBUFFERED="1")
+    log = open(tmp / "gunicorn.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "-c", "python:api.gunicorn_conf",
+         "--bind", f"127.0.0.1:{port}", "--workers", "1", "--worker-class", "gthread",
+         "--threads", "4", "--keep-alive", "30", "api.app:create_app()"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError((tmp / "gunicorn.log").read_text())
+            try:
+                requests.get(f"http://127.0.0.1:{port}/healthz", timeout=10)
+                break
+            except (requests.ConnectionError, requests.Timeout):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        yield port, key
+    finally:
+        stop_group(proc)
+        log.close()
+
+
+def _csv(rows: int, start: int = 0) -> bytes:
+    lines = [f"user_{i},item_{i % 97},2024-01-01T00:00:00Z,view,\"{{\"\"n\"\": {i}}}\"\n"
+             for i in range(start, start + rows)]
+    return ("source_id,target_id,timestamp,type,metadata\n" + "".join(lines)).encode()
+
+
+def _upload(key: str, files: list[bytes], tag: str, host: str = "127.0.0.1") -> bytes:
+    """A whole multipart upload request, as bytes on the wire."""
+    body = b"".join(
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="files"; filename="f{n}.csv"'
+        f"\r\nContent-Type: text/csv\r\n\r\n".encode() + data + b"\r\n"
+        for n, data in enumerate(files)
+    ) + f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="tags"\r\n\r\n{tag}\r\n'.encode()
+    body += f"--{BOUNDARY}--\r\n".encode()
+    head = (f"POST /v1/recommender/data_batch HTTP/1.1\r\nHost: {host}\r\napikey: {key}\r\n"
+            f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n")
+    return head.encode() + body
+
+
+def _get(key: str, path: str) -> bytes:
+    return (f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\napikey: {key}\r\n\r\n").encode()
+
+
+def _responses(sock: socket.socket, count: int) -> list[tuple[int, object]]:
+    """Read ``count`` responses (with Content-Length bodies) from one connection."""
+    reader = sock.makefile("rb")
+    out: list[tuple[int, object]] = []
+    for _ in range(count):
+        status = int(reader.readline().split()[1])
+        length = 0
+        while (line := reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.decode().partition(":")
+            if name.lower() == "content-length":
+                length = int(value)
+        out.append((status, orjson.loads(reader.read(length)) if length else None))
+    return out
+
+
+def _tagged(port: int, key: str, tag: str) -> list[dict[str, object]]:
+    response = requests.get(f"http://127.0.0.1:{port}/v1/recommender/data_batch",
+                            params={"tags": tag}, headers={"apikey": key}, timeout=30)
+    assert response.status_code == 200
+    batches: list[dict[str, object]] = response.json()
+    return batches
+
+
+def test_uploads_and_other_requests_share_a_kept_alive_connection(
+    api: tuple[int, str]
+) -> None:
+    port, key = api
+    big = _csv(20_000)  # about 1.2 MB: many reads from the socket
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+        sock.sendall(_upload(key, [big, _csv(5)], "kept-alive"))
+        [(status, body)] = _responses(sock, 1)
+        assert status == 201, body
+        assert [b["interaction_count"] for b in body] == [20_000, 5]  # type: ignore[union-attr]
+        # refused while the file arrives (bad header): the rest of the body is read anyway
+        sock.sendall(_upload(key, [b"nope,nothing\n" + b"x,y\n" * 50_000], "refused"))
+        [(status, body)] = _responses(sock, 1)
+        assert status == 422 and body["error"]["code"] == "unknown_header"  # type: ignore[index]
+        sock.sendall(_get(key, "/v1/recommender/data_batch?tags=kept-alive"))
+        [(status, body)] = _responses(sock, 1)
+        assert status == 200 and len(body) == 2  # type: ignore[arg-type]
+    assert _tagged(port, key, "refused") == []
+
+
+def test_pipelined_requests_after_an_upload_are_answered(api: tuple[int, str]) -> None:
+    port, key = api
+    # small enough for gunicorn's first read to hold the next requests too
+    wire = (_upload(key, [_csv(3)], "pipelined") + _get(key, "/healthz")
+            + _get(key, "/v1/recommender/data_batch?tags=pipelined"))
+    assert len(wire) < 4096
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+        sock.sendall(wire)
+        (up, _), (health, _), (listed, batches) = _responses(sock, 3)
+    assert (up, health, listed) == (201, 200, 200)
+    assert [b["interaction_count"] for b in batches] == [3]  # type: ignore[union-attr]
+
+
+def test_a_client_that_hangs_up_mid_upload_stores_nothing(api: tuple[int, str]) -> None:
+    port, key = api
+    wire = _upload(key, [_csv(20_000)], "hung-up")
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+        sock.sendall(wire[: len(wire) // 2])
+    time.sleep(1)
+    assert _tagged(port, key, "hung-up") == []
+    assert requests.get(f"http://127.0.0.1:{port}/healthz", timeout=10).status_code == 200
+
+
+def test_a_body_over_the_limit_is_refused(api: tuple[int, str]) -> None:
+    port, key = api
+    files = {"files": ("big.csv", _csv(60_000), "text/csv")}  # over 3 MB
+    response = requests.post(f"http://127.0.0.1:{port}/v1/recommender/data_batch",
+                             files=files, data={"tags": "too-big"},
+                             headers={"apikey": key}, timeout=60)
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "file_too_large"
+    assert _tagged(port, key, "too-big") == []
