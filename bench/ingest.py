@@ -134,13 +134,15 @@ def main() -> int:
         key, _ = create_key(r, "bench", list(SCOPES))
         port = free_port()
         env = {**os.environ, "RECSYS_REDIS_URL": server.url, "RECSYS_DATA_DIR": str(base / "var"),
-               "RECSYS_LOG_LEVEL": "INFO", "PYTHONPATH": str(ROOT)}
+               "RECSYS_LOG_LEVEL": "INFO", "RECSYS_LOG_FORMAT": "text", "PYTHONPATH": str(ROOT)}
+        env.pop("PROMETHEUS_MULTIPROC_DIR", None)
         api_log = base / "api.log"
         with open(api_log, "wb") as log_out:
             api = subprocess.Popen(
-                [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}",
-                 "--worker-class", "gthread", "--workers", "1", "--threads", "4",
-                 "--timeout", "3600", "api.app:create_app()"],
+                [sys.executable, "-m", "gunicorn", "-c", "python:api.gunicorn_conf",
+                 "--bind", f"127.0.0.1:{port}", "--worker-class", "gthread", "--workers", "1",
+                 "--threads", "4", "--timeout", "3600", "--no-control-socket",
+                 "--access-logfile", "-", "api.app:create_app()"],
                 cwd=ROOT, env=env, start_new_session=True, stdout=log_out, stderr=log_out,
             )
         url = f"http://127.0.0.1:{port}"
