@@ -33,8 +33,8 @@ from shared.ingest import Prepared
 PIPE_CHUNKS = 16
 #: Bytes per block of the pipe.
 PIPE_BLOCK = 1 << 20
-#: Blocks of every pipe, kept for reuse (enough for two uploads at once).
-_BLOCKS = BufferPool(PIPE_BLOCK, keep=2 * (PIPE_CHUNKS + 2))
+#: Blocks of every pipe, kept for reuse: one upload's worth (18 MiB), held by the process.
+_BLOCKS = BufferPool(PIPE_BLOCK, keep=PIPE_CHUNKS + 2)
 #: Seconds between checks, while waiting on a full or empty pipe, that the other side is alive.
 POLL = 0.05
 

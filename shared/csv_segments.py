@@ -35,8 +35,8 @@ SEGMENT_BYTES = 8 << 20
 MAX_SEGMENT_BYTES = 64 << 20
 #: Threads parsing pieces at the same time.
 THREADS = 2
-#: Buffers of pieces, kept for reuse (enough for two uploads at once).
-_BUFFERS = BufferPool(SEGMENT_BYTES, keep=2 * (THREADS + 2))
+#: Buffers of pieces, kept for reuse: one upload's worth (32 MiB), held by the process.
+_BUFFERS = BufferPool(SEGMENT_BYTES, keep=THREADS + 2)
 
 
 class NoLineEnd(Exception):
