@@ -45,7 +45,7 @@ class NoLineEnd(Exception):
 
 def segments(stream: IO[bytes], pool: BufferPool | None = None,
              max_size: int = MAX_SEGMENT_BYTES) -> Iterator[tuple[bytearray, memoryview]]:
-    """Pieces of ``stream``, each ending just after a ``\n`` (the last one: at the end).
+    """Pieces of ``stream``, each ending just after a ``\\n`` (the last one: at the end).
 
     Yields each piece with the buffer under it, taken from ``pool``: the caller gives
     the buffer back once nothing uses the piece any more.
