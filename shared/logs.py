@@ -15,6 +15,12 @@ Where the context comes from:
   runs and clear them after; a task that publishes another (training, then its
   callback) passes them on, because the publish hook reads the same contextvars.
 
+Housekeeping tasks (the callback scan every 5 s, the run reconciler) run all
+the time: the routine lines of a run that succeeds (Celery's "Sending due
+task", "received", "succeeded", and this module's "task started"/"task ended")
+are left out unless the level is DEBUG (:class:`RoutineFilter`); whatever such a
+task logs itself, and any failure, is kept.
+
 Nothing secret is logged: whole lines (message, extras, traceback) are
 scrubbed of API keys (``rk_...``), webhook secrets (``whsec_...``) and the
 credentials and query strings of http(s) URLs (Celery's own "Task received"
@@ -35,6 +41,8 @@ from typing import Any, TextIO
 from urllib.parse import urlsplit
 
 import orjson
+
+from shared.contracts import TASK_RECONCILE_RUNS, TASK_SCAN_CALLBACKS
 
 #: Message header that carries the request id from the publisher into the task.
 TASK_HEADER = "recsys_request_id"
@@ -146,6 +154,36 @@ class ContextFilter(logging.Filter):
         return True
 
 
+#: Tasks run on a schedule whose routine lines are left out (:class:`RoutineFilter`).
+HOUSEKEEPING_TASKS = frozenset({TASK_SCAN_CALLBACKS, TASK_RECONCILE_RUNS})
+
+
+def _routine(record: logging.LogRecord) -> bool:
+    """True for a line that only says a housekeeping task was sent, received, started,
+    succeeded or ended."""
+    args = record.args
+    if record.name == "recsys.task":
+        return (getattr(record, "task", None) in HOUSEKEEPING_TASKS
+                and getattr(record, "state", "SUCCESS") == "SUCCESS")
+    if record.name == "celery.beat":  # "Scheduler: Sending due task %s (%s)"
+        return isinstance(args, tuple) and any(a in HOUSEKEEPING_TASKS for a in args)
+    if record.name in ("celery.worker.strategy", "celery.app.trace"):
+        # "Task %(name)s[%(id)s] received" / "... succeeded in %(runtime)ss: ..."
+        return (isinstance(args, Mapping) and args.get("name") in HOUSEKEEPING_TASKS
+                and ("received" in str(record.msg) or "succeeded" in str(record.msg)))
+    return False
+
+
+class RoutineFilter(logging.Filter):
+    """Drops the routine lines of housekeeping tasks, unless the root level is DEBUG."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """False for a routine line at INFO or below, while DEBUG is off."""
+        if record.levelno > logging.INFO or logging.getLogger().isEnabledFor(logging.DEBUG):
+            return True
+        return not _routine(record)
+
+
 def _timestamp(record: logging.LogRecord) -> str:
     moment = dt.datetime.fromtimestamp(record.created, tz=dt.UTC)
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
@@ -212,6 +250,7 @@ def configure_logging(level: str = "INFO", fmt: str = "json", stream: TextIO | N
     handler = logging.StreamHandler(stream or sys.stderr)
     setattr(handler, _HANDLER_FLAG, True)
     handler.addFilter(ContextFilter())
+    handler.addFilter(RoutineFilter())  # after ContextFilter, which sets the task
     handler.setFormatter(TextFormatter() if fmt == "text" else JsonFormatter())
     root.addHandler(handler)
     root.setLevel(level)

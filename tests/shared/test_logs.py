@@ -188,3 +188,42 @@ def test_api_lines_carry_the_request_id_and_tenant(
 def test_an_overlong_request_id_is_cut(client: FlaskClient, captured: io.StringIO) -> None:
     response = client.get("/healthz", headers={"X-Request-Id": "x" * 1000})
     assert response.headers["X-Request-Id"] == "x" * 128
+
+
+def _housekeeping_run(task: str, state: str = "SUCCESS") -> None:
+    """The lines one scheduled run writes, shaped as Celery and this service write them."""
+    logging.getLogger("celery.beat").info("Scheduler: Sending due task %s (%s)", "scan", task)
+    received = {"id": "t1", "name": task, "args": "()", "kwargs": "{}", "eta": None}
+    logging.getLogger("celery.worker.strategy").info(
+        "Task %(name)s[%(id)s] received", received, extra={"data": received})
+    token = logs.task_name_var.set(task)
+    try:
+        logging.getLogger("recsys.task").info("task started")
+        logging.getLogger("worker.callbacks").info("callback wh_1 delivered")
+        done = {"id": "t1", "name": task, "return_value": "1", "runtime": 0.01}
+        logging.getLogger("celery.app.trace").info(
+            "Task %(name)s[%(id)s] succeeded in %(runtime)ss: %(return_value)s", done,
+            extra={"data": done})
+        logging.getLogger("recsys.task").info("task ended", extra={"state": state})
+    finally:
+        logs.task_name_var.reset(token)
+
+
+def test_routine_lines_of_housekeeping_tasks_are_left_out(captured: io.StringIO) -> None:
+    _housekeeping_run("recsys.scan_callbacks")
+    _housekeeping_run("recsys.train")
+    _housekeeping_run("recsys.reconcile_runs", state="FAILURE")
+    lines = [(line["logger"], line["message"], line.get("task")) for line in _lines(captured)]
+    # the scan: only what the task itself said
+    assert [m for _, m, t in lines if t == "recsys.scan_callbacks"] == [
+        "callback wh_1 delivered"]
+    assert not any("recsys.scan_callbacks" in m for _, m, _ in lines)
+    # any other task, and a failed housekeeping run, keep every line
+    assert sum("recsys.train" in m or t == "recsys.train" for _, m, t in lines) == 6
+    assert ("recsys.task", "task ended", "recsys.reconcile_runs") in lines
+
+
+def test_routine_lines_show_at_debug(captured: io.StringIO) -> None:
+    logging.getLogger().setLevel(logging.DEBUG)
+    _housekeeping_run("recsys.scan_callbacks")
+    assert len(_lines(captured)) == 6
