@@ -27,7 +27,7 @@ from shared.errors import (
 )
 from shared.ingest import Prepared, delete_files, prepare_json, row_errors, store
 from shared.ingest import workspace as upload_workspace
-from shared.selection import DataSpec, select_data, summarise
+from shared.selection import DataSpec, summarise_data
 from shared.uploads import FILE_FIELDS, receive_multipart
 
 log = logging.getLogger(__name__)
@@ -274,8 +274,7 @@ class DataBatches(MethodView):
 def _dataset(body: dict[str, Any]) -> dict[str, Any]:
     svc = services()
     spec = DataSpec.from_request(body)
-    selected = select_data(svc.storage, svc.redis, current_tenant(), spec, datetime.now(UTC))
-    return summarise(selected)
+    return summarise_data(svc.storage, svc.redis, current_tenant(), spec, datetime.now(UTC))
 
 
 @blp.route("/dataset")

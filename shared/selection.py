@@ -1,17 +1,21 @@
 """Which data a training run (or a /dataset summary) uses: tags, age cut and filters, resolved.
 
-Consumed by the worker's dataset assembly and by ``GET``/``POST /dataset``, so
-a user sees exactly what a training run would use. Filters are evaluated on
-whole columns with pyarrow compute; ``metadata.<key>`` conditions parse each
-*distinct* metadata string once (a Python loop per unique value, which is
-unavoidable for JSON and far smaller than the row count in practice); see
-:mod:`shared.filters`.
+Consumed by the worker's dataset assembly (:func:`select_data`) and by
+``GET``/``POST /dataset`` (:func:`summarise_data`), so a user sees exactly what a
+training run would use. Every rule but "newest entity version wins" applies to
+each interaction batch alone (the age cut and interaction filters row by row,
+entity filters by id), so interaction batches are read and filtered one at a
+time: a run holds only what it keeps, and a summary holds one batch and the
+distinct ids, whatever the data's size. Filters are evaluated on whole columns
+with pyarrow compute; ``metadata.<key>`` conditions parse each *distinct*
+metadata string once (a Python loop per unique value, which is unavoidable for
+JSON and far smaller than the row count in practice); see :mod:`shared.filters`.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -29,8 +33,8 @@ from shared.errors import DependencyUnavailable, ValidationFailed
 from shared.filters import Condition, as_array, const_mask, filter_mask, parse_conditions
 from shared.storage import Storage, batch_path
 
-__all__ = ["Condition", "DataSpec", "SelectedData", "filter_mask", "latest_entity",
-           "select_data", "summarise"]
+__all__ = ["Condition", "DataSpec", "SelectedData", "count_interactions", "filter_mask",
+           "latest_entity", "select_data", "summarise_data"]
 
 log = logging.getLogger(__name__)
 
@@ -124,10 +128,12 @@ class SelectedData:
 
 
 # -- reading ---------------------------------------------------------------------------------
-def _read(storage: Storage, tenant: str, meta: BatchMeta) -> pa.Table | None:
+def _read(storage: Storage, tenant: str, meta: BatchMeta,
+          columns: Sequence[str] | None = None) -> pa.Table | None:
     path = storage.full_path(batch_path(tenant, meta.batch_id))
     try:
-        return pq.read_table(path, filesystem=storage.fs)
+        return pq.read_table(path, filesystem=storage.fs,
+                             columns=list(columns) if columns is not None else None)
     except FileNotFoundError:
         log.warning("batch %s of tenant %s vanished while reading (deleted?)", meta.batch_id,
                     tenant)
@@ -152,6 +158,101 @@ def _newest_per_id(tables: list[pa.Table]) -> pa.Table:
     return combined.take(rows)
 
 
+@dataclass
+class _Entities:
+    """The entity side of a selection, and what it means for interactions."""
+
+    #: Newest version of each id, entity filters applied.
+    table: pa.Table
+    #: Every id an entity batch describes (before filters).
+    described: pa.Array
+    #: Described ids the entity filters remove.
+    removed: pa.Array
+
+
+def _entities(storage: Storage, tenant: str, metas: Sequence[BatchMeta], spec: DataSpec,
+              vanished: set[str]) -> _Entities:
+    tables = []
+    for meta in metas:
+        table = _read(storage, tenant, meta)
+        if table is None:
+            vanished.add(meta.batch_id)
+        else:
+            tables.append(table)
+    entities = _newest_per_id(tables)
+    described = as_array(entities.column("id"))
+    removed = pa.array([], pa.string())
+    if spec.entity_filters:
+        kept = filter_mask(entities, spec.entity_filters)
+        removed = as_array(entities.filter(pc.invert(kept)).column("id"))
+        entities = entities.filter(kept)
+    return _Entities(entities, described, removed)
+
+
+def _keep_interactions(table: pa.Table, spec: DataSpec, now: datetime,
+                       entities: _Entities) -> pa.Table:
+    """The rows of one interaction batch the selection keeps."""
+    if spec.maximum_interaction_age_days is not None and table.num_rows:
+        cutoff = pa.scalar(now - timedelta(days=spec.maximum_interaction_age_days),
+                           TIMESTAMP_TYPE)
+        ts = table.column("timestamp")
+        keep = pc.or_(pc.is_null(ts), pc.fill_null(pc.greater_equal(ts, cutoff), False))
+        table = table.filter(keep)
+    if spec.interaction_filters and table.num_rows:
+        table = table.filter(filter_mask(table, spec.interaction_filters))
+    if spec.entity_filters and table.num_rows:
+        # an id no entity batch describes stands for an entity of the role's type, with no
+        # name or metadata: it is dropped when the filters would drop such an entity
+        drop = const_mask(table.num_rows, False)
+        for role, etype in (("source_id", spec.source_type), ("target_id", spec.target_type)):
+            col = table.column(role)
+            ids = pc.unique(col)
+            ids = ids.filter(pc.invert(pc.is_in(ids, value_set=entities.described)))
+            implied_table = pa.table({
+                "id": ids, "type": pa.repeat(pa.scalar(etype, pa.string()), len(ids)),
+                "name": pa.nulls(len(ids), pa.string()),
+                "metadata": pa.nulls(len(ids), pa.string()),
+            })
+            bad_implied = as_array(ids).filter(
+                as_array(pc.invert(filter_mask(implied_table, spec.entity_filters))))
+            bad = pa.concat_arrays([entities.removed, as_array(bad_implied)])
+            drop = pc.or_(drop, pc.is_in(col, value_set=bad))
+        table = table.filter(pc.invert(drop))
+    return table
+
+
+def _selection(
+    storage: Storage, r: redis.Redis, tenant: str, spec: DataSpec, now: datetime,
+    columns: Sequence[str] | None = None,
+) -> tuple[list[BatchMeta], _Entities, Iterator[pa.Table], set[str]]:
+    """The batches of ``spec``, its entities, and its interactions batch by batch.
+
+    The iterator reads one batch at a time (``columns`` only) and yields what the
+    selection keeps of it; a batch deleted meanwhile is skipped and its id added to the
+    returned set, complete once the iterator is exhausted.
+    """
+    metas = batches_with_any_tag(r, tenant, spec.data_tags)
+    vanished: set[str] = set()
+    entities = _entities(storage, tenant, [m for m in metas if m.kind == "entities"], spec,
+                         vanished)
+
+    def interactions() -> Iterator[pa.Table]:
+        for meta in metas:
+            if meta.kind != "entities":
+                table = _read(storage, tenant, meta, columns)
+                if table is None:
+                    vanished.add(meta.batch_id)
+                else:
+                    yield _keep_interactions(table, spec, now, entities)
+
+    return metas, entities, interactions(), vanished
+
+
+def _implied(ids: pa.Array | pa.ChunkedArray, described: pa.Array) -> int:
+    """How many of the distinct ``ids`` no entity batch describes."""
+    return int(pc.sum(pc.invert(pc.is_in(ids, value_set=described))).as_py() or 0)
+
+
 def select_data(
     storage: Storage, r: redis.Redis, tenant: str, spec: DataSpec, now: datetime,
     count_implied: bool = True,
@@ -160,56 +261,18 @@ def select_data(
 
     ``count_implied=False`` leaves ``implied`` empty (training does not use it).
     """
-    metas = batches_with_any_tag(r, tenant, spec.data_tags)
-    used: list[BatchMeta] = []
-    entity_tables: list[pa.Table] = []
-    interaction_tables: list[pa.Table] = []
-    for meta in metas:  # one read per batch (a small table)
-        table = _read(storage, tenant, meta)
-        if table is None:
-            continue
-        used.append(meta)
-        (entity_tables if meta.kind == "entities" else interaction_tables).append(table)
-    entities = _newest_per_id(entity_tables)
-    interactions = (
-        pa.concat_tables(interaction_tables).combine_chunks()
-        if interaction_tables else empty_table("interactions")
-    )
-    if spec.maximum_interaction_age_days is not None and interactions.num_rows:
-        cutoff = pa.scalar(now - timedelta(days=spec.maximum_interaction_age_days),
-                           TIMESTAMP_TYPE)
-        ts = interactions.column("timestamp")
-        keep = pc.or_(pc.is_null(ts), pc.fill_null(pc.greater_equal(ts, cutoff), False))
-        interactions = interactions.filter(keep)
-    if spec.interaction_filters and interactions.num_rows:
-        interactions = interactions.filter(filter_mask(interactions, spec.interaction_filters))
+    metas, entities, batches, vanished = _selection(storage, r, tenant, spec, now)
+    tables = list(batches)
+    interactions = (pa.concat_tables(tables).combine_chunks() if tables
+                    else empty_table("interactions"))
+    del tables
     implied: dict[str, int] = {}
-    described = entities.column("id")
-    if spec.entity_filters:
-        kept = filter_mask(entities, spec.entity_filters)
-        removed = entities.filter(pc.invert(kept)).column("id")
-        entities = entities.filter(kept)
-        drop = const_mask(interactions.num_rows, False)
-        for role, etype in (("source_id", spec.source_type), ("target_id", spec.target_type)):
-            col = interactions.column(role)
-            ids = pc.unique(col)
-            ids = ids.filter(pc.invert(pc.is_in(ids, value_set=described)))
-            implied_table = pa.table({
-                "id": ids, "type": pa.repeat(pa.scalar(etype, pa.string()), len(ids)),
-                "name": pa.nulls(len(ids), pa.string()),
-                "metadata": pa.nulls(len(ids), pa.string()),
-            })
-            bad_implied = as_array(ids).filter(
-                as_array(pc.invert(filter_mask(implied_table, spec.entity_filters))))
-            bad = pa.concat_arrays([as_array(removed), as_array(bad_implied)])
-            drop = pc.or_(drop, pc.is_in(col, value_set=bad))
-        interactions = interactions.filter(pc.invert(drop))
     for role in ("source_id", "target_id") if count_implied else ():
-        ids = pc.unique(interactions.column(role))
-        implied[role] = int(pc.sum(pc.invert(pc.is_in(ids, value_set=described))).as_py() or 0)
+        implied[role] = _implied(pc.unique(interactions.column(role)), entities.described)
+    used = [m for m in metas if m.batch_id not in vanished]
     return SelectedData(
         batch_ids=[m.batch_id for m in used],
-        entities=entities,
+        entities=entities.table,
         interactions=interactions,
         batch_bytes=sum(m.bytes for m in used),
         implied=implied,
@@ -231,30 +294,83 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat().replace("+00:00", "Z")
 
 
-def summarise(selected: SelectedData) -> dict[str, Any]:
-    """The /dataset body: totals of what a run with the same selection would use."""
-    inter = selected.interactions
-    ts = inter.column("timestamp")
-    bounds = pc.min_max(ts)
-    return {
-        "batch_count": len(selected.batch_ids),
-        "bytes": selected.batch_bytes,
-        "batch_ids": list(selected.batch_ids),
-        "entities": {"total": selected.entities.num_rows,
-                     "by_type": _counts_by_type(selected.entities)},
-        "interactions": {"total": inter.num_rows, "by_type": _counts_by_type(inter)},
-        "sources": int(pc.count_distinct(inter.column("source_id")).as_py()),
-        "targets": int(pc.count_distinct(inter.column("target_id")).as_py()),
-        "implied_entities": {
-            "sources": selected.implied.get("source_id", 0),
-            "targets": selected.implied.get("target_id", 0),
-        },
-        "timestamps": {
-            "min": _iso(bounds["min"].as_py()),
-            "max": _iso(bounds["max"].as_py()),
-            "without_timestamp": int(ts.null_count),
-        },
-    }
+class _Totals:
+    """The /dataset figures of interactions, added up batch by batch."""
+
+    def __init__(self) -> None:
+        self.rows = 0
+        self.by_type: dict[str, int] = {}
+        self.ids = {"source_id": pa.array([], pa.string()), "target_id": pa.array([], pa.string())}
+        self.first: datetime | None = None
+        self.last: datetime | None = None
+        self.without_timestamp = 0
+
+    def add(self, table: pa.Table) -> None:
+        """Count the rows of ``table`` in."""
+        if not table.num_rows:
+            return
+        self.rows += table.num_rows
+        for kind, count in _counts_by_type(table).items():
+            self.by_type[kind] = self.by_type.get(kind, 0) + count
+        for role, seen in self.ids.items():
+            both = pa.chunked_array([seen, pc.unique(table.column(role))], pa.string())
+            self.ids[role] = as_array(pc.unique(both))
+        ts = table.column("timestamp")
+        bounds = pc.min_max(ts)
+        for name, value in (("first", bounds["min"].as_py()), ("last", bounds["max"].as_py())):
+            current = getattr(self, name)
+            if value is not None and (current is None or (value < current if name == "first"
+                                                          else value > current)):
+                setattr(self, name, value)
+        self.without_timestamp += ts.null_count
+
+    def summary(self, metas: Sequence[BatchMeta], entities: _Entities) -> dict[str, Any]:
+        """The /dataset body."""
+        return {
+            "batch_count": len(metas),
+            "bytes": sum(m.bytes for m in metas),
+            "batch_ids": [m.batch_id for m in metas],
+            "entities": {"total": entities.table.num_rows,
+                         "by_type": _counts_by_type(entities.table)},
+            "interactions": {"total": self.rows, "by_type": dict(sorted(self.by_type.items()))},
+            "sources": len(self.ids["source_id"]),
+            "targets": len(self.ids["target_id"]),
+            "implied_entities": {
+                "sources": _implied(self.ids["source_id"], entities.described),
+                "targets": _implied(self.ids["target_id"], entities.described),
+            },
+            "timestamps": {
+                "min": _iso(self.first),
+                "max": _iso(self.last),
+                "without_timestamp": self.without_timestamp,
+            },
+        }
+
+
+#: Interaction columns a summary reads when no interaction filter needs the others.
+_SUMMARY_COLUMNS = ("type", "source_id", "target_id", "timestamp")
+
+
+def count_interactions(storage: Storage, r: redis.Redis, tenant: str, spec: DataSpec,
+                       now: datetime) -> int:
+    """How many interactions a run with ``spec`` would use (read batch by batch)."""
+    columns = None if spec.interaction_filters else _SUMMARY_COLUMNS
+    _, _, batches, _ = _selection(storage, r, tenant, spec, now, columns)
+    return sum(table.num_rows for table in batches)
+
+
+def summarise_data(storage: Storage, r: redis.Redis, tenant: str, spec: DataSpec,
+                   now: datetime) -> dict[str, Any]:
+    """The /dataset body: totals of what a run with the same selection would use.
+
+    Reads interaction batches one at a time, and only the columns it needs.
+    """
+    columns = None if spec.interaction_filters else _SUMMARY_COLUMNS
+    metas, entities, batches, vanished = _selection(storage, r, tenant, spec, now, columns)
+    totals = _Totals()
+    for table in batches:
+        totals.add(table)
+    return totals.summary([m for m in metas if m.batch_id not in vanished], entities)
 
 
 def latest_entity(

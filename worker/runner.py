@@ -32,7 +32,7 @@ from shared.runs_lifecycle import (
     update_run,
 )
 from shared.runs_lock import acquire_lock, refresh_lock, release_lock
-from shared.selection import DataSpec, SelectedData, select_data
+from shared.selection import DataSpec, SelectedData, count_interactions, select_data
 from worker.context import WorkerServices
 from worker.dataset import Dataset, DatasetOptions, EmptyData, build_dataset
 from worker.params import dataset_options, train_params
@@ -146,10 +146,10 @@ def explain_empty(svc: WorkerServices, tenant: str, spec: DataSpec, now: datetim
             interaction_filters=spec.interaction_filters)),
         ("data_filters.entities", spec),
     ]
-    if select_data(svc.storage, svc.redis, tenant, DataSpec(), now).interactions.num_rows == 0:
+    if count_interactions(svc.storage, svc.redis, tenant, DataSpec(), now) == 0:
         return "There are no interactions to train on; upload interaction batches first."
     for setting, step in steps:
-        if select_data(svc.storage, svc.redis, tenant, step, now).interactions.num_rows == 0:
+        if count_interactions(svc.storage, svc.redis, tenant, step, now) == 0:
             return (f"No interactions are left after applying {setting}; widen or remove it "
                     "(GET /dataset shows what a selection contains).")
     return "No interactions are left after the data selection."

@@ -1,4 +1,4 @@
-"""select_data, DataSpec.from_request, summarise and latest_entity on stored batches."""
+"""select_data, DataSpec.from_request, summarise_data and latest_entity on stored batches."""
 
 from __future__ import annotations
 
@@ -13,7 +13,13 @@ from shared.batches import BatchMeta
 from shared.config import Settings
 from shared.errors import ValidationFailed
 from shared.ingest import prepare_json, store, workspace
-from shared.selection import Condition, DataSpec, latest_entity, select_data, summarise
+from shared.selection import (
+    Condition,
+    DataSpec,
+    latest_entity,
+    select_data,
+    summarise_data,
+)
 from shared.storage import Storage
 
 NOW = datetime(2024, 6, 1, tzinfo=UTC)
@@ -155,7 +161,7 @@ def test_summary(storage: Storage, fake_redis: Any, upload: Uploader) -> None:
         {"type": "view", "source_id": "u2", "target_id": "i1"},
         {"type": "buy", "source_id": "u1", "target_id": "i2", "timestamp": 1_600_000_000},
     ])
-    s = summarise(_select(storage, fake_redis, DataSpec()))
+    s = summarise_data(storage, fake_redis, "acme", DataSpec(), NOW)
     assert s["batch_count"] == 2 and s["bytes"] > 0
     assert s["entities"] == {"total": 2, "by_type": {"item": 1, "user": 1}}
     assert s["interactions"] == {"total": 3, "by_type": {"buy": 1, "view": 2}}
@@ -163,7 +169,7 @@ def test_summary(storage: Storage, fake_redis: Any, upload: Uploader) -> None:
     assert s["implied_entities"] == {"sources": 1, "targets": 1}
     assert s["timestamps"] == {"min": "2020-09-13T12:26:40Z", "max": "2023-11-14T22:13:20Z",
                                "without_timestamp": 1}
-    empty = summarise(_select(storage, fake_redis, DataSpec(), tenant="nobody"))
+    empty = summarise_data(storage, fake_redis, "nobody", DataSpec(), NOW)
     assert empty["batch_count"] == 0 and empty["timestamps"]["min"] is None
 
 
@@ -229,3 +235,46 @@ def test_latest_entity_forgets_deleted_batches(storage: Storage, fake_redis: Any
     assert latest is not None and latest["name"] == "old"
     forget_batches(fake_redis, "acme", old)
     assert latest_entity(storage, fake_redis, "acme", "i1") is None
+
+
+@pytest.mark.parametrize("body", [
+    {},
+    {"data_tags": ["a"]},
+    {"maximum_interaction_age_days": 200},
+    {"data_filters": {"interactions": [{"field": "type", "op": "eq", "value": "view"}]}},
+    {"data_filters": {"entities": [{"field": "metadata.colour", "op": "eq", "value": "red"}]}},
+    {"data_filters": {"entities": [{"field": "type", "op": "in", "value": ["user", "item"]}],
+                      "interactions": [{"field": "metadata.n", "op": "gte", "value": 2}]},
+     "maximum_interaction_age_days": 400},
+])
+def test_summary_counts_what_a_run_would_select(storage: Storage, fake_redis: Any,
+                                                upload: Uploader, body: dict[str, Any]) -> None:
+    # interactions over several batches (summaries read them one at a time)
+    upload(tags=("a",), entities=[{"id": "u1", "type": "user"},
+                                  {"id": "i1", "type": "item", "metadata": {"colour": "red"}},
+                                  {"id": "i2", "type": "item", "metadata": {"colour": "blue"}}])
+    upload(tags=("a",), interactions=[
+        {"type": "view", "source_id": "u1", "target_id": "i1", "timestamp": "2024-05-01",
+         "metadata": {"n": 1}},
+        {"type": "buy", "source_id": "u2", "target_id": "i2", "timestamp": "2023-01-01",
+         "metadata": {"n": 3}},
+    ])
+    upload(tags=("b",), interactions=[
+        {"type": "view", "source_id": "u3", "target_id": "i1", "metadata": {"n": 2}},
+        {"type": "view", "source_id": "u1", "target_id": "i9", "timestamp": "2024-03-01"},
+        {"type": "buy", "source_id": "u1", "target_id": "i1", "timestamp": "2024-05-30",
+         "metadata": {"n": 5}},
+    ])
+    spec = DataSpec.from_request(body)
+    selected = select_data(storage, fake_redis, "acme", spec, NOW)
+    summary = summarise_data(storage, fake_redis, "acme", spec, NOW)
+    inter = selected.interactions
+    assert summary["batch_ids"] == selected.batch_ids
+    assert summary["entities"]["total"] == selected.entities.num_rows
+    assert summary["interactions"]["total"] == inter.num_rows
+    assert sum(summary["interactions"]["by_type"].values()) == inter.num_rows
+    assert summary["sources"] == len(set(inter.column("source_id").to_pylist()))
+    assert summary["targets"] == len(set(inter.column("target_id").to_pylist()))
+    assert summary["implied_entities"] == {"sources": selected.implied["source_id"],
+                                           "targets": selected.implied["target_id"]}
+    assert summary["timestamps"]["without_timestamp"] == inter.column("timestamp").null_count
