@@ -13,9 +13,11 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import orjson
+import pyarrow.parquet as pq
 import pytest
 import redis
 import requests
@@ -26,6 +28,9 @@ from shared.procs import stop_group
 
 ROOT = Path(__file__).resolve().parents[2]
 BOUNDARY = "testboundary7MA4YWxk"
+
+
+DATA_DIRS: dict[int, Path] = {}
 
 
 def _free_port() -> int:
@@ -64,6 +69,7 @@ def api(redis_server: EmbeddedServer, tmp_path_factory: pytest.TempPathFactory
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.2)
+        DATA_DIRS[port] = tmp / "var"
         yield port, key
     finally:
         stop_group(proc)
@@ -169,3 +175,29 @@ def test_a_body_over_the_limit_is_refused(api: tuple[int, str]) -> None:
     assert response.status_code == 413
     assert response.json()["error"]["code"] == "file_too_large"
     assert _tagged(port, key, "too-big") == []
+
+
+def test_concurrent_uploads_store_exactly_their_own_rows(api: tuple[int, str]) -> None:
+    # the uploads share the process's reused buffers: nothing may leak between them
+    port, key = api
+    files = {f"together-{n}": _csv(rows, start=n * 1_000_000)
+             for n, rows in enumerate([45_000, 30_000, 12_000])}  # under 3 MB each
+
+    def send(tag: str) -> list[dict[str, object]]:
+        response = requests.post(
+            f"http://127.0.0.1:{port}/v1/recommender/data_batch",
+            files={"files": ("f.csv", files[tag], "text/csv")}, data={"tags": tag},
+            headers={"apikey": key}, timeout=120)
+        assert response.status_code == 201, response.text
+        batches: list[dict[str, object]] = response.json()
+        return batches
+
+    with ThreadPoolExecutor(len(files)) as pool:
+        results = dict(zip(files, pool.map(send, files), strict=True))
+    storage = DATA_DIRS[port] / "storage" / "tenants" / "gunicorn-uploads" / "batches"
+    for tag, data in files.items():
+        [batch] = results[tag]
+        stored = pq.read_table(storage / f"{batch['batch_id']}.parquet")
+        sent = data.decode().splitlines()[1:]
+        assert stored.num_rows == len(sent)
+        assert stored.column("source_id").to_pylist() == [line.split(",")[0] for line in sent]
