@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from typing import IO, Any
 
 from flask import Request
+from werkzeug.exceptions import ClientDisconnected
 
 try:
     from gunicorn.http.body import Body, LengthReader
@@ -70,9 +71,9 @@ class SocketBody(io.RawIOBase):
         else:
             try:
                 got = self._sock.recv_into(target, want)
-            except OSError:
+            except OSError as exc:  # reset, or gunicorn's socket timeout: as werkzeug does
                 self._body.failed = True
-                raise
+                raise ClientDisconnected() from exc
             if not got:  # the client went away before sending the whole body
                 self._body.failed = True
                 return 0

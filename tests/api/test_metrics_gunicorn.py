@@ -43,7 +43,8 @@ def gunicorn(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "-c", "python:api.gunicorn_conf",
          "--bind", f"127.0.0.1:{port}", "--workers", "2", "--worker-class", "gthread",
-         "--threads", "2", "--access-logfile", "-", "api.app:create_app()"],
+         "--threads", "2", "--no-control-socket", "--access-logfile", "-",
+         "api.app:create_app()"],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     base = f"http://127.0.0.1:{port}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -54,7 +55,8 @@ def api(redis_server: EmbeddedServer, tmp_path_factory: pytest.TempPathFactory
     proc = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "-c", "python:api.gunicorn_conf",
          "--bind", f"127.0.0.1:{port}", "--workers", "1", "--worker-class", "gthread",
-         "--threads", "4", "--keep-alive", "30", "api.app:create_app()"],
+         "--threads", "4", "--keep-alive", "30", "--no-control-socket",
+         "api.app:create_app()"],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     try:
@@ -156,14 +158,23 @@ def test_pipelined_requests_after_an_upload_are_answered(api: tuple[int, str]) -
     assert [b["interaction_count"] for b in batches] == [3]  # type: ignore[union-attr]
 
 
-def test_a_client_that_hangs_up_mid_upload_stores_nothing(api: tuple[int, str]) -> None:
+@pytest.mark.parametrize("reset", [False, True])
+def test_a_client_that_hangs_up_mid_upload_stores_nothing(api: tuple[int, str],
+                                                          reset: bool) -> None:
     port, key = api
-    wire = _upload(key, [_csv(20_000)], "hung-up")
+    tag = f"hung-up-{reset}"
+    wire = _upload(key, [_csv(20_000)], tag)
     with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
         sock.sendall(wire[: len(wire) // 2])
+        time.sleep(0.3)
+        if reset:  # close with a TCP reset rather than an orderly end
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     time.sleep(1)
-    assert _tagged(port, key, "hung-up") == []
+    assert _tagged(port, key, tag) == []
     assert requests.get(f"http://127.0.0.1:{port}/healthz", timeout=10).status_code == 200
+    # a client that went away is not a server fault (503 for the disk, or a 500)
+    log = (DATA_DIRS[port].parent / "gunicorn.log").read_text()
+    assert "Traceback" not in log and "dependency_unavailable" not in log
 
 
 def test_a_body_over_the_limit_is_refused(api: tuple[int, str]) -> None:
