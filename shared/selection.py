@@ -21,13 +21,13 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
-import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import redis
 
-from shared.batches import BatchMeta, batch_ids_newest_first, batches_with_any_tag
+from shared import entity_index
+from shared.batches import BatchMeta, batches_with_any_tag
 from shared.columns import TIMESTAMP_TYPE, empty_table
 from shared.errors import DependencyUnavailable, ValidationFailed
 from shared.filters import Condition, as_array, const_mask, filter_mask, parse_conditions
@@ -376,20 +376,8 @@ def summarise_data(storage: Storage, r: redis.Redis, tenant: str, spec: DataSpec
 def latest_entity(
     storage: Storage, r: redis.Redis, tenant: str, entity_id: str
 ) -> dict[str, Any] | None:
-    """The newest uploaded record of one entity across all the tenant's batches, or None."""
-    for batch_id in batch_ids_newest_first(r, tenant, "entities"):  # stops at the first hit
-        path = storage.full_path(batch_path(tenant, batch_id))
-        try:
-            table = pq.read_table(path, filesystem=storage.fs, filters=[("id", "==", entity_id)])
-        except FileNotFoundError:
-            continue
-        except (OSError, pa.ArrowException) as exc:
-            raise DependencyUnavailable(
-                f"Storage could not read batch {batch_id}: {exc}",
-                details={"dependency": "storage", "batch_id": batch_id},
-            ) from exc
-        if table.num_rows:
-            row = table.slice(table.num_rows - 1).to_pylist()[0]
-            row["metadata"] = orjson.loads(row["metadata"]) if row["metadata"] else {}
-            return dict(row)
-    return None
+    """The newest uploaded record of one entity across all the tenant's batches, or None.
+
+    Opens only batches that hold the id (:mod:`shared.entity_index`).
+    """
+    return entity_index.INDEX.latest(storage, r, tenant, entity_id)

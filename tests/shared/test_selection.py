@@ -11,6 +11,7 @@ import pytest
 
 from shared.batches import BatchMeta
 from shared.config import Settings
+from shared.entity_index import EntityIndex
 from shared.errors import ValidationFailed
 from shared.ingest import prepare_json, store, workspace
 from shared.selection import (
@@ -278,3 +279,18 @@ def test_summary_counts_what_a_run_would_select(storage: Storage, fake_redis: An
     assert summary["implied_entities"] == {"sources": selected.implied["source_id"],
                                            "targets": selected.implied["target_id"]}
     assert summary["timestamps"]["without_timestamp"] == inter.column("timestamp").null_count
+
+
+def test_entity_index_answers_as_reading_every_batch(storage: Storage, fake_redis: Any,
+                                                     upload: Uploader) -> None:
+    for n in range(12):  # many small batches, ids repeated across them
+        upload(entities=[{"id": f"e{n % 4}", "metadata": {"v": n}}, {"id": f"only{n}"}])
+    for max_bytes, collide in ((100_000, False), (300, False), (100_000, True)):
+        index = EntityIndex(max_bytes=max_bytes)
+        if collide:  # every batch seems to hold every id: answers must not change
+            index.hash = lambda _id: 7
+        for _ in range(2):  # cold, then from what it kept
+            assert index.latest(storage, fake_redis, "acme", "e1")["metadata"] == {"v": 9}
+            assert index.latest(storage, fake_redis, "acme", "only0")["metadata"] == {}
+            assert index.latest(storage, fake_redis, "acme", "nope") is None
+            assert index.size <= max_bytes
