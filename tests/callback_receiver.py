@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -102,13 +101,6 @@ class Receiver:
         """Shut the server down and free its port."""
         self.server.shutdown()
         self.server.server_close()
-
-
-def free_port() -> int:
-    """A port nothing listens on right now (connections to it are refused)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @contextlib.contextmanager

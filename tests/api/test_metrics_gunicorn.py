@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -16,54 +12,20 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from shared.procs import stop_group
+from tests.servers import free_port, running_gunicorn
 
-ROOT = Path(__file__).resolve().parents[2]
 BURST = 40
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture
 def gunicorn(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     """The API under gunicorn (2 gthread workers, as the Procfile runs it), no Redis needed."""
-    port = _free_port()
     data_dir = tmp_path / "var"
-    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
-    env.update(
-        RECSYS_DATA_DIR=str(data_dir),
-        RECSYS_REDIS_URL=f"redis://127.0.0.1:{_free_port()}/0",
-        PYTHONUNBUFFERED="1",
-    )
-    log = open(tmp_path / "gunicorn.log", "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-c", "python:api.gunicorn_conf",
-         "--bind", f"127.0.0.1:{port}", "--workers", "2", "--worker-class", "gthread",
-         "--threads", "2", "--no-control-socket", "--access-logfile", "-",
-         "api.app:create_app()"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"gunicorn exited: {(tmp_path / 'gunicorn.log').read_text()}")
-            try:
-                requests.get(base + "/healthz", timeout=10)
-                break
-            except (requests.ConnectionError, requests.Timeout):
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
+    env = {"RECSYS_DATA_DIR": str(data_dir),
+           "RECSYS_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}
+    with running_gunicorn(env, tmp_path / "gunicorn.log", "--workers", "2", "--threads", "2",
+                          "--access-logfile", "-") as base:
         yield base, data_dir / "prometheus-web"
-    finally:
-        stop_group(proc)
-        log.close()
 
 
 def _unmatched_count(base: str) -> float:

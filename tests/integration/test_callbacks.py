@@ -20,8 +20,9 @@ from celery import Celery
 from shared.contracts import QUEUE_CALLBACKS, TASK_SCAN_CALLBACKS, CallbackStatus, RunStatus
 from shared.deliveries import SCHEDULE_KEY, attempt_log, callback_status, schedule_member
 from shared.deliveries import schedule_for_run as schedule
-from tests.callback_receiver import Receiver, Reply, free_port, receiving
+from tests.callback_receiver import Receiver, Reply, receiving
 from tests.integration.conftest import Stack
+from tests.servers import free_port
 from worker.celery_app import make_celery
 
 pytestmark = pytest.mark.integration

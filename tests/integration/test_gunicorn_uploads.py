@@ -7,15 +7,13 @@ requests, refused uploads and clients that hang up must all work as before.
 
 from __future__ import annotations
 
-import os
 import socket
 import struct
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import NamedTuple
 
 import orjson
 import pyarrow.parquet as pq
@@ -25,57 +23,31 @@ import requests
 
 from shared.embedded import EmbeddedServer
 from shared.keys import SCOPES, create_key
-from shared.procs import stop_group
+from tests.servers import running_gunicorn
 
-ROOT = Path(__file__).resolve().parents[2]
 BOUNDARY = "testboundary7MA4YWxk"
 
 
-DATA_DIRS: dict[int, Path] = {}
+class Api(NamedTuple):
+    """The API under test: its port, an all-scope key, its data directory."""
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    port: int
+    key: str
+    data_dir: Path
 
 
 @pytest.fixture(scope="module")
 def api(redis_server: EmbeddedServer, tmp_path_factory: pytest.TempPathFactory
-        ) -> Iterator[tuple[int, str]]:
-    """The API under gunicorn as the Procfile runs it; its port and an all-scope key."""
+        ) -> Iterator[Api]:
+    """The API under gunicorn as the Procfile runs it."""
     tmp = tmp_path_factory.mktemp("gunicorn")
     r = redis.Redis.from_url(redis_server.url, decode_responses=True)
     key, _ = create_key(r, "gunicorn-uploads", list(SCOPES))
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
-    env.update(RECSYS_DATA_DIR=str(tmp / "var"), RECSYS_REDIS_URL=redis_server.url,
-               RECSYS_MAX_FILE_BYTES="3000000", PYTHONUNBUFFERED="1")
-    log = open(tmp / "gunicorn.log", "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-c", "python:api.gunicorn_conf",
-         "--bind", f"127.0.0.1:{port}", "--workers", "1", "--worker-class", "gthread",
-         "--threads", "4", "--keep-alive", "30", "--no-control-socket",
-         "api.app:create_app()"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError((tmp / "gunicorn.log").read_text())
-            try:
-                requests.get(f"http://127.0.0.1:{port}/healthz", timeout=10)
-                break
-            except (requests.ConnectionError, requests.Timeout):
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
-        DATA_DIRS[port] = tmp / "var"
-        yield port, key
-    finally:
-        stop_group(proc)
-        log.close()
+    env = {"RECSYS_DATA_DIR": str(tmp / "var"), "RECSYS_REDIS_URL": redis_server.url,
+           "RECSYS_MAX_FILE_BYTES": "3000000"}
+    with running_gunicorn(env, tmp / "gunicorn.log", "--workers", "1", "--threads", "4",
+                          "--keep-alive", "30") as base:
+        yield Api(int(base.rsplit(":", 1)[1]), key, tmp / "var")
 
 
 def _csv(rows: int, start: int = 0) -> bytes:
@@ -126,9 +98,9 @@ def _tagged(port: int, key: str, tag: str) -> list[dict[str, object]]:
 
 
 def test_uploads_and_other_requests_share_a_kept_alive_connection(
-    api: tuple[int, str]
+    api: Api
 ) -> None:
-    port, key = api
+    port, key, _ = api
     big = _csv(20_000)  # about 1.2 MB: many reads from the socket
     with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
         sock.sendall(_upload(key, [big, _csv(5)], "kept-alive"))
@@ -145,8 +117,8 @@ def test_uploads_and_other_requests_share_a_kept_alive_connection(
     assert _tagged(port, key, "refused") == []
 
 
-def test_pipelined_requests_after_an_upload_are_answered(api: tuple[int, str]) -> None:
-    port, key = api
+def test_pipelined_requests_after_an_upload_are_answered(api: Api) -> None:
+    port, key, _ = api
     # small enough for gunicorn's first read to hold the next requests too
     wire = (_upload(key, [_csv(3)], "pipelined") + _get(key, "/healthz")
             + _get(key, "/v1/recommender/data_batch?tags=pipelined"))
@@ -159,9 +131,9 @@ def test_pipelined_requests_after_an_upload_are_answered(api: tuple[int, str]) -
 
 
 @pytest.mark.parametrize("reset", [False, True])
-def test_a_client_that_hangs_up_mid_upload_stores_nothing(api: tuple[int, str],
+def test_a_client_that_hangs_up_mid_upload_stores_nothing(api: Api,
                                                           reset: bool) -> None:
-    port, key = api
+    port, key, data_dir = api
     tag = f"hung-up-{reset}"
     wire = _upload(key, [_csv(20_000)], tag)
     with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
@@ -173,12 +145,12 @@ def test_a_client_that_hangs_up_mid_upload_stores_nothing(api: tuple[int, str],
     assert _tagged(port, key, tag) == []
     assert requests.get(f"http://127.0.0.1:{port}/healthz", timeout=10).status_code == 200
     # a client that went away is not a server fault (503 for the disk, or a 500)
-    log = (DATA_DIRS[port].parent / "gunicorn.log").read_text()
+    log = (data_dir.parent / "gunicorn.log").read_text()
     assert "Traceback" not in log and "dependency_unavailable" not in log
 
 
-def test_a_body_over_the_limit_is_refused(api: tuple[int, str]) -> None:
-    port, key = api
+def test_a_body_over_the_limit_is_refused(api: Api) -> None:
+    port, key, _ = api
     files = {"files": ("big.csv", _csv(60_000), "text/csv")}  # over 3 MB
     response = requests.post(f"http://127.0.0.1:{port}/v1/recommender/data_batch",
                              files=files, data={"tags": "too-big"},
@@ -188,9 +160,9 @@ def test_a_body_over_the_limit_is_refused(api: tuple[int, str]) -> None:
     assert _tagged(port, key, "too-big") == []
 
 
-def test_concurrent_uploads_store_exactly_their_own_rows(api: tuple[int, str]) -> None:
+def test_concurrent_uploads_store_exactly_their_own_rows(api: Api) -> None:
     # the uploads share the process's reused buffers: nothing may leak between them
-    port, key = api
+    port, key, data_dir = api
     files = {f"together-{n}": _csv(rows, start=n * 1_000_000)
              for n, rows in enumerate([45_000, 30_000, 12_000])}  # under 3 MB each
 
@@ -205,7 +177,7 @@ def test_concurrent_uploads_store_exactly_their_own_rows(api: tuple[int, str]) -
 
     with ThreadPoolExecutor(len(files)) as pool:
         results = dict(zip(files, pool.map(send, files), strict=True))
-    storage = DATA_DIRS[port] / "storage" / "tenants" / "gunicorn-uploads" / "batches"
+    storage = data_dir / "storage" / "tenants" / "gunicorn-uploads" / "batches"
     for tag, data in files.items():
         [batch] = results[tag]
         stored = pq.read_table(storage / f"{batch['batch_id']}.parquet")

@@ -15,14 +15,9 @@ from pathlib import Path
 import requests
 
 from shared.procs import stop_group
+from tests.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _port_open(port: int) -> bool:
@@ -57,7 +52,7 @@ def _stop(proc: subprocess.Popen[bytes], sig: int) -> None:
 
 
 def test_run_starts_everything_and_stops_everything(tmp_path: Path) -> None:
-    api_port, flower_port = _free_port(), _free_port()
+    api_port, flower_port = free_port(), free_port()
     env = {
         k: v for k, v in os.environ.items() if not k.startswith(("RECSYS_", "FLOWER_"))
     } | {

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import pytest
 from shared.config import Settings
 from shared.errors import ConfigError, DependencyUnavailable
 from shared.storage import Storage, batch_path, model_dir, open_storage
+from tests.servers import free_port
 
 BUCKET = "recsys-test"
 _AWS_ENV = {
@@ -24,12 +24,6 @@ _AWS_ENV = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def s3_endpoint() -> Iterator[str]:
     """moto's S3 server on a free loopback port, with fake credentials in the environment."""
@@ -37,7 +31,7 @@ def s3_endpoint() -> Iterator[str]:
 
     saved = {name: os.environ.get(name) for name in _AWS_ENV}
     os.environ.update(_AWS_ENV)
-    port = _free_port()
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     endpoint = f"http://127.0.0.1:{port}"
@@ -157,7 +151,7 @@ def test_an_unreachable_s3_endpoint_is_a_quick_dependency_error(
     settings = Settings(
         data_dir=tmp_path,
         storage_url=f"s3://{BUCKET}/x?region=us-east-1",
-        s3_endpoint_url=f"http://127.0.0.1:{_free_port()}",
+        s3_endpoint_url=f"http://127.0.0.1:{free_port()}",
     )
     storage = open_storage(settings.storage_root())
     with pytest.raises(DependencyUnavailable) as caught:

@@ -23,7 +23,8 @@ from shared.deliveries import SCHEDULE_KEY, attempt_log, callback_status, load, 
 from shared.deliveries import schedule_for_run as schedule
 from shared.metrics import DELIVERIES_KEY
 from shared.webhook_secrets import get_secret, rotate
-from tests.callback_receiver import Receiver, Reply, free_port, receiving
+from tests.callback_receiver import Receiver, Reply, receiving
+from tests.servers import free_port
 from worker.callbacks import (
     SendResult,
     classify,
