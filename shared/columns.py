@@ -237,7 +237,7 @@ def _rewrite(col: pa.DictionaryArray, values: list[str]) -> pa.DictionaryArray:
 def _normalise_metadata(col: pa.DictionaryArray) -> tuple[pa.DictionaryArray, list[Problem]]:
     """Validate each distinct metadata string once; empty and blank cells become ``"{}"``."""
     values = col.dictionary.to_pylist()
-    bad: list[tuple[int, str]] = []
+    bad: dict[int, str] = {}  # dictionary position -> why
     blank = False
     for position, text in enumerate(values):
         if text.strip() == "":
@@ -247,16 +247,14 @@ def _normalise_metadata(col: pa.DictionaryArray) -> tuple[pa.DictionaryArray, li
         try:
             parsed = orjson.loads(text)
         except orjson.JSONDecodeError as exc:
-            bad.append((position, f"metadata is not valid JSON ({exc})"))
+            bad[position] = f"metadata is not valid JSON ({exc})"
             continue
         if not isinstance(parsed, dict):
-            bad.append((position, f"metadata must be a JSON object, not {type(parsed).__name__}"))
-    problems: list[Problem] = []
-    for position, why in bad:
-        problems.extend(Problem(row, "metadata", why) for row in _rows_with(col, [position]))
-    if problems:
-        problems.sort()
-        return col, problems[:MAX_PROBLEMS]
+            bad[position] = f"metadata must be a JSON object, not {type(parsed).__name__}"
+    if bad:  # one pass over the rows, however many distinct values are bad
+        indices = col.indices
+        return col, [Problem(row, "metadata", bad[indices[row].as_py()])
+                     for row in _rows_with(col, list(bad))]
     return (_rewrite(col, values) if blank else col), []
 
 
