@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 
 ## run: the whole stack in the foreground (embedded Redis unless RECSYS_REDIS_URL is set)
 run: $(STAMP)
-	@exec $(PY) -m shared.launcher
+	@exec $(PY) -m shared.stack.launcher
 
 ## test: every test (unit and integration); starts the servers it needs itself
 test: $(STAMP)
@@ -34,4 +34,4 @@ clean-venv:
 ## demo: synthetic shop -> upload -> train with live progress -> recommendations (uses the
 ## stack from `make run` at RECSYS_URL, or starts a private one in the background)
 demo: $(STAMP)
-	@$(PY) -m shared.demo
+	@$(PY) -m shared.client.demo

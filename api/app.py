@@ -23,9 +23,9 @@ from api.context import Services
 from api.parsing import Blueprint
 from shared.config import Settings
 from shared.logs import configure_logging
+from shared.queue import make_producer
 from shared.registry import connect
 from shared.storage import open_storage
-from worker.celery_app import make_celery
 
 API_PREFIX = "/v1/recommender"
 
@@ -58,7 +58,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         settings=settings,
         redis=connect(settings),
         storage=open_storage(settings.storage_root()),
-        celery=make_celery(settings, include_tasks=False),
+        celery=make_producer(settings),
     )
 
     api = ContractApi(app, spec_kwargs={"security": [{"apikey": []}]})

@@ -16,19 +16,19 @@ from api.auth import current_tenant, require
 from api.body import body_stream
 from api.context import services
 from api.parsing import Blueprint, load_json_body
-from shared.batches import BatchMeta, forget_batches, list_batches, validate_tags
-from shared.csv_ingest import finish, prepare_csv
-from shared.csv_pipe import StreamingConversion
+from shared.data.batches import BatchMeta, forget_batches, list_batches, validate_tags
+from shared.data.selection import DataSpec, summarise_data
 from shared.errors import (
     BadRequest,
     DependencyUnavailable,
     UnsupportedMediaType,
     ValidationFailed,
 )
-from shared.ingest import Prepared, delete_files, prepare_json, row_errors, store
-from shared.ingest import workspace as upload_workspace
-from shared.selection import DataSpec, summarise_data
-from shared.uploads import FILE_FIELDS, receive_multipart
+from shared.ingest.csv_reader import finish, prepare_csv
+from shared.ingest.multipart_parser import FILE_FIELDS, receive_multipart
+from shared.ingest.pipe import StreamingConversion
+from shared.ingest.store import Prepared, delete_files, prepare_json, row_errors, store
+from shared.ingest.store import workspace as upload_workspace
 
 log = logging.getLogger(__name__)
 
@@ -278,7 +278,7 @@ def _dataset(body: dict[str, Any]) -> dict[str, Any]:
 
 
 @blp.route("/dataset")
-class Dataset(MethodView):
+class DatasetSummary(MethodView):
     """What a training run with a given selection would use."""
 
     @require("data:read")

@@ -75,7 +75,7 @@ class Ready(MethodView):
 
 
 @blp.route("/metrics")
-class Metrics(MethodView):
+class MetricsEndpoint(MethodView):
     @blp.doc(security=[])
     @blp.response(200, content_type=CONTENT_TYPE_LATEST)
     def get(self) -> Response:

@@ -18,6 +18,7 @@ import orjson
 from flask import Request
 from webargs.flaskparser import FlaskParser
 
+from shared.contracts import MODEL_ID_PATTERN, MODEL_ID_RULE, is_model_id
 from shared.errors import BadRequest, UnsupportedMediaType, ValidationFailed
 
 #: Deepest JSON nesting any endpoint accepts; metadata objects are shallow in practice.
@@ -114,3 +115,14 @@ class Blueprint(flask_smorest.Blueprint):  # type: ignore[misc]  # flask-smorest
     """
 
     ARGUMENTS_PARSER = parser
+
+
+def _check_model_id(value: str) -> None:
+    if not is_model_id(value):
+        raise ma.ValidationError(MODEL_ID_RULE)
+
+
+def model_id_field(**kwargs: Any) -> ma.fields.String:
+    """A ``model_id`` field checked by the one model-id rule (documented with its pattern)."""
+    metadata = {"pattern": MODEL_ID_PATTERN, **kwargs.pop("metadata", {})}
+    return ma.fields.String(validate=_check_model_id, metadata=metadata, **kwargs)

@@ -28,11 +28,11 @@ from marshmallow import fields, validate
 from api.auth import current_tenant, require
 from api.context import services
 from api.errors import ErrorBodySchema
-from api.parsing import Blueprint
-from shared import serving
+from api.parsing import Blueprint, model_id_field
 from shared.errors import DependencyUnavailable, ServiceError, ValidationFailed
-from shared.serving import LoadedModel, MetadataLookup, ModelCache
-from shared.serving_blocks import RecBlock, clean_scores, recommend_all, recommend_ids
+from shared.models import serving
+from shared.models.blocks import RecBlock, clean_scores, recommend_all, recommend_ids
+from shared.models.serving import LoadedModel, MetadataLookup, ModelCache
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,6 @@ MAX_RECOMMENDATIONS = 1000
 #: Longest source id a request may name (ids become fixed-width numpy strings per block).
 MAX_ID_LENGTH = 1024
 CSV_HEADER = ("source_id", "target_id", "rank", "score")
-MODEL_ID_PATTERN = r"^[A-Za-z0-9_.-]{1,128}$"
 
 
 class SourceIds(fields.Field):  # type: ignore[type-arg]
@@ -63,10 +62,7 @@ class SourceIds(fields.Field):  # type: ignore[type-arg]
 class RecommendQuerySchema(ma.Schema):
     """Query parameters of ``GET /recommended_items``."""
 
-    model_id = fields.String(
-        required=True, validate=validate.Regexp(MODEL_ID_PATTERN),
-        metadata={"description": "The model to ask."},
-    )
+    model_id = model_id_field(required=True, metadata={"description": "The model to ask."})
     source_id = fields.List(
         fields.String(),
         metadata={"description": "Source ids: repeat the parameter or give one comma-separated "
@@ -252,7 +248,7 @@ def _dedupe(ids: list[str]) -> list[str]:
 
 def _entity_lookup(tenant: str, model: LoadedModel) -> MetadataLookup:
     """Metadata of an unseen source from its newest uploaded entity record (capped per request)."""
-    from shared.selection import latest_entity
+    from shared.data.selection import latest_entity
 
     svc = services()
     budget = itertools.count()

@@ -2,7 +2,7 @@
 
 ``POST /train`` validates (schemas in :mod:`api.training_schemas`), registers a
 queued run and enqueues it by task name; the API never imports LightFM.
-Status always comes from the run record in Redis (:mod:`shared.runs`), never
+Status always comes from the run record in Redis (:mod:`shared.runs.records`), never
 from Celery's result state, so an expired or unknown task never reads as
 "pending". Every endpoint here needs the ``train`` scope.
 """
@@ -10,7 +10,6 @@ from Celery's result state, so an expired or unknown task never reads as
 from __future__ import annotations
 
 import logging
-import re
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -22,7 +21,6 @@ from api.auth import current_tenant, require
 from api.context import services
 from api.parsing import Blueprint
 from api.training_schemas import (
-    MODEL_ID_PATTERN,
     DryRunSchema,
     ModelSchema,
     StatusQuerySchema,
@@ -31,24 +29,25 @@ from api.training_schemas import (
     VersionQuerySchema,
     resolve_params,
 )
+from shared.contracts import is_model_id
+from shared.data.assembly import build_dataset, dataset_options, describe
+from shared.data.selection import DataSpec, select_data
 from shared.errors import DependencyUnavailable, NotFound, ServiceError
-from shared.runs import get_model, get_status, list_models
-from shared.runs_lifecycle import (
+from shared.runs.lifecycle import (
     create_run,
     delete_model,
     enqueue_run,
     finish_run,
     request_cancel,
 )
-from shared.selection import DataSpec, select_data
-from shared.ssrf import validate_callback_url
+from shared.runs.records import get_model, get_status, list_models
 from shared.storage import model_dir
+from shared.webhooks.url_policy import validate_callback_url
 
 log = logging.getLogger(__name__)
 
 blp = Blueprint("training", __name__, description="Training runs, their status, and models.")
 
-_MODEL_ID = re.compile(MODEL_ID_PATTERN)
 
 #: Seconds of one LightFM epoch per (source, target) pair at 32 components and one thread
 #: (WARP; measured by bench/train.py), for dry-run estimates.
@@ -58,7 +57,7 @@ SECONDS_PER_ROW = 1.0e-6
 
 
 def _model_id(model_id: str) -> str:
-    if not _MODEL_ID.match(model_id):
+    if not is_model_id(model_id):
         raise NotFound(f"There is no model '{model_id[:140]}'.", code="model_not_found",
                        details={"model_id": model_id[:140]})
     return model_id
@@ -75,9 +74,6 @@ def estimate_seconds(rows: int, pairs: int, params: dict[str, Any], threads: int
 
 
 def _dry_run(tenant: str, model_id: str, spec: DataSpec, params: dict[str, Any]) -> dict[str, Any]:
-    from worker.dataset import build_dataset, describe
-    from worker.params import dataset_options
-
     svc = services()
     selected = select_data(svc.storage, svc.redis, tenant, spec, datetime.now(UTC))
     rows = selected.interactions.num_rows

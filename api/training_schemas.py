@@ -12,11 +12,9 @@ from typing import Any
 import marshmallow as ma
 from marshmallow import validate
 
+from api.parsing import model_id_field
 from shared.contracts import EVALUATION_DEFAULTS, HYPERPARAMETER_DEFAULTS
 
-#: What a model id looks like (API.md), except ids made only of dots ("." and ".." would
-#: name the parent directories of the model's storage path); anything else names no model.
-MODEL_ID_PATTERN = r"^(?!\.+$)[A-Za-z0-9_.-]{1,128}$"
 LOSSES = ("warp", "bpr", "warp-kos")
 #: Largest seed LightFM's numpy RandomState accepts.
 MAX_SEED = 2**32 - 1
@@ -82,9 +80,7 @@ class TrainRequestSchema(ma.Schema):
     class Meta:
         unknown = ma.RAISE
 
-    model_id = ma.fields.String(validate=validate.Regexp(
-        MODEL_ID_PATTERN,
-        error="must be 1 to 128 letters, digits, '_', '.' or '-', and not only dots"))
+    model_id = model_id_field()
     maximum_interaction_age_days = ma.fields.Integer(strict=True, validate=validate.Range(min=1))
     data_tags = ma.fields.List(ma.fields.String())
     data_filters = ma.fields.Nested(DataFiltersSchema)

@@ -10,7 +10,7 @@ from flask.views import MethodView
 from api.auth import current_tenant, require
 from api.context import services
 from api.parsing import Blueprint
-from shared import webhook_secrets
+from shared.webhooks import secrets as webhook_secrets
 
 blp = Blueprint("webhooks", __name__, description="The tenant's webhook signing secret.")
 

@@ -5,7 +5,7 @@ batches. Stores ``--batches`` batches of 10 entities (as uploads do, with a
 private embedded Redis-compatible server), then times, in this process:
 
 - the first lookup (it reads the ids of every batch once: the per-process index
-  of :mod:`shared.entity_index` starts empty);
+  of :mod:`shared.data.entity_index` starts empty);
 - then lookups of ids no batch describes (the worst case: every batch is
   consulted) and of an id only the oldest batch holds;
 - the old way, in the same run: opening every batch newest first with a filter
@@ -33,11 +33,11 @@ import redis
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from shared.batches import batch_ids_newest_first  # noqa: E402
 from shared.config import Settings  # noqa: E402
-from shared.embedded import start_embedded  # noqa: E402
-from shared.entity_index import EntityIndex  # noqa: E402
-from shared.ingest import prepare_json, store, workspace  # noqa: E402
+from shared.data.batches import batch_ids_newest_first  # noqa: E402
+from shared.data.entity_index import EntityIndex  # noqa: E402
+from shared.ingest.store import prepare_json, store, workspace  # noqa: E402
+from shared.stack.embedded import start_embedded  # noqa: E402
 from shared.storage import batch_path, open_storage  # noqa: E402
 
 

@@ -2,7 +2,7 @@
 
 Stores ``--batches`` copies of a 1,000,000-row interactions batch (converted
 from CSV as an upload is), then, each in a fresh process so peak memory is its
-own, times :func:`shared.selection.summarise_data` over all of them, and the
+own, times :func:`shared.data.selection.summarise_data` over all of them, and the
 floor: pyarrow reading the same four columns of every batch file and nothing
 else, one file after another. Prints the medians of ``--repeat`` runs, their
 ratio, and both sides' peak memory growth (the summary should hold about one
@@ -34,8 +34,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 sys.path.insert(0, sys.argv[1])
 import fakeredis, pyarrow.parquet as pq
-from shared.batches import BatchMeta, record_batches
-from shared.selection import DataSpec, summarise_data
+from shared.data.batches import BatchMeta, record_batches
+from shared.data.selection import DataSpec, summarise_data
 from shared.storage import batch_path, open_storage
 
 def peak_mb():
@@ -77,10 +77,10 @@ def main() -> int:
 
     from ingest import generate
 
-    from shared.batches import BatchMeta, iso_utc
     from shared.config import Settings
-    from shared.csv_ingest import prepare_csv
-    from shared.ingest import Prepared, workspace
+    from shared.data.batches import BatchMeta, iso_utc
+    from shared.ingest.csv_reader import prepare_csv
+    from shared.ingest.store import Prepared, workspace
     from shared.storage import batch_path, open_storage
 
     base = Path(tempfile.mkdtemp(prefix="recsys-bench-dataset-"))

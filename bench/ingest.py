@@ -42,8 +42,8 @@ import requests
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from shared.embedded import start_embedded  # noqa: E402
 from shared.keys import SCOPES, create_key  # noqa: E402
+from shared.stack.embedded import start_embedded  # noqa: E402
 
 TARGET_ROWS_PER_S = 250_000
 TARGET_RATIO = 3.0

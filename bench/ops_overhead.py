@@ -16,9 +16,9 @@ from pathlib import Path
 
 from api.app import create_app
 from shared.config import Settings
-from shared.embedded import start_embedded
 from shared.keys import SCOPES, create_key
 from shared.registry import connect
+from shared.stack.embedded import start_embedded
 
 REQUESTS = 2000
 ROUNDS = 3

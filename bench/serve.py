@@ -35,13 +35,13 @@ import requests
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from shared.artifact import ModelArtifact, save_artifact  # noqa: E402
 from shared.config import Settings  # noqa: E402
-from shared.embedded import start_embedded  # noqa: E402
 from shared.keys import create_key  # noqa: E402
-from shared.procs import stop_group  # noqa: E402
+from shared.models.artifact import ModelArtifact, save_artifact  # noqa: E402
 from shared.registry import connect  # noqa: E402
-from shared.runs_lifecycle import complete_run, create_run, start_attempt  # noqa: E402
+from shared.runs.lifecycle import complete_run, create_run, start_attempt  # noqa: E402
+from shared.stack.embedded import start_embedded  # noqa: E402
+from shared.stack.procs import stop_group  # noqa: E402
 from shared.storage import open_storage  # noqa: E402
 
 TENANT = "bench"
@@ -166,8 +166,8 @@ def naive_per_source(raw: dict[str, np.ndarray], sample: int, threads: int) -> f
 
 def ours_per_source(artifact: ModelArtifact, sample: int) -> float:
     """Seconds per source of this service's scoring in-process (one source per call, no HTTP)."""
-    from shared import serving_blocks
-    from shared.serving import LoadedModel, limit_blas_threads
+    from shared.models import blocks as serving_blocks
+    from shared.models.serving import LoadedModel, limit_blas_threads
 
     limit_blas_threads(1)  # as in the API process
     model = LoadedModel(TENANT, MODEL, 1, artifact)

@@ -48,9 +48,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from shared.config import Settings  # noqa: E402
-from shared.embedded import start_embedded  # noqa: E402
 from shared.keys import SCOPES, create_key  # noqa: E402
 from shared.registry import connect  # noqa: E402
+from shared.stack.embedded import start_embedded  # noqa: E402
 
 TENANT = "default"
 TIMESTAMP = pa.timestamp("us", tz="UTC")
@@ -102,9 +102,9 @@ class Stack:
              "--without-mingle", "--without-gossip"],
             cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True)
-        from worker.celery_app import make_celery
+        from shared.queue import make_producer
 
-        celery = make_celery(self.settings, include_tasks=False)
+        celery = make_producer(self.settings)
         deadline = time.monotonic() + 60
         while not celery.control.ping(timeout=0.5):
             if time.monotonic() > deadline or self.worker.poll() is not None:
@@ -177,17 +177,17 @@ def worker_breakdown(stack: Stack, model_id: str, version: int) -> dict[str, Any
     """The task's own summary (assembly and per-epoch seconds) from the result backend."""
     from celery.result import AsyncResult
 
-    from worker.celery_app import make_celery
+    from shared.queue import make_producer
 
     task_id = stack.redis.hget(f"recsys:t:{TENANT}:run:{model_id}:{version}", "task_id")
-    result = AsyncResult(str(task_id), app=make_celery(stack.settings, include_tasks=False))
+    result = AsyncResult(str(task_id), app=make_producer(stack.settings))
     summary = result.get(timeout=10)
     return summary if isinstance(summary, dict) else {}
 
 
 def reference_dataset(table: pa.Table) -> Any:
     """The dataset the service builds from ``table`` (no entities, default options)."""
-    from worker.dataset import DatasetOptions, build_dataset
+    from shared.data.assembly import DatasetOptions, build_dataset
 
     entities = pa.table({n: pa.array([], pa.string())
                          for n in ("id", "type", "name", "metadata", "media_url")})
@@ -235,9 +235,9 @@ from datetime import UTC, datetime
 sys.path.insert(0, {root!r})
 from shared.config import Settings
 from shared.registry import connect
-from shared.selection import DataSpec, select_data
+from shared.data.selection import DataSpec, select_data
 from shared.storage import open_storage
-from worker.dataset import DatasetOptions, build_dataset
+from shared.data.assembly import DatasetOptions, build_dataset
 settings = Settings.from_env({env!r})
 storage, r = open_storage(settings.storage_root()), connect(settings)
 started = time.perf_counter()

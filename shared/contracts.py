@@ -6,9 +6,24 @@ code; these constants are the only link between the two sides.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal, TypedDict
 
 #: Long-running training tasks. Prefetch 1, late acks.
+#: What a model id looks like (docs/api.md): 1 to 128 letters, digits, '_', '.' or '-', but
+#: not only dots ("." and ".." would name the parent directories of the model's storage
+#: path). The one rule for every endpoint; checked with :func:`is_model_id` (a full match,
+#: so no trailing newline slips through ``$``).
+MODEL_ID_PATTERN = r"^(?!\.+$)[A-Za-z0-9_.-]{1,128}$"
+MODEL_ID_RULE = "must be 1 to 128 letters, digits, '_', '.' or '-', and not only dots"
+_MODEL_ID = re.compile(r"(?!\.+\Z)[A-Za-z0-9_.-]{1,128}")
+
+
+def is_model_id(value: str) -> bool:
+    """Whether ``value`` is a valid model id."""
+    return _MODEL_ID.fullmatch(value) is not None
+
+
 QUEUE_TRAIN = "train"
 #: Short webhook deliveries and periodic housekeeping, so a slow receiver never holds training.
 QUEUE_CALLBACKS = "callbacks"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import requests
 
-from shared.procs import stop_group
+from shared.stack.procs import stop_group
 
 ROOT = Path(__file__).resolve().parents[1]
 

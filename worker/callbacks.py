@@ -4,10 +4,10 @@ An attempt (task :data:`~shared.contracts.TASK_DELIVER_CALLBACK`, on the
 callbacks queue) takes the delivery's lock, checks the delivery is still
 pending and due, signs the stored body with the tenant's current secret
 (``standardwebhooks``, so any Standard Webhooks library verifies it), and
-POSTs it through :func:`shared.ssrf.delivery_session` (address checked after
+POSTs it through :func:`shared.webhooks.url_policy.delivery_session` (address checked after
 DNS, pinned, no redirects, no proxies). A 2xx ends the delivery as
 delivered; 408, 429, 5xx, connection errors and timeouts schedule the next
-attempt in :mod:`shared.deliveries`; any other status (3xx included, since
+attempt in :mod:`shared.webhooks.deliveries`; any other status (3xx included, since
 redirects are never followed) and a forbidden address end it as failed.
 The scan (:data:`~shared.contracts.TASK_SCAN_CALLBACKS`, run by beat every
 5 s) enqueues the attempts that have come due.
@@ -31,7 +31,9 @@ from standardwebhooks import Webhook
 
 from shared.config import Settings
 from shared.contracts import TASK_DELIVER_CALLBACK, TASK_SCAN_CALLBACKS, CallbackDeliveryState
-from shared.deliveries import (
+from shared.errors import ServiceError
+from shared.metrics import record_delivery
+from shared.webhooks.deliveries import (
     LOCK_TTL,
     AttemptRecord,
     Delivery,
@@ -42,10 +44,8 @@ from shared.deliveries import (
     lock_key,
     retry_delay,
 )
-from shared.errors import ServiceError
-from shared.metrics import record_delivery
-from shared.ssrf import ForbiddenAddress, delivery_session
-from shared.webhook_secrets import get_secret
+from shared.webhooks.secrets import get_secret
+from shared.webhooks.url_policy import ForbiddenAddress, delivery_session
 from worker.celery_app import app
 from worker.context import worker_services
 

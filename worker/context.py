@@ -8,9 +8,9 @@ import redis
 from celery import Celery
 
 from shared.config import Settings
+from shared.queue import settings_of
 from shared.registry import connect
 from shared.storage import Storage, open_storage
-from worker.celery_app import settings_of
 
 
 @dataclass(frozen=True)

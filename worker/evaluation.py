@@ -19,7 +19,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from shared.contracts import EVALUATION_DEFAULTS, Metrics
-from worker.dataset import Dataset
+from shared.data.assembly import Dataset
 
 #: Scores held in memory at once (float32 cells) while evaluating: about 64 MiB.
 CHUNK_CELLS = 1 << 24

@@ -5,20 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from worker.dataset import DatasetOptions
 from worker.evaluation import EvaluationSettings
 from worker.training import Hyperparameters, TrainParams
-
-
-def dataset_options(params: Mapping[str, Any]) -> DatasetOptions:
-    """What of the selected data becomes model input."""
-    return DatasetOptions(
-        source_type=str(params.get("source_type") or "user"),
-        target_type=str(params.get("target_type") or "item"),
-        interaction_weights={str(k): float(v)
-                             for k, v in (params.get("interaction_weights") or {}).items()},
-        use_metadata_features=bool(params.get("use_metadata_features", True)),
-    )
 
 
 def train_params(params: Mapping[str, Any], threads: int) -> TrainParams:

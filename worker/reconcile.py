@@ -20,14 +20,14 @@ from datetime import datetime
 from typing import Any
 
 from shared.errors import ServiceError
-from shared.runs import FINAL_STATES, get_run, parse_member
-from shared.runs_lifecycle import (
+from shared.runs.lifecycle import (
     active_runs,
     enqueue_run,
     finish_run,
     forget_active,
     requeue_run,
 )
+from shared.runs.records import FINAL_STATES, get_run, parse_member
 from worker.context import WorkerServices
 
 log = logging.getLogger(__name__)

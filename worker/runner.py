@@ -2,7 +2,7 @@
 
 The Celery task in :mod:`worker.tasks` only binds this to the queue; here is
 the order of things a run goes through and how each way of ending is
-recorded (always through :mod:`shared.runs_lifecycle`, which schedules the
+recorded (always through :mod:`shared.runs.lifecycle`, which schedules the
 callback exactly once). A background thread writes the heartbeat and keeps
 the per-model lock alive while the main thread is inside a LightFM epoch.
 """
@@ -20,22 +20,28 @@ from typing import Any
 import numpy as np
 from celery.exceptions import SoftTimeLimitExceeded
 
-from shared.artifact import ModelArtifact, delete_version, save_artifact
 from shared.contracts import Phase, ProgressMeta
+from shared.data.assembly import (
+    Dataset,
+    DatasetOptions,
+    EmptyData,
+    build_dataset,
+    dataset_options,
+)
+from shared.data.selection import DataSpec, SelectedData, count_interactions, select_data
 from shared.errors import ServiceError
-from shared.runs import now_iso
-from shared.runs_lifecycle import (
+from shared.models.artifact import ModelArtifact, delete_version, save_artifact
+from shared.runs.lifecycle import (
     cancel_requested,
     complete_run,
     finish_run,
     start_attempt,
     update_run,
 )
-from shared.runs_lock import acquire_lock, refresh_lock, release_lock
-from shared.selection import DataSpec, SelectedData, count_interactions, select_data
+from shared.runs.lock import acquire_lock, refresh_lock, release_lock
+from shared.runs.records import now_iso
 from worker.context import WorkerServices
-from worker.dataset import Dataset, DatasetOptions, EmptyData, build_dataset
-from worker.params import dataset_options, train_params
+from worker.params import train_params
 from worker.training import TrainedModel, TrainingCancelled, train
 
 log = logging.getLogger(__name__)
@@ -292,22 +298,9 @@ def _attempt(svc: WorkerServices, tenant: str, model_id: str, version: int, owne
             "finished_at": round(time.time(), 3)}
 
 
-def warm_up() -> None:
-    """Import what a run needs (LightFM, Parquet) so the first run does not wait for it.
-
-    Runs in a background thread of each prefork child after the fork; it never
-    calls LightFM (OpenMP must not start before the fork, and it does not here).
-    """
-    try:
-        import lightfm.lightfm  # noqa: F401
-        import pyarrow.parquet  # noqa: F401
-    except ImportError:  # the run itself reports a missing library
-        log.warning("warm-up import failed", exc_info=True)
-
-
 def record_manifest(batch_ids: list[str], params: dict[str, Any], dataset: Dataset,
                     trained: TrainedModel) -> dict[str, Any]:
-    """The manifest.json of a version (see :mod:`shared.artifact`)."""
+    """The manifest.json of a version (see :mod:`shared.models.artifact`)."""
     features = dataset.source_features
     return {
         "created_at": now_iso(),

@@ -18,8 +18,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from shared.contracts import HYPERPARAMETER_DEFAULTS, Metrics
+from shared.data.assembly import Dataset
 from shared.errors import ServiceError, TrainingFailed
-from worker.dataset import Dataset
 from worker.evaluation import EvaluationSettings, evaluate, holdout_split
 
 if TYPE_CHECKING:
@@ -55,7 +55,7 @@ class TrainParams:
 
 @dataclass(frozen=True)
 class TrainedModel:
-    """The served model's representations (see :mod:`shared.artifact`) and metrics."""
+    """The served model's representations (see :mod:`shared.models.artifact`) and metrics."""
 
     source_repr: np.ndarray  # (n_sources, k+2) float32 [emb, bias, 1]
     target_repr: np.ndarray  # (n_targets, k+2) float32 [emb, 1, bias]

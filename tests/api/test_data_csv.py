@@ -190,13 +190,13 @@ def test_redis_failure_while_recording_removes_the_files(
 ) -> None:
     import redis
 
-    import shared.batches
+    import shared.data.batches
 
     def broken(*args: Any, **kwargs: Any) -> None:
         raise redis.ConnectionError("down")
 
-    monkeypatch.setattr(shared.batches.redis.Redis, "pipeline", broken)
-    monkeypatch.setattr(shared.batches.redis.client.Pipeline, "execute", broken)
+    monkeypatch.setattr(shared.data.batches.redis.Redis, "pipeline", broken)
+    monkeypatch.setattr(shared.data.batches.redis.client.Pipeline, "execute", broken)
     res = post(client, auth, ("f.csv", ENT + b"x,,,,\n"))
     assert res.status_code == 503
     monkeypatch.undo()
@@ -234,14 +234,14 @@ def test_csv_as_a_plain_field_and_the_file_alias(
 def test_a_full_disk_is_a_503_and_stores_nothing(
     app: Flask, client: FlaskClient, auth: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import shared.csv_ingest
-    import shared.ingest
+    import shared.ingest.csv_reader
+    import shared.ingest.store
 
     def full(*args: Any, **kwargs: Any) -> Any:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(shared.ingest, "parquet_writer", full)
-    monkeypatch.setattr(shared.csv_ingest, "parquet_writer", full)
+    monkeypatch.setattr(shared.ingest.store, "parquet_writer", full)
+    monkeypatch.setattr(shared.ingest.csv_reader, "parquet_writer", full)
     res = post(client, auth, ("f.csv", ENT + b"x,,,,\n"))
     assert res.status_code == 503 and res.json["error"]["details"]["dependency"] == "disk"
     res = client.post(URL, json={"entities": [{"id": "x"}]}, headers=auth)

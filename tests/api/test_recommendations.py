@@ -14,9 +14,9 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from shared.artifact import ModelArtifact
 from shared.keys import create_key
-from shared.runs_lifecycle import create_run
+from shared.models.artifact import ModelArtifact
+from shared.runs.lifecycle import create_run
 from shared.storage import Storage
 from tests.shared.test_serving_model import brute, make_artifact, register
 
@@ -101,7 +101,7 @@ def test_every_source_is_streamed_as_one_valid_document(
     client: FlaskClient, auth: dict[str, str], model: ModelArtifact, monkeypatch: Any
 ) -> None:
     # Small blocks, so eight sources take several blocks (the streamed path).
-    monkeypatch.setattr("shared.scoring.BLOCK_BUDGET_BYTES", 3 * 500 * 4)
+    monkeypatch.setattr("shared.models.scoring.BLOCK_BUDGET_BYTES", 3 * 500 * 4)
     resp = client.get(URL, query_string={"model_id": "m", "max_recommendations": 2},
                       headers=auth)
     assert resp.is_streamed
@@ -155,7 +155,7 @@ def test_cold_start_reads_the_newest_uploaded_entity_record(
     records = {"fr-user": {"id": "fr-user", "type": "user", "metadata": {"country": "fr"}},
                "de-user": {"id": "de-user", "type": "user", "metadata": {"country": "de"}},
                "an-item": {"id": "an-item", "type": "item", "metadata": {"country": "fr"}}}
-    monkeypatch.setattr("shared.selection.latest_entity",
+    monkeypatch.setattr("shared.data.selection.latest_entity",
                         lambda storage, r, tenant, entity_id: records.get(entity_id))
     rows = recs(client.get(URL, query_string={"model_id": "m",
                                               "source_id": "fr-user,de-user,an-item"},
@@ -329,7 +329,7 @@ def test_uploaded_metadata_lookups_are_capped_per_request(
         calls.append(entity_id)
         return {"id": entity_id, "type": "user", "metadata": {"country": "de"}}
 
-    monkeypatch.setattr("shared.selection.latest_entity", latest)
+    monkeypatch.setattr("shared.data.selection.latest_entity", latest)
     rows = recs(client.get(URL, query_string={"model_id": "m", "source_id": "a,b,c"},
                            headers=auth))
     assert calls == ["a", "b"]
@@ -345,7 +345,7 @@ def test_an_unreadable_entity_record_falls_back_to_popularity(
     def broken(storage: Any, r: Any, tenant: str, entity_id: str) -> dict[str, Any]:
         raise ValueError("corrupt parquet")
 
-    monkeypatch.setattr("shared.selection.latest_entity", broken)
+    monkeypatch.setattr("shared.data.selection.latest_entity", broken)
     rows = recs(client.get(URL, query_string={"model_id": "m", "source_id": "newbie"},
                            headers=auth))
     popular = [f"i{c}" for c in np.argsort(-model.target_popularity, kind="stable")[:10]]
@@ -354,7 +354,7 @@ def test_an_unreadable_entity_record_falls_back_to_popularity(
     def down(storage: Any, r: Any, tenant: str, entity_id: str) -> dict[str, Any]:
         raise OSError("connection refused")
 
-    monkeypatch.setattr("shared.selection.latest_entity", down)
+    monkeypatch.setattr("shared.data.selection.latest_entity", down)
     resp = client.get(URL, query_string={"model_id": "m", "source_id": "newbie"}, headers=auth)
     assert resp.status_code == 503
     assert resp.get_json()["error"]["details"]["dependency"] == "storage"

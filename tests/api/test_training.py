@@ -8,7 +8,7 @@ import fakeredis
 import pytest
 from flask.testing import FlaskClient
 
-from shared.runs_lifecycle import complete_run, start_attempt
+from shared.runs.lifecycle import complete_run, start_attempt
 
 P = "/v1/recommender"
 

@@ -22,9 +22,9 @@ from werkzeug.serving import BaseWSGIServer, make_server
 
 from api.app import create_app
 from shared.config import Settings
-from shared.embedded import EmbeddedServer, start_embedded
 from shared.keys import SCOPES, create_key
-from shared.procs import stop_group
+from shared.stack.embedded import EmbeddedServer, start_embedded
+from shared.stack.procs import stop_group
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -69,7 +69,7 @@ class Stack:
         node = name or f"w{len(self.workers)}-{os.getpid()}@localhost"
         log = open(self.data_dir / f"{node.split('@')[0]}.log", "ab")  # noqa: SIM115
         proc = subprocess.Popen(
-            [sys.executable, "-m", "shared.supervise", "--",
+            [sys.executable, "-m", "shared.stack.supervise", "--",
              sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
              "-Q", queues, "-E", "--concurrency", str(concurrency), "--prefetch-multiplier",
              "1", "--hostname", node, "--loglevel", "INFO", "--without-mingle",
@@ -79,9 +79,9 @@ class Stack:
         )
         log.close()
         self.workers.append(proc)
-        from worker.celery_app import make_celery
+        from shared.queue import make_producer
 
-        celery = make_celery(self.settings, include_tasks=False)
+        celery = make_producer(self.settings)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if proc.poll() is not None:

@@ -18,12 +18,12 @@ import requests
 from celery import Celery
 
 from shared.contracts import QUEUE_CALLBACKS, TASK_SCAN_CALLBACKS, CallbackStatus, RunStatus
-from shared.deliveries import SCHEDULE_KEY, attempt_log, callback_status, schedule_member
-from shared.deliveries import schedule_for_run as schedule
+from shared.queue import make_producer
+from shared.webhooks.deliveries import SCHEDULE_KEY, attempt_log, callback_status, schedule_member
+from shared.webhooks.deliveries import schedule_for_run as schedule
 from tests.callback_receiver import Receiver, Reply, receiving
 from tests.integration.conftest import Stack
 from tests.servers import free_port
-from worker.celery_app import make_celery
 
 pytestmark = pytest.mark.integration
 
@@ -56,7 +56,7 @@ def cb(stack: Stack) -> Iterator[Stack]:
 @pytest.fixture(scope="module")
 def client(cb: Stack) -> Celery:
     """A Celery client, as the training task's result hook has."""
-    return make_celery(cb.settings, include_tasks=False)
+    return make_producer(cb.settings)
 
 
 @pytest.fixture(scope="module", autouse=True)

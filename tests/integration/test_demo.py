@@ -1,4 +1,4 @@
-"""``make demo`` end to end against the test stack (``python -m shared.demo``, what the
+"""``make demo`` end to end against the test stack (``python -m shared.client.demo``, what the
 Makefile target runs), plus its synthetic shop on its own."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import requests
 
-from shared.demo_shop import CATEGORIES, generate_shop, write_catalogue, write_events
+from shared.client.demo_shop import CATEGORIES, generate_shop, write_catalogue, write_events
 from tests.integration.conftest import Stack
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,7 +43,7 @@ def test_make_demo_runs_against_the_stack(stack: Stack) -> None:
            "COLUMNS": "160"}
     started = time.monotonic()
     result = subprocess.run(
-        [sys.executable, "-m", "shared.demo"],  # what `make demo` runs, default sizes
+        [sys.executable, "-m", "shared.client.demo"],  # what `make demo` runs, default sizes
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=240, check=False,
     )
     seconds = time.monotonic() - started
@@ -59,7 +59,7 @@ def test_make_demo_runs_against_the_stack(stack: Stack) -> None:
     assert "x the popularity baseline's" in metrics
     # a second run replaces the first run's batches instead of piling them up
     again = subprocess.run(
-        [sys.executable, "-m", "shared.demo", "--users", "100", "--items", "40",
+        [sys.executable, "-m", "shared.client.demo", "--users", "100", "--items", "40",
          "--interactions", "2000", "--epochs", "2"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=240, check=False,
     )
@@ -76,7 +76,7 @@ def test_demo_starts_and_stops_its_own_stack_when_none_answers(stack: Stack) -> 
     env.update({"RECSYS_URL": "http://127.0.0.1:9", "COLUMNS": "300"})
     # when the demo runs
     result = subprocess.run(
-        [sys.executable, "-m", "shared.demo", "--users", "150", "--items", "50",
+        [sys.executable, "-m", "shared.client.demo", "--users", "150", "--items", "50",
          "--interactions", "3000", "--epochs", "2"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False,
     )

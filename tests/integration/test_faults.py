@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 import requests
 
-from shared.embedded import EmbeddedServer, start_embedded
 from shared.keys import lookup
+from shared.queue import make_producer
 from shared.registry import connect
+from shared.stack.embedded import EmbeddedServer, start_embedded
 from shared.storage import open_storage
 from tests.integration.conftest import Stack, running_stack
 from tests.integration.training_helpers import status, upload_clustered
-from worker.celery_app import make_celery
 from worker.context import WorkerServices
 from worker.reconcile import reconcile
 
@@ -74,7 +74,7 @@ def _reconcile_until_ended(st: Stack, http: requests.Session, model_id: str,
     """Drive the reconciler as beat would, until the run ends."""
     svc = WorkerServices(settings=st.settings, redis=connect(st.settings),
                          storage=open_storage(st.settings.storage_root()),
-                         celery=make_celery(st.settings, include_tasks=False))
+                         celery=make_producer(st.settings))
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         current = status(st, http, model_id)

@@ -8,8 +8,8 @@ import requests
 from celery.result import AsyncResult
 
 from shared.contracts import PROGRESS_STATE, TASK_PROGRESS_PROBE
+from shared.queue import make_producer
 from tests.integration.conftest import Stack
-from worker.celery_app import make_celery
 
 
 def test_readyz_is_200_with_redis_storage_and_a_worker(
@@ -21,7 +21,7 @@ def test_readyz_is_200_with_redis_storage_and_a_worker(
 
 
 def test_a_task_reports_progress_through_the_real_queue(stack: Stack) -> None:
-    celery = make_celery(stack.settings, include_tasks=False)
+    celery = make_producer(stack.settings)
     result: AsyncResult = celery.send_task(TASK_PROGRESS_PROBE, kwargs={"steps": 4, "delay": 0.3})
     seen: list[int] = []
     deadline = time.monotonic() + 30

@@ -21,8 +21,8 @@ import pytest
 import redis
 import requests
 
-from shared.embedded import EmbeddedServer
 from shared.keys import SCOPES, create_key
+from shared.stack.embedded import EmbeddedServer
 from tests.servers import running_gunicorn
 
 BOUNDARY = "testboundary7MA4YWxk"

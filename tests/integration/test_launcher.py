@@ -14,7 +14,7 @@ from pathlib import Path
 
 import requests
 
-from shared.procs import stop_group
+from shared.stack.procs import stop_group
 from tests.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,7 +29,7 @@ def _port_open(port: int) -> bool:
 def _start(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     out = open(log, "wb")  # noqa: SIM115 - owned by the child
     proc = subprocess.Popen(
-        [sys.executable, "-m", "shared.launcher"],
+        [sys.executable, "-m", "shared.stack.launcher"],
         cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
     )
     out.close()

@@ -10,8 +10,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from api.app import create_app
 from shared.config import Settings
 from shared.contracts import QUEUE_CALLBACKS, QUEUE_TRAIN, TASK_PROGRESS_PROBE
-from shared.embedded import EmbeddedServer
-from worker.celery_app import make_celery
+from shared.queue import make_producer
+from shared.stack.embedded import EmbeddedServer
 
 
 def _depths(settings: Settings) -> dict[str, float]:
@@ -35,7 +35,7 @@ def test_waiting_messages_of_every_priority_are_counted_per_queue(
         {"RECSYS_REDIS_URL": redis_server.url, "RECSYS_DATA_DIR": str(tmp_path / "var")}
     )
     before = _depths(settings)
-    celery = make_celery(settings, include_tasks=False)
+    celery = make_producer(settings)
     for priority in (None, None, 9):
         options = {} if priority is None else {"priority": priority}
         celery.send_task(TASK_PROGRESS_PROBE, kwargs={"steps": 1, "delay": 0}, **options)

@@ -103,7 +103,7 @@ def test_upload_train_recommend(stack: Stack, http: requests.Session, has_traini
 
     # Every source, streamed over real HTTP in blocks of 7 sources (chunked, one document)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("shared.scoring.BLOCK_BUDGET_BYTES", 7 * 19 * 4)
+        patch.setattr("shared.models.scoring.BLOCK_BUDGET_BYTES", 7 * 19 * 4)
         streamed = ask(stack, http, model_id="rec-e2e", max_recommendations=20,
                        exclude_seen="false")
         assert streamed.headers.get("Transfer-Encoding") == "chunked"

@@ -10,9 +10,9 @@ from werkzeug.serving import make_server
 
 from api.app import create_app
 from shared.config import Settings
-from shared.embedded import start_embedded
 from shared.keys import SCOPES, create_key
 from shared.registry import connect
+from shared.stack.embedded import start_embedded
 
 
 def test_api_answers_503_fast_while_redis_is_down(tmp_path: Path) -> None:

@@ -15,9 +15,9 @@ from celery.result import AsyncResult
 
 from shared.config import Settings
 from shared.contracts import TASK_PROGRESS_PROBE
-from shared.embedded import start_embedded
 from shared.keys import SCOPES, create_key, lookup
-from worker.celery_app import make_celery
+from shared.queue import make_producer
+from shared.stack.embedded import start_embedded
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -41,7 +41,7 @@ def test_data_survives_restart_and_worker_resumes(tmp_path: Path) -> None:
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     log.close()
-    celery = make_celery(settings, include_tasks=False)
+    celery = make_producer(settings)
     try:
         first: AsyncResult = celery.send_task(TASK_PROGRESS_PROBE, kwargs={"steps": 1, "delay": 0})
         assert first.get(timeout=60)["done"]

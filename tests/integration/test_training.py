@@ -9,6 +9,7 @@ import requests
 from celery.result import AsyncResult
 
 from shared.contracts import PROGRESS_STATE
+from shared.queue import make_producer
 from shared.storage import model_dir, open_storage
 from tests.integration.conftest import Stack
 from tests.integration.training_helpers import (
@@ -16,7 +17,6 @@ from tests.integration.training_helpers import (
     wait_for_phase,
     wait_until_ended,
 )
-from worker.celery_app import make_celery
 
 SMALL = {"hyperparameters": {"epochs": 5, "no_components": 8}}
 
@@ -37,7 +37,7 @@ def test_progress_rises_monotonically_to_100_with_metrics(
     assert response.status_code == 202, response.text
     assert response.json()["phase"] in ("queued", "loading_data")
     task_id = stack.redis.hget("recsys:t:default:run:m-progress:1", "task_id")
-    result = AsyncResult(task_id, app=make_celery(stack.settings, include_tasks=False))
+    result = AsyncResult(task_id, app=make_producer(stack.settings))
     states: set[str] = set()
     seen: list[int] = []
     phases: list[str] = []
@@ -159,13 +159,13 @@ def test_the_soft_time_limit_ends_a_run_as_error_with_a_clear_message(
     stack: Stack, http: requests.Session, data: int
 ) -> None:
     from shared.contracts import QUEUE_TRAIN, TASK_TRAIN
-    from shared.runs_lifecycle import create_run
+    from shared.runs.lifecycle import create_run
 
     # given a long run sent with a 1-second soft limit (the API sends the configured ones)
     params = {"data_tags": ["clusters"], "evaluation": {"holdout": 0},
               "hyperparameters": {"epochs": 1000, "no_components": 16}}
     version = create_run(stack.redis, "default", "m-slow", params, None)["version"]
-    make_celery(stack.settings, include_tasks=False).send_task(
+    make_producer(stack.settings).send_task(
         TASK_TRAIN, kwargs={"tenant": "default", "model_id": "m-slow", "version": version},
         queue=QUEUE_TRAIN, soft_time_limit=1, time_limit=60)
     final, _ = wait_until_ended(stack, http, "m-slow", timeout=60)

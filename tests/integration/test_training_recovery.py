@@ -7,11 +7,11 @@ import time
 
 import requests
 
+from shared.queue import make_producer
 from shared.registry import connect
 from shared.storage import open_storage
 from tests.integration.conftest import Stack
 from tests.integration.training_helpers import status, upload_clustered, wait_until_ended
-from worker.celery_app import make_celery
 from worker.context import WorkerServices
 from worker.reconcile import reconcile
 
@@ -42,7 +42,7 @@ def test_a_killed_worker_s_run_completes_on_a_restarted_worker(
     stack.start_worker()
     svc = WorkerServices(settings=stack.settings, redis=connect(stack.settings),
                          storage=open_storage(stack.settings.storage_root()),
-                         celery=make_celery(stack.settings, include_tasks=False))
+                         celery=make_producer(stack.settings))
     # then the reconciler (beat runs it every reconcile_interval) sees the stale heartbeat
     requeued = 0
     while time.monotonic() - killed_at < 30 and not requeued:

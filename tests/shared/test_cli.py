@@ -22,10 +22,10 @@ import fakeredis
 import pytest
 from click.testing import CliRunner, Result
 
-from shared.cli import cli
-from shared.cli import keys as cli_keys
-from shared.client import ApiError, RecsysClient
-from shared.multipart import CHUNK_BYTES, MultipartFiles
+from shared.client.cli import cli
+from shared.client.cli import keys as cli_keys
+from shared.client.http import ApiError, RecsysClient
+from shared.client.multipart_encoder import CHUNK_BYTES, MultipartFiles
 
 PREFIX = "/v1/recommender"
 
@@ -336,7 +336,7 @@ def test_keys_bootstrap_ensures_the_deploy_key(monkeypatch: pytest.MonkeyPatch) 
 
 
 def test_default_url_follows_make_runs_host_and_port() -> None:
-    from shared.cli.main import default_url
+    from shared.client.cli.main import default_url
     assert default_url({}) == "http://127.0.0.1:8000"
     assert default_url({"RECSYS_PORT": "9000"}) == "http://127.0.0.1:9000"
     assert default_url({"RECSYS_HOST": "0.0.0.0", "RECSYS_PORT": "81"}) == "http://127.0.0.1:81"

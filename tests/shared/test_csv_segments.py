@@ -11,12 +11,13 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
-from shared import csv_ingest, csv_segments
-from shared.buffers import BufferPool
 from shared.config import Settings
-from shared.csv_ingest import PIECES, STREAM, prepare_csv
-from shared.csv_segments import NoLineEnd, segments
-from shared.ingest import Prepared
+from shared.ingest import csv_reader as csv_ingest
+from shared.ingest import segments as csv_segments
+from shared.ingest.buffers import BufferPool
+from shared.ingest.csv_reader import PIECES, STREAM, prepare_csv
+from shared.ingest.segments import NoLineEnd, segments
+from shared.ingest.store import Prepared
 
 HEADER = "source_id,target_id,timestamp,type,metadata\n"
 

@@ -11,9 +11,9 @@ import fakeredis
 import pytest
 from celery import Celery
 
-from shared import deliveries
 from shared.contracts import QUEUE_CALLBACKS, TASK_DELIVER_CALLBACK, RunStatus
-from shared.deliveries import (
+from shared.webhooks import deliveries
+from shared.webhooks.deliveries import (
     ATTEMPT_LEASE,
     MAX_LOG_ENTRIES,
     SCHEDULE_KEY,

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import pyarrow as pa
 import pytest
 
-from shared.columns import convert, parse_timestamps
+from shared.ingest.columns import convert, parse_timestamps
 
 
 @pytest.mark.parametrize(("text", "expected"), [

@@ -10,10 +10,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from shared.config import Settings
-from shared.csv_ingest import Failed
-from shared.csv_pipe import ChunkPipe, StreamingConversion
 from shared.errors import ValidationFailed
-from shared.ingest import Prepared
+from shared.ingest.csv_reader import Failed
+from shared.ingest.pipe import ChunkPipe, StreamingConversion
+from shared.ingest.store import Prepared
 
 
 def test_pipe_delivers_every_byte_in_order_with_backpressure() -> None:

@@ -19,10 +19,10 @@ import pyarrow.parquet as pq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shared import csv_segments
 from shared.config import Settings
-from shared.csv_ingest import prepare_csv
-from shared.ingest import Prepared, prepare_json, workspace
+from shared.ingest import segments as csv_segments
+from shared.ingest.csv_reader import prepare_csv
+from shared.ingest.store import Prepared, prepare_json, workspace
 
 # Any text a spreadsheet could hold (no NUL, no lone surrogates: neither survives UTF-8 CSV).
 cell = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),

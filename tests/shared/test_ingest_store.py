@@ -9,10 +9,10 @@ from typing import Any
 import fakeredis
 import pytest
 
-from shared.batches import list_batches, mark_pending
 from shared.config import Settings
+from shared.data.batches import list_batches, mark_pending
 from shared.errors import DependencyUnavailable
-from shared.ingest import prepare_json, store, workspace
+from shared.ingest.store import prepare_json, store, workspace
 from shared.storage import Storage, batch_path
 
 NOW = datetime(2024, 1, 1, tzinfo=UTC)
@@ -52,12 +52,12 @@ def test_failed_record_removes_files_and_marks(
     storage: Storage, fake_redis: fakeredis.FakeRedis, settings: Settings,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import shared.ingest
+    import shared.ingest.store
 
     def down(*args: Any, **kwargs: Any) -> None:
         raise DependencyUnavailable("Redis is unreachable", details={"dependency": "redis"})
 
-    monkeypatch.setattr(shared.ingest, "record_batches", down)
+    monkeypatch.setattr(shared.ingest.store, "record_batches", down)
     with pytest.raises(DependencyUnavailable):
         _store(storage, fake_redis, settings, NOW, entities=[{"id": "a"}],
                interactions=[{"source_id": "a", "target_id": "b"}])

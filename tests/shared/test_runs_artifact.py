@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shared.artifact import ModelArtifact, load_artifact, save_artifact
 from shared.errors import NotFound
+from shared.models.artifact import ModelArtifact, load_artifact, save_artifact
 from shared.storage import Storage, model_dir
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from shared.features import cold_start_row, entity_features, numeric_scales_of
+from shared.data.features import cold_start_row, entity_features, numeric_scales_of
 
 
 def test_each_value_kind_becomes_the_documented_feature() -> None:

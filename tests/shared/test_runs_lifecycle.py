@@ -7,10 +7,9 @@ from typing import Any
 import fakeredis
 import pytest
 
-import shared.runs_lifecycle as lifecycle
+import shared.runs.lifecycle as lifecycle
 from shared.errors import Conflict, NotFound
-from shared.runs import get_model, get_status, list_models, serving_version
-from shared.runs_lifecycle import (
+from shared.runs.lifecycle import (
     active_runs,
     complete_run,
     create_run,
@@ -21,7 +20,8 @@ from shared.runs_lifecycle import (
     start_attempt,
     update_run,
 )
-from shared.runs_lock import acquire_lock, release_lock
+from shared.runs.lock import acquire_lock, release_lock
+from shared.runs.records import get_model, get_status, list_models, serving_version
 
 T = "acme"
 
@@ -34,7 +34,7 @@ def scheduled(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int, str]]:
                       url: str, status: Any) -> None:
         calls.append((model_id, version, status["status"]))
 
-    monkeypatch.setattr("shared.deliveries.schedule_for_run", fake_schedule)
+    monkeypatch.setattr("shared.webhooks.deliveries.schedule_for_run", fake_schedule)
     return calls
 
 

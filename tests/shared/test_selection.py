@@ -9,18 +9,18 @@ from typing import Any
 import fakeredis
 import pytest
 
-from shared.batches import BatchMeta
 from shared.config import Settings
-from shared.entity_index import EntityIndex
-from shared.errors import ValidationFailed
-from shared.ingest import prepare_json, store, workspace
-from shared.selection import (
+from shared.data.batches import BatchMeta
+from shared.data.entity_index import EntityIndex
+from shared.data.selection import (
     Condition,
     DataSpec,
     latest_entity,
     select_data,
     summarise_data,
 )
+from shared.errors import ValidationFailed
+from shared.ingest.store import prepare_json, store, workspace
 from shared.storage import Storage
 
 NOW = datetime(2024, 6, 1, tzinfo=UTC)
@@ -227,7 +227,7 @@ def test_a_batch_whose_file_vanished_is_skipped(storage: Storage, fake_redis: An
 
 def test_latest_entity_forgets_deleted_batches(storage: Storage, fake_redis: Any,
                                                upload: Uploader) -> None:
-    from shared.batches import forget_batches
+    from shared.data.batches import forget_batches
 
     old = upload(entities=[{"id": "i1", "name": "old"}])
     new = upload(entities=[{"id": "i1", "name": "new"}])

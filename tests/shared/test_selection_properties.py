@@ -9,7 +9,7 @@ import pyarrow as pa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared.filters import OPS, Condition, filter_mask
+from shared.data.filters import OPS, Condition, filter_mask
 
 text = st.text(alphabet="abcé1 ", max_size=3)
 scalar = st.one_of(st.none(), st.booleans(), st.integers(-3, 3), st.floats(-3, 3, width=16),

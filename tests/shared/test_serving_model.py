@@ -15,10 +15,11 @@ import fakeredis
 import numpy as np
 import pytest
 
-from shared import serving, serving_blocks
-from shared.artifact import ModelArtifact, save_artifact
 from shared.errors import Conflict, DependencyUnavailable, NotFound
-from shared.runs_lifecycle import complete_run, create_run, finish_run, start_attempt
+from shared.models import blocks as serving_blocks
+from shared.models import serving
+from shared.models.artifact import ModelArtifact, save_artifact
+from shared.runs.lifecycle import complete_run, create_run, finish_run, start_attempt
 from shared.storage import Storage
 
 T = "acme"
@@ -265,7 +266,7 @@ def test_blocks_scored_on_threads_come_back_in_order_and_equal(
     art = make_artifact(n_sources=20, n_targets=500, seen={3: [1, 2], 17: [5]})
     register(fake_redis, storage, T, "par", art)
     model = serving.ModelCache().get(fake_redis, storage, T, "par")
-    monkeypatch.setattr("shared.scoring.BLOCK_BUDGET_BYTES", 3 * 500 * 4)
+    monkeypatch.setattr("shared.models.scoring.BLOCK_BUDGET_BYTES", 3 * 500 * 4)
     ids = [f"u{i}" for i in reversed(range(20))] + ["stranger"]
     with ThreadPoolExecutor(2) as pool:
         parallel = list(serving_blocks.recommend_ids(model, ids, 4, True, None, pool))

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared import scoring
+from shared.models import scoring
 
 
 def brute_force(scores: np.ndarray, k: int) -> list[list[int]]:

@@ -12,9 +12,9 @@ import requests
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared import ssrf
 from shared.errors import ValidationFailed
-from shared.ssrf import (
+from shared.webhooks import url_policy as ssrf
+from shared.webhooks.url_policy import (
     ForbiddenAddress,
     delivery_session,
     is_forbidden_address,

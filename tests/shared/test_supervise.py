@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from shared.procs import stop_group
+from shared.stack.procs import stop_group
 
 
 def test_a_command_that_dies_is_restarted_and_sigterm_stops_everything(tmp_path: Path) -> None:
@@ -22,7 +22,7 @@ def test_a_command_that_dies_is_restarted_and_sigterm_stops_everything(tmp_path:
         "sys.exit(1) if n == 0 else time.sleep(60)\n"
     )
     proc = subprocess.Popen(
-        [sys.executable, "-m", "shared.supervise", "--", sys.executable, "-c", child],
+        [sys.executable, "-m", "shared.stack.supervise", "--", sys.executable, "-c", child],
         start_new_session=True, stderr=subprocess.PIPE,
     )
     try:
@@ -42,5 +42,5 @@ def test_a_command_that_dies_is_restarted_and_sigterm_stops_everything(tmp_path:
 
 
 def test_no_command_is_a_usage_error() -> None:
-    result = subprocess.run([sys.executable, "-m", "shared.supervise"], capture_output=True)
+    result = subprocess.run([sys.executable, "-m", "shared.stack.supervise"], capture_output=True)
     assert result.returncode == 2 and b"usage" in result.stderr

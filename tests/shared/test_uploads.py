@@ -10,7 +10,7 @@ import pytest
 
 from shared.config import Settings
 from shared.errors import BadRequest, PayloadTooLarge
-from shared.uploads import MAX_FIELD_BYTES, Received, receive_multipart
+from shared.ingest.multipart_parser import MAX_FIELD_BYTES, Received, receive_multipart
 
 BOUNDARY = "b0undary-42"
 CONTENT_TYPE = f"multipart/form-data; boundary={BOUNDARY}"

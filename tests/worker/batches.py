@@ -9,8 +9,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import redis
 
-from shared.batches import BatchMeta, iso_utc, new_batch_ids, record_batches
-from shared.columns import SCHEMAS, Kind
+from shared.data.batches import BatchMeta, iso_utc, new_batch_ids, record_batches
+from shared.ingest.columns import SCHEMAS, Kind
 from shared.storage import Storage, batch_path
 
 

@@ -19,10 +19,16 @@ from standardwebhooks.webhooks import WebhookVerificationError
 
 from shared.config import Settings
 from shared.contracts import RunStatus
-from shared.deliveries import SCHEDULE_KEY, attempt_log, callback_status, load, schedule_member
-from shared.deliveries import schedule_for_run as schedule
 from shared.metrics import DELIVERIES_KEY
-from shared.webhook_secrets import get_secret, rotate
+from shared.webhooks.deliveries import (
+    SCHEDULE_KEY,
+    attempt_log,
+    callback_status,
+    load,
+    schedule_member,
+)
+from shared.webhooks.deliveries import schedule_for_run as schedule
+from shared.webhooks.secrets import get_secret, rotate
 from tests.callback_receiver import Receiver, Reply, receiving
 from tests.servers import free_port
 from worker.callbacks import (

@@ -10,9 +10,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-import worker.dataset as ds
-from shared.features import entity_features
-from worker.dataset import DatasetOptions, EmptyData, build_dataset
+import shared.data.assembly as ds
+from shared.data.assembly import DatasetOptions, EmptyData, build_dataset
+from shared.data.features import entity_features
 
 
 def _entities(rows: list[tuple[str, str, dict[str, Any]]]) -> pa.Table:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from worker.dataset import DatasetOptions, build_dataset
+from shared.data.assembly import DatasetOptions, build_dataset
 from worker.evaluation import EvaluationSettings, evaluate, holdout_split
 
 

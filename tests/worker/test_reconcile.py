@@ -10,8 +10,8 @@ import fakeredis
 import pytest
 
 from shared.config import Settings
-from shared.runs import get_status
-from shared.runs_lifecycle import create_run, request_cancel, start_attempt
+from shared.runs.lifecycle import create_run, request_cancel, start_attempt
+from shared.runs.records import get_status
 from shared.storage import Storage
 from worker.context import WorkerServices
 from worker.reconcile import reconcile

@@ -12,18 +12,18 @@ import pyarrow.compute as pc
 import pytest
 from celery.exceptions import SoftTimeLimitExceeded
 
-from shared.artifact import load_artifact
 from shared.config import Settings
 from shared.contracts import ProgressMeta
-from shared.runs import get_model, get_status
-from shared.runs_lifecycle import create_run
-from shared.runs_lock import acquire_lock
-from shared.selection import DataSpec, select_data
+from shared.data.assembly import DatasetOptions, build_dataset
+from shared.data.selection import DataSpec, select_data
+from shared.models.artifact import load_artifact
+from shared.runs.lifecycle import create_run
+from shared.runs.lock import acquire_lock
+from shared.runs.records import get_model, get_status
 from shared.storage import Storage
 from tests.worker.batches import write_batch
 from tests.worker.synthetic import clustered
 from worker.context import WorkerServices
-from worker.dataset import DatasetOptions, build_dataset
 from worker.runner import execute_run
 
 T = "acme"
@@ -63,7 +63,7 @@ def callbacks(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, str]]:
              status: Any) -> None:
         calls.append((version, status["status"]))
 
-    monkeypatch.setattr("shared.deliveries.schedule_for_run", fake)
+    monkeypatch.setattr("shared.webhooks.deliveries.schedule_for_run", fake)
     return calls
 
 

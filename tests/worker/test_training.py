@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from shared.data.assembly import DatasetOptions, build_dataset
 from shared.errors import TrainingFailed
 from tests.worker.synthetic import clustered
-from worker.dataset import DatasetOptions, build_dataset
 from worker.evaluation import EvaluationSettings
 from worker.training import Hyperparameters, TrainingCancelled, TrainParams, train
 
