@@ -1,6 +1,6 @@
 """Marshmallow schemas of the training endpoints: they validate requests and document them.
 
-Every range of API.md's ``POST /train`` table is checked here; unknown fields
+Every range of docs/api.md's ``POST /train`` table is checked here; unknown fields
 are refused (422). Defaults are resolved by :func:`resolve_params` so the run
 record stores exactly what the worker will use.
 """
@@ -151,7 +151,7 @@ class CallbackSchema(ma.Schema):
 
 
 class StatusSchema(ma.Schema):
-    """The status object (API.md, "Status")."""
+    """The status object (docs/api.md, "Status")."""
 
     model_id = ma.fields.String()
     version = ma.fields.Integer()

@@ -153,7 +153,7 @@ class Settings:
     serve_threads: int = 2
     callback_connect_timeout: float = 3.0
     callback_read_timeout: float = 15.0
-    #: Seconds between callback attempts after the first (API.md: 5 s, 5 min, 30 min, 2 h,
+    #: Seconds between callback attempts after the first (docs/api.md: 5 s, 5 min, 30 min, 2 h,
     #: 5 h, 10 h, 10 h); one retry per entry, jittered.
     callback_retry_delays: tuple[float, ...] = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0,
                                                 36000.0)

@@ -38,7 +38,7 @@ TASK_PROGRESS_PROBE = "recsys.progress_probe"
 #: Custom Celery state a task reports while it works; its meta is a :class:`ProgressMeta`.
 PROGRESS_STATE = "PROGRESS"
 
-#: Training defaults (API.md, "Training"); the API fills requests with them and the
+#: Training defaults (docs/api.md, "Training"); the API fills requests with them and the
 #: worker's parameter types default to them, so both sides always agree.
 HYPERPARAMETER_DEFAULTS: dict[str, Any] = {
     "loss": "warp",
@@ -97,7 +97,7 @@ class Metrics(TypedDict):
 
 
 class RunStatus(TypedDict):
-    """The status object of ``GET /status`` and of callbacks (API.md, "Status")."""
+    """The status object of ``GET /status`` and of callbacks (docs/api.md, "Status")."""
 
     model_id: str
     version: int

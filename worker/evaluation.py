@@ -27,7 +27,7 @@ CHUNK_CELLS = 1 << 24
 
 @dataclass(frozen=True)
 class EvaluationSettings:
-    """API.md ``evaluation``: holdout fraction (0 turns it off), sources scored, k."""
+    """docs/api.md ``evaluation``: holdout fraction (0 turns it off), sources scored, k."""
 
     holdout: float = EVALUATION_DEFAULTS["holdout"]
     max_sources: int = EVALUATION_DEFAULTS["max_sources"]

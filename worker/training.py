@@ -32,7 +32,7 @@ CancelHook = Callable[[], bool]
 
 @dataclass(frozen=True)
 class Hyperparameters:
-    """LightFM's knobs (API.md table); defaults are the documented ones."""
+    """LightFM's knobs (docs/api.md table); defaults are the documented ones."""
 
     loss: str = HYPERPARAMETER_DEFAULTS["loss"]
     no_components: int = HYPERPARAMETER_DEFAULTS["no_components"]

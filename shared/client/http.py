@@ -1,6 +1,6 @@
 """A small typed HTTP client for the service's API, used by the ``recsys`` CLI and the demo.
 
-It speaks the contract in ``API.md``: base URL plus an ``apikey`` header, JSON
+It speaks the contract in ``docs/api.md``: base URL plus an ``apikey`` header, JSON
 bodies, and the JSON error format, which it turns into one :class:`ApiError`
 with a readable one-line message. A refused or timed-out connection becomes
 :class:`ConnectionFailed`.

@@ -5,7 +5,7 @@ type (weights), per metadata key (feature columns) and, when the metadata of
 one side cannot be read as one typed table (a key holding a string in one
 entity and a number in another, say), per entity of that side with metadata.
 
-Rules (API.md, "Training"):
+Rules (docs/api.md, "Training"):
 
 - sources are the ids used as ``source_id`` by the interactions, targets those
   used as ``target_id``; an interaction whose source (target) is described as

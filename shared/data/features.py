@@ -1,6 +1,6 @@
 """Entity metadata as model features: the one rule training and cold-start serving share.
 
-API.md, "Metadata features": a string value ``v`` of key ``k`` becomes the
+docs/api.md, "Metadata features": a string value ``v`` of key ``k`` becomes the
 feature ``k=v`` (weight 1); a list of strings one ``k=elem`` feature per string
 element; a number (not a bool) the feature ``k`` weighted by value / scale,
 where the scale is the largest absolute value of that key over the training
@@ -32,7 +32,7 @@ def _scale(numeric_scales: Mapping[str, float], key: str) -> float:
 def entity_features(
     metadata: Mapping[str, Any], numeric_scales: Mapping[str, float]
 ) -> dict[str, float]:
-    """The metadata features of one entity as {feature name: weight} (API.md rule)."""
+    """The metadata features of one entity as {feature name: weight} (docs/api.md rule)."""
     features: dict[str, float] = {}
     for key, value in metadata.items():
         if isinstance(value, bool):

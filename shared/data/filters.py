@@ -1,6 +1,6 @@
 """Filter conditions of a data selection: validation, and evaluation on whole columns.
 
-A condition is ``{"field", "op", "value"}`` (API.md, ``data_filters``). Evaluation
+A condition is ``{"field", "op", "value"}`` (docs/api.md, ``data_filters``). Evaluation
 uses pyarrow compute on whole columns; ``metadata.<key>`` conditions parse each
 *distinct* metadata string once (a Python loop per unique value, unavoidable for
 JSON and far smaller than the row count in practice). A field a record lacks
@@ -33,7 +33,7 @@ MAX_CONDITIONS = 100
 
 @dataclass(frozen=True)
 class Condition:
-    """One filter condition: ``field`` ``op`` ``value`` (see API.md, data_filters)."""
+    """One filter condition: ``field`` ``op`` ``value`` (see docs/api.md, data_filters)."""
 
     field: str
     op: str
@@ -186,7 +186,7 @@ def _column_mask(col: pa.ChunkedArray | pa.Array, cond: Condition) -> pa.Array:
 
 
 def filter_mask(table: pa.Table, conditions: Sequence[Condition]) -> pa.Array:
-    """True for rows meeting every condition (API.md semantics for absent fields)."""
+    """True for rows meeting every condition (docs/api.md semantics for absent fields)."""
     mask: pa.Array = const_mask(table.num_rows, True)
     for cond in conditions:
         if cond.field.startswith(METADATA_PREFIX):

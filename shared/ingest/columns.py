@@ -74,7 +74,7 @@ ID_COLUMNS: dict[Kind, tuple[str, ...]] = {
 DEFAULT_TYPE = "default"
 #: Largest cell accepted, in bytes (a metadata object, a name, a URL): far above any sane value.
 MAX_FIELD_BYTES = 1 << 20
-#: Unix seconds above this are refused as probably milliseconds (API.md).
+#: Unix seconds above this are refused as probably milliseconds (docs/api.md).
 MAX_UNIX_SECONDS = 1e11
 #: How many problems a conversion reports at most.
 MAX_PROBLEMS = 20

@@ -1,4 +1,4 @@
-"""Property test: the vectorised filters agree with a plain, row-by-row reading of API.md."""
+"""Property test: the vectorised filters agree with a plain, row-by-row reading of docs/api.md."""
 
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ def _same(a: Any, b: Any) -> bool:
 
 
 def reference(row: dict[str, Any], cond: Condition) -> bool:
-    """API.md's rule, one record at a time."""
+    """docs/api.md's rule, one record at a time."""
     if cond.field.startswith("metadata."):
         actual = row["metadata"].get(cond.field[len("metadata."):])
     else:
