@@ -14,6 +14,12 @@ whatever the application leaves before it reads the next request on the
 connection), bytes beyond the body are given back to it, and a failed read
 marks the connection as not reusable. Anywhere else (the Flask test client,
 chunked bodies) the WSGI stream is used as it is.
+
+This reaches into gunicorn's private request classes (:data:`INTERNALS` lists
+every class and attribute used), so ``pyproject.toml`` pins gunicorn to the
+release series this was tested with, ``tests/api/test_body_gunicorn.py`` fails
+naming the internal a new release changed, and :func:`body_stream` checks them
+on each body and falls back to the WSGI stream when one is missing.
 """
 
 from __future__ import annotations
@@ -32,6 +38,48 @@ try:
     from gunicorn.http.unreader import SocketUnreader
 except ImportError:  # pragma: no cover - gunicorn is a dependency, but not of every caller
     Body = LengthReader = SocketUnreader = None
+
+
+#: The gunicorn internals :class:`SocketBody` uses: (object, attribute, callable?).
+INTERNALS: tuple[tuple[str, str, bool], ...] = (
+    ("gunicorn.http.body.Body", "reader", False),
+    ("gunicorn.http.body.Body", "buf", False),
+    ("gunicorn.http.body.Body", "failed", False),
+    ("gunicorn.http.body.LengthReader", "unreader", False),
+    ("gunicorn.http.body.LengthReader", "length", False),
+    ("gunicorn.http.unreader.SocketUnreader", "sock", False),
+    ("gunicorn.http.unreader.SocketUnreader", "take_buffered", True),
+    ("gunicorn.http.unreader.SocketUnreader", "unread", True),
+)
+
+
+def missing_internals(body: Any) -> list[str]:
+    """The gunicorn internals (``class.attribute``) that ``body`` lacks; [] when all are there.
+
+    ``body`` is gunicorn's ``wsgi.input`` for a body with a ``Content-Length``.
+    """
+    if Body is None:
+        return ["gunicorn.http.body.Body (gunicorn is not installed)"]
+    if not isinstance(body, Body):
+        return ["gunicorn.http.body.Body (wsgi.input is another class)"]
+    reader = getattr(body, "reader", None)
+    unreader = getattr(reader, "unreader", None)
+    holders = {
+        "gunicorn.http.body.Body": body,
+        "gunicorn.http.body.LengthReader": reader if isinstance(reader, LengthReader) else None,
+        "gunicorn.http.unreader.SocketUnreader":
+            unreader if isinstance(unreader, SocketUnreader) else None,
+    }
+    missing = []
+    for owner, attr, is_method in INTERNALS:
+        holder = holders[owner]
+        if holder is None:
+            missing.append(f"{owner} (not the class of the object found there)")
+            continue
+        value = getattr(holder, attr, None)
+        if value is None or (is_method and not callable(value)):
+            missing.append(f"{owner}.{attr}")
+    return sorted(set(missing))
 
 
 class SocketBody(io.RawIOBase):
@@ -100,11 +148,11 @@ def body_stream(request: Request) -> Iterator[IO[bytes]]:
     if (
         Body is not None
         and isinstance(body, Body)
-        and isinstance(body.reader, LengthReader)
-        and isinstance(body.reader.unreader, SocketUnreader)
-        and body.buf.tell() == 0
+        and isinstance(getattr(body, "reader", None), LengthReader)
         and request.content_length is not None
         and (limit is None or request.content_length <= limit)
+        and not missing_internals(body)
+        and body.buf.tell() == 0
     ):
         with SocketBody(body) as raw:
             yield raw  # type: ignore[misc]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import marshmallow as ma
@@ -16,6 +17,7 @@ from api.auth import current_tenant, require
 from api.body import body_stream
 from api.context import services
 from api.parsing import Blueprint, load_json_body
+from shared.config import Settings
 from shared.data.batches import BatchMeta, forget_batches, list_batches, validate_tags
 from shared.data.selection import DataSpec, summarise_data
 from shared.errors import (
@@ -25,7 +27,7 @@ from shared.errors import (
     ValidationFailed,
 )
 from shared.ingest.csv_reader import finish, prepare_csv
-from shared.ingest.multipart_parser import FILE_FIELDS, receive_multipart
+from shared.ingest.multipart_parser import FILE_FIELDS, Received, receive_multipart
 from shared.ingest.pipe import StreamingConversion
 from shared.ingest.store import Prepared, delete_files, prepare_json, row_errors, store
 from shared.ingest.store import workspace as upload_workspace
@@ -127,6 +129,69 @@ _UPLOAD_DOC = {
 }
 
 
+def _form_tags(received: Received, settings: Settings) -> tuple[str, ...]:
+    """The upload's tags, once the form is known to have files and no unknown fields."""
+    unknown = sorted(set(received.fields) - {"tags"})
+    if unknown:
+        raise ValidationFailed(
+            f"Unknown form field(s) {', '.join(unknown)}; send 'files' parts and 'tags'.",
+            code="invalid_body",
+            details={"fields": {name: ["Unknown field."] for name in unknown}},
+        )
+    tags = validate_tags(_split(received.fields.getlist("tags")), settings.max_tags)
+    if not received.files:
+        raise ValidationFailed(
+            "No files in the upload: send one or more CSV files as 'files' parts.",
+            code="no_files",
+            details={"file_fields": list(FILE_FIELDS)},
+        )
+    return tags
+
+
+def _finish_files(received: Received, workdir: Path, settings: Settings
+                  ) -> tuple[list[Prepared], list[dict[str, Any]]]:
+    """Each received file as a Parquet batch, or its row errors (waits for the conversions)."""
+    prepared: list[Prepared] = []
+    errors: list[dict[str, Any]] = []
+    for index, upload in enumerate(received.files):
+        if isinstance(upload.tee, StreamingConversion):
+            result = finish(upload.path, upload.filename, upload.tee.out, settings,
+                            upload.tee.wait())
+        else:  # CSV text sent as a plain form field
+            result = prepare_csv(upload.path, upload.filename,
+                                 workdir / f"field-{index}.parquet", settings)
+        if isinstance(result, Prepared):
+            prepared.append(result)
+        else:
+            errors.extend(result)
+    return prepared, errors
+
+
+class _Conversions:
+    """Starts a streaming conversion for each file part as it arrives (a ``TeeFactory``)."""
+
+    def __init__(self, workdir: Path, settings: Settings) -> None:
+        self.workdir = workdir
+        self.settings = settings
+        self.started: list[StreamingConversion] = []
+
+    def __call__(self, index: int, filename: str) -> StreamingConversion:
+        """The conversion for the file part at ``index``."""
+        # Earlier files are complete by now; let at most one lag behind, so memory stays
+        # bounded however many files a request carries.
+        for earlier in self.started[:-1]:
+            earlier.join()
+        conversion = StreamingConversion(
+            filename, self.workdir / f"{index}.parquet", self.settings)
+        self.started.append(conversion)
+        return conversion
+
+    def abort(self) -> None:
+        """Stop every conversion still running (a no-op for those that ended)."""
+        for conversion in self.started:
+            conversion.abort()
+
+
 def _upload_multipart(tenant: str) -> list[BatchMeta]:
     svc = services()
     settings = svc.settings
@@ -135,55 +200,19 @@ def _upload_multipart(tenant: str) -> list[BatchMeta]:
         + MULTIPART_OVERHEAD
     )
     started = time.perf_counter()
-    conversions: list[StreamingConversion] = []
     with upload_workspace(settings) as workdir:
-
-        def convert_while_receiving(index: int, filename: str) -> StreamingConversion:
-            # Earlier files are complete by now; let at most one lag behind, so memory stays
-            # bounded however many files a request carries.
-            for earlier in conversions[:-1]:
-                earlier.join()
-            conversion = StreamingConversion(filename, workdir / f"{index}.parquet", settings)
-            conversions.append(conversion)
-            return conversion
-
+        conversions = _Conversions(workdir, settings)
         try:
             with body_stream(request) as stream:
                 received = receive_multipart(
                     stream, request.content_type or "", request.content_length, workdir,
-                    settings, convert_while_receiving,
+                    settings, conversions,
                 )
             received_at = time.perf_counter()
-            unknown = sorted(set(received.fields) - {"tags"})
-            if unknown:
-                raise ValidationFailed(
-                    f"Unknown form field(s) {', '.join(unknown)}; send 'files' parts and 'tags'.",
-                    code="invalid_body",
-                    details={"fields": {name: ["Unknown field."] for name in unknown}},
-                )
-            tags = validate_tags(_split(received.fields.getlist("tags")), settings.max_tags)
-            if not received.files:
-                raise ValidationFailed(
-                    "No files in the upload: send one or more CSV files as 'files' parts.",
-                    code="no_files",
-                    details={"file_fields": list(FILE_FIELDS)},
-                )
-            prepared: list[Prepared] = []
-            errors: list[dict[str, Any]] = []
-            for index, upload in enumerate(received.files):
-                if isinstance(upload.tee, StreamingConversion):
-                    result = finish(upload.path, upload.filename, upload.tee.out, settings,
-                                    upload.tee.wait())
-                else:  # CSV text sent as a plain form field
-                    result = prepare_csv(upload.path, upload.filename,
-                                         workdir / f"field-{index}.parquet", settings)
-                if isinstance(result, Prepared):
-                    prepared.append(result)
-                else:
-                    errors.extend(result)
+            tags = _form_tags(received, settings)
+            prepared, errors = _finish_files(received, workdir, settings)
         finally:
-            for conversion in conversions:
-                conversion.abort()
+            conversions.abort()
         if errors:
             raise row_errors(errors)
         converted_at = time.perf_counter()

@@ -12,11 +12,8 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
 
 from shared.errors import ConfigError
-
-T = TypeVar("T")
 
 #: Name of the file, inside ``<data_dir>/redis``, that records the embedded server's port.
 EMBEDDED_PORT_FILE = "port"
@@ -102,6 +99,52 @@ def _http_url(raw: str) -> str:
     if not raw.startswith(("http://", "https://")):
         raise ValueError("expected an http:// or https:// URL")
     return raw.rstrip("/")
+
+
+#: Every ``RECSYS_`` variable: the setting it fills and how its text is parsed.
+_ENV_VARS: tuple[tuple[str, str, Callable[[str], object]], ...] = (
+    ("RECSYS_HOST", "host", str),
+    ("RECSYS_PORT", "port", _parse_port),
+    ("RECSYS_FLOWER_PORT", "flower_port", _parse_port),
+    ("RECSYS_FLOWER_USER", "flower_user", str),
+    ("RECSYS_FLOWER_PASSWORD", "flower_password", str),
+    ("RECSYS_DATA_DIR", "data_dir", lambda raw: Path(raw).expanduser().resolve()),
+    ("RECSYS_REDIS_URL", "redis_url", _redis_url),
+    ("RECSYS_STORAGE_URL", "storage_url", _storage_url),
+    ("RECSYS_BOOTSTRAP_KEY", "bootstrap_key", str),
+    ("RECSYS_CALLBACK_ALLOW_PRIVATE", "callback_allow_private", _parse_bool),
+    ("RECSYS_URL", "api_url", str),
+    ("RECSYS_API_KEY", "api_key", str),
+    ("RECSYS_LOG_LEVEL", "log_level", lambda raw: raw.upper()),
+    ("RECSYS_WORKER_CONCURRENCY", "worker_concurrency", _positive_int),
+    ("RECSYS_TRAIN_THREADS", "train_threads", _positive_int),
+    ("RECSYS_WEB_WORKERS", "web_workers", _positive_int),
+    ("RECSYS_WEB_THREADS", "web_threads", _positive_int),
+    ("RECSYS_WEB_TIMEOUT", "web_timeout", _positive_int),
+    ("RECSYS_MAX_FILE_BYTES", "max_file_bytes", _positive_int),
+    ("RECSYS_MAX_FILE_ROWS", "max_file_rows", _positive_int),
+    ("RECSYS_MAX_FILES_PER_REQUEST", "max_files_per_request", _positive_int),
+    ("RECSYS_MAX_JSON_BODY_BYTES", "max_json_body_bytes", _positive_int),
+    ("RECSYS_MAX_TAGS", "max_tags", _positive_int),
+    ("RECSYS_TRAIN_SOFT_TIME_LIMIT", "train_soft_time_limit", _positive_int),
+    ("RECSYS_TRAIN_HARD_TIME_LIMIT", "train_hard_time_limit", _positive_int),
+    ("RECSYS_HEARTBEAT_INTERVAL", "heartbeat_interval", _positive_float),
+    ("RECSYS_HEARTBEAT_STALE_AFTER", "heartbeat_stale_after", _positive_float),
+    ("RECSYS_MAX_RUN_ATTEMPTS", "max_run_attempts", _positive_int),
+    ("RECSYS_RECONCILE_INTERVAL", "reconcile_interval", _positive_float),
+    ("RECSYS_KEEP_VERSIONS", "keep_versions", _positive_int),
+    ("RECSYS_MAX_RECOMMEND_SOURCE_IDS", "max_recommend_source_ids", _positive_int),
+    ("RECSYS_MAX_COLD_START_LOOKUPS", "max_cold_start_lookups", _positive_int),
+    ("RECSYS_SERVE_BLAS_THREADS", "serve_blas_threads", _positive_int),
+    ("RECSYS_SERVE_THREADS", "serve_threads", _positive_int),
+    ("RECSYS_CALLBACK_CONNECT_TIMEOUT", "callback_connect_timeout", _positive_float),
+    ("RECSYS_CALLBACK_READ_TIMEOUT", "callback_read_timeout", _positive_float),
+    ("RECSYS_CALLBACK_RETRY_DELAYS", "callback_retry_delays", _delays),
+    ("RECSYS_LOG_FORMAT", "log_format", _log_format),
+    ("RECSYS_RATE_LIMIT", "rate_limit", _rate_limit),
+    ("RECSYS_RATE_LIMIT_RECOMMEND", "rate_limit_recommend", _rate_limit),
+    ("RECSYS_S3_ENDPOINT_URL", "s3_endpoint_url", _http_url),
+)
 
 
 @dataclass(frozen=True)
@@ -216,57 +259,14 @@ class Settings:
         """Read and validate every ``RECSYS_`` variable; raise ConfigError naming a bad one."""
         env = os.environ if environ is None else environ
         values: dict[str, object] = {}
-
-        def read(name: str, attr: str, parse: Callable[[str], T]) -> None:
+        for name, attr, parse in _ENV_VARS:
             raw = env.get(name)
             if raw is None or (raw == "" and attr != "callback_allow_private"):
-                return
+                continue
             try:
                 values[attr] = parse(raw)
             except ValueError as exc:
                 raise ConfigError(f"{name}={raw!r} is invalid: {exc}") from exc
-
-        read("RECSYS_HOST", "host", str)
-        read("RECSYS_PORT", "port", _parse_port)
-        read("RECSYS_FLOWER_PORT", "flower_port", _parse_port)
-        read("RECSYS_FLOWER_USER", "flower_user", str)
-        read("RECSYS_FLOWER_PASSWORD", "flower_password", str)
-        read("RECSYS_DATA_DIR", "data_dir", lambda raw: Path(raw).expanduser().resolve())
-        read("RECSYS_REDIS_URL", "redis_url", _redis_url)
-        read("RECSYS_STORAGE_URL", "storage_url", _storage_url)
-        read("RECSYS_BOOTSTRAP_KEY", "bootstrap_key", str)
-        read("RECSYS_CALLBACK_ALLOW_PRIVATE", "callback_allow_private", _parse_bool)
-        read("RECSYS_URL", "api_url", str)
-        read("RECSYS_API_KEY", "api_key", str)
-        read("RECSYS_LOG_LEVEL", "log_level", lambda raw: raw.upper())
-        read("RECSYS_WORKER_CONCURRENCY", "worker_concurrency", _positive_int)
-        read("RECSYS_TRAIN_THREADS", "train_threads", _positive_int)
-        read("RECSYS_WEB_WORKERS", "web_workers", _positive_int)
-        read("RECSYS_WEB_THREADS", "web_threads", _positive_int)
-        read("RECSYS_WEB_TIMEOUT", "web_timeout", _positive_int)
-        read("RECSYS_MAX_FILE_BYTES", "max_file_bytes", _positive_int)
-        read("RECSYS_MAX_FILE_ROWS", "max_file_rows", _positive_int)
-        read("RECSYS_MAX_FILES_PER_REQUEST", "max_files_per_request", _positive_int)
-        read("RECSYS_MAX_JSON_BODY_BYTES", "max_json_body_bytes", _positive_int)
-        read("RECSYS_MAX_TAGS", "max_tags", _positive_int)
-        read("RECSYS_TRAIN_SOFT_TIME_LIMIT", "train_soft_time_limit", _positive_int)
-        read("RECSYS_TRAIN_HARD_TIME_LIMIT", "train_hard_time_limit", _positive_int)
-        read("RECSYS_HEARTBEAT_INTERVAL", "heartbeat_interval", _positive_float)
-        read("RECSYS_HEARTBEAT_STALE_AFTER", "heartbeat_stale_after", _positive_float)
-        read("RECSYS_MAX_RUN_ATTEMPTS", "max_run_attempts", _positive_int)
-        read("RECSYS_RECONCILE_INTERVAL", "reconcile_interval", _positive_float)
-        read("RECSYS_KEEP_VERSIONS", "keep_versions", _positive_int)
-        read("RECSYS_MAX_RECOMMEND_SOURCE_IDS", "max_recommend_source_ids", _positive_int)
-        read("RECSYS_MAX_COLD_START_LOOKUPS", "max_cold_start_lookups", _positive_int)
-        read("RECSYS_SERVE_BLAS_THREADS", "serve_blas_threads", _positive_int)
-        read("RECSYS_SERVE_THREADS", "serve_threads", _positive_int)
-        read("RECSYS_CALLBACK_CONNECT_TIMEOUT", "callback_connect_timeout", _positive_float)
-        read("RECSYS_CALLBACK_READ_TIMEOUT", "callback_read_timeout", _positive_float)
-        read("RECSYS_CALLBACK_RETRY_DELAYS", "callback_retry_delays", _delays)
-        read("RECSYS_LOG_FORMAT", "log_format", _log_format)
-        read("RECSYS_RATE_LIMIT", "rate_limit", _rate_limit)
-        read("RECSYS_RATE_LIMIT_RECOMMEND", "rate_limit_recommend", _rate_limit)
-        read("RECSYS_S3_ENDPOINT_URL", "s3_endpoint_url", _http_url)
 
         settings = cls(**values)  # type: ignore[arg-type]
         if settings.log_level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:

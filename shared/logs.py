@@ -19,7 +19,9 @@ Housekeeping tasks (the callback scan every 5 s, the run reconciler) run all
 the time: the routine lines of a run that succeeds (Celery's "Sending due
 task", "received", "succeeded", and this module's "task started"/"task ended")
 are left out unless the level is DEBUG (:class:`RoutineFilter`); whatever such a
-task logs itself, and any failure, is kept.
+task logs itself, and any failure, is kept. The lines are told apart by logger,
+task name in the record's args, and Celery's own format-string constants
+(``celery.app.trace.LOG_RECEIVED``/``LOG_SUCCESS``), never by matching words.
 
 Nothing secret is logged: whole lines (message, extras, traceback) are
 scrubbed of API keys (``rk_...``), webhook secrets (``whsec_...``) and the
@@ -165,12 +167,15 @@ def _routine(record: logging.LogRecord) -> bool:
     if record.name == "recsys.task":
         return (getattr(record, "task", None) in HOUSEKEEPING_TASKS
                 and getattr(record, "state", "SUCCESS") == "SUCCESS")
-    if record.name == "celery.beat":  # "Scheduler: Sending due task %s (%s)"
+    if record.name == "celery.beat":  # "Scheduler: Sending due task %s (%s)", name, task
         return isinstance(args, tuple) and any(a in HOUSEKEEPING_TASKS for a in args)
     if record.name in ("celery.worker.strategy", "celery.app.trace"):
-        # "Task %(name)s[%(id)s] received" / "... succeeded in %(runtime)ss: ..."
+        # Celery logs a task's "received" and "succeeded" lines with these format strings,
+        # the task's name in the args (tests/shared/test_logs_celery.py checks it still does).
+        from celery.app import trace
+
         return (isinstance(args, Mapping) and args.get("name") in HOUSEKEEPING_TASKS
-                and ("received" in str(record.msg) or "succeeded" in str(record.msg)))
+                and record.msg in (trace.LOG_RECEIVED, trace.LOG_SUCCESS))
     return False
 
 

@@ -128,6 +128,72 @@ def _show_recs(
     out.print(grid)
 
 
+def _show_shop(out: Console, shop: Shop) -> None:
+    purchases = int((shop.event_type == "purchase").sum())
+    out.print(f"{len(shop.user_ids)} users with tastes over {len(CATEGORIES)} categories, "
+              f"{len(shop.item_ids)} items with prices, {shop.n_events} interactions over a "
+              f"year ({shop.n_events - purchases} views, {purchases} purchases).")
+
+
+def _upload_step(client: RecsysClient, out: Console, shop: Shop) -> None:
+    with tempfile.TemporaryDirectory(prefix="recsys-demo-") as tmp:
+        _upload(client, shop, out, Path(tmp))
+    try:
+        summary = client.dataset(tags=[DEMO_TAG])
+        shown = {k: v for k, v in summary.items() if k not in {"batch_ids", "data_batch_ids"}}
+        key_values(out, shown, title="What a training run will use")
+    except ApiError as exc:
+        out.print(f"(dataset summary unavailable: {exc.one_line()})")
+
+
+def _train_step(client: RecsysClient, out: Console, epochs: int) -> dict[str, Any]:
+    status = _train(client, out, epochs)
+    if status.get("status") != "completed":
+        raise click.ClickException(
+            f"training ended in {status.get('phase')}: {status.get('message')}"
+        )
+    counts = status.get("counts") or {}
+    out.print(f"Trained version {status.get('version')} on {counts.get('interactions', '?')} "
+              f"interactions, {counts.get('sources', '?')} users, "
+              f"{counts.get('targets', '?')} items.")
+    if status.get("metrics"):
+        metrics_table(out, status["metrics"])
+    return status
+
+
+def _known_users_step(client: RecsysClient, out: Console, shop: Shop, lookup: dict[str, int]
+                      ) -> tuple[dict[str, list[dict[str, Any]]], list[int]]:
+    """Recommendations for the most active user, a fairly active one and a typical one."""
+    users = len(shop.user_ids)
+    per_user: dict[str, list[dict[str, Any]]] = {}
+    by_activity = np.argsort(-np.bincount(shop.event_user, minlength=users), kind="stable")
+    active = [int(i) for i in by_activity[[0, users // 40, users // 5]]]
+    for index in active:
+        user = str(shop.user_ids[index])
+        interests = [CATEGORIES[int(c)] for c in shop.user_interests[index]]
+        rows = client.recommend(MODEL_ID, [user], max_recommendations=5)["recommendations"]
+        per_user[user] = rows
+        _show_recs(out, shop, rows, f"{user} (interests: {', '.join(interests)})",
+                   lookup)
+    return per_user, active
+
+
+def _cold_start_step(client: RecsysClient, out: Console, shop: Shop, lookup: dict[str, int]
+                     ) -> tuple[list[dict[str, Any]], float]:
+    """Recommendations for a visitor known only by metadata; the share within its interests."""
+    new_rows: list[dict[str, Any]] = client.recommend(
+        MODEL_ID, ["new-visitor-1"], max_recommendations=10, source_metadata=NEW_USER_METADATA
+    )["recommendations"]
+    _show_recs(out, shop, new_rows, f"new-visitor-1 {NEW_USER_METADATA}", lookup)
+    wanted = {CATEGORIES.index(c) for c in NEW_USER_METADATA["interests"]}
+    hits = [lookup[r["target_id"]] for r in new_rows if r.get("target_id") in lookup]
+    share = float(np.isin(shop.item_category[hits], list(wanted)).mean()) if hits else 0.0
+    chance = len(wanted) / len(CATEGORIES)
+    out.print(f"{share:.0%} of these are in the visitor's interests "
+              f"(a random pick would give about {chance:.0%}).")
+    return new_rows, share
+
+
 def run_demo(
     client: RecsysClient,
     out: Console,
@@ -143,59 +209,16 @@ def run_demo(
     started = time.monotonic()
     out.rule("1. A synthetic shop")
     shop = generate_shop(users, items, interactions, seed=seed)
-    purchases = int((shop.event_type == "purchase").sum())
-    out.print(f"{users} users with tastes over {len(CATEGORIES)} categories, {items} items "
-              f"with prices, {shop.n_events} interactions over a year "
-              f"({shop.n_events - purchases} views, {purchases} purchases).")
-
+    _show_shop(out, shop)
     out.rule("2. Upload in tagged batches")
-    with tempfile.TemporaryDirectory(prefix="recsys-demo-") as tmp:
-        _upload(client, shop, out, Path(tmp))
-    try:
-        summary = client.dataset(tags=[DEMO_TAG])
-        shown = {k: v for k, v in summary.items() if k not in {"batch_ids", "data_batch_ids"}}
-        key_values(out, shown, title="What a training run will use")
-    except ApiError as exc:
-        out.print(f"(dataset summary unavailable: {exc.one_line()})")
-
+    _upload_step(client, out, shop)
     out.rule("3. Train (purchases weigh 5 views)")
-    status = _train(client, out, epochs)
-    if status.get("status") != "completed":
-        raise click.ClickException(
-            f"training ended in {status.get('phase')}: {status.get('message')}"
-        )
-    counts = status.get("counts") or {}
-    out.print(f"Trained version {status.get('version')} on {counts.get('interactions', '?')} "
-              f"interactions, {counts.get('sources', '?')} users, "
-              f"{counts.get('targets', '?')} items.")
-    if status.get("metrics"):
-        metrics_table(out, status["metrics"])
-
+    status = _train_step(client, out, epochs)
     out.rule("4. Recommendations for a few users")
     lookup = _item_lookup(shop)
-    per_user: dict[str, list[dict[str, Any]]] = {}
-    # The most active user, a fairly active one and a typical one.
-    by_activity = np.argsort(-np.bincount(shop.event_user, minlength=users), kind="stable")
-    active = by_activity[[0, users // 40, users // 5]]
-    for index in active:
-        user = str(shop.user_ids[index])
-        interests = [CATEGORIES[int(c)] for c in shop.user_interests[index]]
-        rows = client.recommend(MODEL_ID, [user], max_recommendations=5)["recommendations"]
-        per_user[user] = rows
-        _show_recs(out, shop, rows, f"{user} (interests: {', '.join(interests)})",
-                   lookup)
-
+    per_user, active = _known_users_step(client, out, shop, lookup)
     out.rule("5. A new visitor known only by metadata (cold start)")
-    new_rows = client.recommend(
-        MODEL_ID, ["new-visitor-1"], max_recommendations=10, source_metadata=NEW_USER_METADATA
-    )["recommendations"]
-    _show_recs(out, shop, new_rows, f"new-visitor-1 {NEW_USER_METADATA}", lookup)
-    wanted = {CATEGORIES.index(c) for c in NEW_USER_METADATA["interests"]}
-    hits = [lookup[r["target_id"]] for r in new_rows if r.get("target_id") in lookup]
-    share = float(np.isin(shop.item_category[hits], list(wanted)).mean()) if hits else 0.0
-    chance = len(wanted) / len(CATEGORIES)
-    out.print(f"{share:.0%} of these are in the visitor's interests "
-              f"(a random pick would give about {chance:.0%}).")
+    new_rows, share = _cold_start_step(client, out, shop, lookup)
     seconds = time.monotonic() - started
     out.rule(f"Done in {seconds:.0f} s")
     if keep_hint:

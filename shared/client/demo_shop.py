@@ -67,19 +67,10 @@ class Shop:
         return int(self.event_user.shape[0])
 
 
-def generate_shop(
-    n_users: int = 2000,
-    n_items: int = 500,
-    n_interactions: int = 60_000,
-    seed: int = 7,
-    now: datetime | None = None,
-) -> Shop:
-    """Generate a shop; the same seed and ``now`` give the same shop."""
-    rng = np.random.default_rng(seed)
+def _items(rng: np.random.Generator, n_items: int) -> dict[str, np.ndarray]:
+    """Items with categories, prices, brands and names; ``popularity`` is not uploaded."""
     n_cat = len(CATEGORIES)
-    end = np.datetime64((now or datetime.now(UTC)).replace(tzinfo=None), "s")
-
-    # Items: every category gets items; popularity is Zipf-like inside a category.
+    # Every category gets items; popularity is Zipf-like inside a category.
     item_category = rng.permutation(np.arange(n_items) % n_cat)
     item_price = np.round(BASE_PRICE[item_category] * rng.lognormal(0.0, 0.45, n_items), 2)
     item_brand = rng.integers(0, 25, n_items)
@@ -89,9 +80,14 @@ def generate_shop(
     cats = np.array(CATEGORIES)[item_category]
     item_name = np.char.add(np.char.add(nouns, " "), np.char.add(cats, " ")).astype(str)
     item_name = np.char.add(item_name, np.arange(1, n_items + 1).astype(str))
+    return {"item_ids": item_ids, "item_category": item_category, "item_price": item_price,
+            "item_brand": item_brand, "item_name": item_name, "popularity": popularity}
 
-    # Users: concentrated tastes, budgets, activity.
-    user_taste = rng.dirichlet(np.full(n_cat, 0.25), n_users)
+
+def _users(rng: np.random.Generator, n_users: int, n_interactions: int
+           ) -> dict[str, np.ndarray]:
+    """Users with concentrated tastes, budgets and activity; ``counts``: events per user."""
+    user_taste = rng.dirichlet(np.full(len(CATEGORIES), 0.25), n_users)
     user_interests = np.argsort(-user_taste, axis=1)[:, :2]
     user_budget = rng.lognormal(np.log(90.0), 0.6, n_users)
     user_region = rng.integers(0, len(REGIONS), n_users)
@@ -99,15 +95,24 @@ def generate_shop(
     user_ids = np.char.add("user-", np.char.zfill(np.arange(1, n_users + 1).astype(str), 5))
     activity = rng.lognormal(0.0, 0.8, n_users)
     counts = rng.multinomial(n_interactions, activity / activity.sum())
+    return {"user_ids": user_ids, "user_taste": user_taste, "user_interests": user_interests,
+            "user_budget": user_budget, "user_region": user_region, "user_age": user_age,
+            "counts": counts}
 
-    # Interactions: user -> category from taste -> item from popularity within the category.
-    event_user = np.repeat(np.arange(n_users), counts)
-    cum_taste = np.cumsum(user_taste[event_user], axis=1)
+
+def _events(rng: np.random.Generator, items: dict[str, np.ndarray],
+            users: dict[str, np.ndarray], end: np.datetime64) -> dict[str, np.ndarray]:
+    """Interactions, in time order: user -> category from taste -> item by popularity."""
+    n_cat = len(CATEGORIES)
+    counts, item_category = users["counts"], items["item_category"]
+    n_interactions = int(counts.sum())
+    event_user = np.repeat(np.arange(len(counts)), counts)
+    cum_taste = np.cumsum(users["user_taste"][event_user], axis=1)
     draw = rng.random(n_interactions)[:, None] * cum_taste[:, -1:]
     event_cat = np.minimum((cum_taste < draw).sum(axis=1), n_cat - 1)
     order = np.argsort(item_category, kind="stable")
     sorted_cat = item_category[order]
-    weights = popularity[order]
+    weights = items["popularity"][order]
     cat_totals = np.bincount(sorted_cat, weights=weights, minlength=n_cat)
     within = np.cumsum(weights) - np.concatenate(([0.0], np.cumsum(cat_totals)))[sorted_cat]
     keys = sorted_cat + within / cat_totals[sorted_cat]  # in (cat, cat + 1]
@@ -115,21 +120,33 @@ def generate_shop(
     event_item = order[np.searchsorted(keys, event_cat + pick, side="left")]
 
     # Views turn into purchases less often when the price is over budget.
-    over = np.maximum(item_price[event_item] / user_budget[event_user] - 1.0, 0.0)
+    over = np.maximum(items["item_price"][event_item] / users["user_budget"][event_user] - 1.0,
+                      0.0)
     bought = rng.random(n_interactions) < 0.14 * np.exp(-2.0 * over)
     event_type = np.where(bought, "purchase", "view")
     seconds = rng.integers(0, YEAR_SECONDS, n_interactions)
     event_time = end - seconds.astype("timedelta64[s]")
     by_time = np.argsort(event_time, kind="stable")
+    return {"event_type": event_type[by_time], "event_user": event_user[by_time],
+            "event_item": event_item[by_time], "event_time": event_time[by_time]}
 
-    return Shop(
-        user_ids=user_ids, user_taste=user_taste, user_interests=user_interests,
-        user_budget=user_budget, user_region=user_region, user_age=user_age,
-        item_ids=item_ids, item_category=item_category, item_price=item_price,
-        item_brand=item_brand, item_name=item_name,
-        event_type=event_type[by_time], event_user=event_user[by_time],
-        event_item=event_item[by_time], event_time=event_time[by_time],
-    )
+
+def generate_shop(
+    n_users: int = 2000,
+    n_items: int = 500,
+    n_interactions: int = 60_000,
+    seed: int = 7,
+    now: datetime | None = None,
+) -> Shop:
+    """Generate a shop; the same seed and ``now`` give the same shop."""
+    rng = np.random.default_rng(seed)
+    end = np.datetime64((now or datetime.now(UTC)).replace(tzinfo=None), "s")
+    # drawn in this order from one generator, so a seed keeps giving the same shop
+    items = _items(rng, n_items)
+    users = _users(rng, n_users, n_interactions)
+    events = _events(rng, items, users, end)
+    del items["popularity"], users["counts"]
+    return Shop(**items, **users, **events)
 
 
 def user_metadata(shop: Shop, index: int) -> dict[str, object]:

@@ -8,6 +8,7 @@ imports none of them itself, so importing one never loads the others.
 __all__ = [
     "buffers",
     "columns",
+    "csv_header",
     "csv_reader",
     "line_errors",
     "multipart_parser",

@@ -281,6 +281,45 @@ def _drain(stream: IO[bytes], remaining: int | None) -> None:
         pass
 
 
+def _parse(stream: IO[bytes], remaining: int | None, boundary: bytes, receiver: _Receiver
+           ) -> None:
+    """Feed the body (``remaining`` bytes, or to its end) to the parser and ``receiver``.
+
+    On a refusal the rest of the body is drained, so the client reads the answer.
+    """
+    try:
+        parser = MultipartParser(boundary, receiver.callbacks())
+        # one buffer for every read: whoever keeps received bytes copies them
+        buf = bytearray(BUFFER_SIZE)
+        while remaining is None or remaining > 0:
+            n = fill(stream, memoryview(buf)[: BUFFER_SIZE if remaining is None
+                                             else min(BUFFER_SIZE, remaining)])
+            if not n:
+                break
+            if remaining is not None:
+                remaining -= n
+            data = buf if n == len(buf) else buf[:n]
+            while True:
+                try:
+                    parser.write(data)  # type: ignore[arg-type]  # any bytes-like works
+                    break
+                except _EmptyPart as cut:  # rare: restart at the delimiter
+                    receiver.part_end()
+                    parser = MultipartParser(boundary, receiver.callbacks())
+                    data = data[cut.offset:]
+    except ServiceError:
+        _drain(stream, remaining)
+        raise
+    except RequestEntityTooLarge as exc:
+        _drain(stream, remaining)
+        raise PayloadTooLarge(
+            "The body is larger than this endpoint accepts; nothing was stored.",
+            code="payload_too_large",
+        ) from exc
+    except (FormParserError, UnicodeEncodeError) as exc:
+        raise _malformed(str(exc)) from exc
+
+
 def receive_multipart(
     stream: IO[bytes],
     content_type: str,
@@ -303,42 +342,14 @@ def receive_multipart(
             "A multipart/form-data body needs a boundary in its Content-Type.",
             code="invalid_multipart",
         )
-    remaining = content_length
     receiver: _Receiver | None = None
     try:
         try:
             encoded = boundary.encode("latin-1")
-            receiver = _Receiver(encoded, workdir, settings, tee_factory)
-            parser = MultipartParser(encoded, receiver.callbacks())
-            # one buffer for every read: whoever keeps received bytes copies them
-            buf = bytearray(BUFFER_SIZE)
-            while remaining is None or remaining > 0:
-                n = fill(stream, memoryview(buf)[: BUFFER_SIZE if remaining is None
-                                                 else min(BUFFER_SIZE, remaining)])
-                if not n:
-                    break
-                if remaining is not None:
-                    remaining -= n
-                data = buf if n == len(buf) else buf[:n]
-                while True:
-                    try:
-                        parser.write(data)  # type: ignore[arg-type]  # any bytes-like works
-                        break
-                    except _EmptyPart as cut:  # rare: restart at the delimiter
-                        receiver.part_end()
-                        parser = MultipartParser(encoded, receiver.callbacks())
-                        data = data[cut.offset:]
-        except ServiceError:
-            _drain(stream, remaining)
-            raise
-        except RequestEntityTooLarge as exc:
-            _drain(stream, remaining)
-            raise PayloadTooLarge(
-                "The body is larger than this endpoint accepts; nothing was stored.",
-                code="payload_too_large",
-            ) from exc
-        except (FormParserError, UnicodeEncodeError) as exc:
+        except UnicodeEncodeError as exc:
             raise _malformed(str(exc)) from exc
+        receiver = _Receiver(encoded, workdir, settings, tee_factory)
+        _parse(stream, content_length, encoded, receiver)
         if not receiver.ended:
             raise _malformed("the body ends before its closing boundary")
     finally:

@@ -109,8 +109,8 @@ def _resolve(host: str, port: int) -> list[IPAddress]:
     return [ipaddress.ip_address(info[4][0]) for info in infos]
 
 
-def validate_callback_url(url: str, allow_private: bool) -> str:
-    """Return ``url`` when a callback may be sent there, else raise 422 callback_url_forbidden."""
+def _host_and_port(url: str) -> tuple[str, int]:
+    """The host and port of an http(s) URL without credentials; 422 for anything else."""
     if not isinstance(url, str) or not url:
         raise _refuse("The callback_url must be a non-empty string.", "malformed")
     if len(url) > MAX_URL_LENGTH:
@@ -146,8 +146,12 @@ def validate_callback_url(url: str, allow_private: bool) -> str:
         raise _refuse("The callback_url has no host.", "no_host")
     if port == 0:
         raise _refuse("The callback_url has an invalid port.", "malformed")
-    port = port or (443 if scheme == "https" else 80)
+    return host, port or (443 if scheme == "https" else 80)
 
+
+def validate_callback_url(url: str, allow_private: bool) -> str:
+    """Return ``url`` when a callback may be sent there, else raise 422 callback_url_forbidden."""
+    host, port = _host_and_port(url)
     literal = literal_address(host)
     if literal is not None:
         if not allow_private and is_forbidden_address(literal):

@@ -10,6 +10,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from celery.app import trace as celery_trace
 from flask.testing import FlaskClient
 
 from shared import logs
@@ -195,15 +196,14 @@ def _housekeeping_run(task: str, state: str = "SUCCESS") -> None:
     logging.getLogger("celery.beat").info("Scheduler: Sending due task %s (%s)", "scan", task)
     received = {"id": "t1", "name": task, "args": "()", "kwargs": "{}", "eta": None}
     logging.getLogger("celery.worker.strategy").info(
-        "Task %(name)s[%(id)s] received", received, extra={"data": received})
+        celery_trace.LOG_RECEIVED, received, extra={"data": received})
     token = logs.task_name_var.set(task)
     try:
         logging.getLogger("recsys.task").info("task started")
         logging.getLogger("worker.callbacks").info("callback wh_1 delivered")
         done = {"id": "t1", "name": task, "return_value": "1", "runtime": 0.01}
         logging.getLogger("celery.app.trace").info(
-            "Task %(name)s[%(id)s] succeeded in %(runtime)ss: %(return_value)s", done,
-            extra={"data": done})
+            celery_trace.LOG_SUCCESS, done, extra={"data": done})
         logging.getLogger("recsys.task").info("task ended", extra={"state": state})
     finally:
         logs.task_name_var.reset(token)
