@@ -58,7 +58,7 @@ return bad;
 
 
 def _write_shop(folder: Path, picture: str) -> tuple[Path, Path]:
-    """A small shop: 40 items in 4 categories with pictures, 60 users who stay in one."""
+    """A small shop: 40 items in 4 categories with pictures, 120 users who stay in one."""
     rng = random.Random(7)
     items = folder / "items.csv"
     with items.open("w") as out:
@@ -69,9 +69,9 @@ def _write_shop(folder: Path, picture: str) -> tuple[Path, Path]:
     events = folder / "events.csv"
     with events.open("w") as out:
         out.write("type,source_id,target_id,timestamp,metadata\n")
-        for user in range(60):
+        for user in range(120):
             mine = [n for n in range(40) if n % 4 == user % 4]
-            for n in rng.sample(mine, 8):
+            for n in rng.sample(mine, 4):
                 day = 1 + rng.randrange(9)
                 out.write(f"view,u{user:03d},i{n:03d},2026-03-{day:02d}T10:00:00Z,\n")
     return items, events
@@ -164,7 +164,7 @@ def test_sign_in_upload_train_watch_try_and_sign_out(
     driver.find_element(By.ID, "recommend").click()
     wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#recs .rec")))
     names = [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#recs .rec .name")]
-    assert len(names) == 10 and sum("Kitchen" in n for n in names) >= 5, names
+    assert len(names) == 10 and sum("Kitchen" in n for n in names[:3]) >= 2, names
     wait.until(lambda d: d.execute_script(
         "var i = document.querySelector('#recs img');"
         "return i && i.complete && i.naturalWidth > 0;"))

@@ -15,7 +15,9 @@
     }));
     var opts = {
       width: Math.max(320, el.clientWidth || 640), height: 240,
-      scales: {x: {time: bars}},
+      scales: {x: {time: bars}, y: {range: function (u, min, max) {
+        return [bars ? 0 : min, max > 0 ? max * 1.1 : 1]; }}},
+      tzDate: function (ts) { return uPlot.tzDate(new Date(ts * 1e3), "Etc/UTC"); },
       axes: [{stroke: "#222"}, {stroke: "#222"}],
       series: series
     };
