@@ -16,9 +16,11 @@ from api import (
     ratelimit,
     recommendations,
     reqlog,
+    swagger_assets,
     training,
     webhooks,
 )
+from api.console import views as console_views
 from api.context import Services
 from api.parsing import Blueprint
 from shared.config import Settings
@@ -48,9 +50,9 @@ def create_app(settings: Settings | None = None) -> Flask:
         OPENAPI_URL_PREFIX="/",
         OPENAPI_JSON_PATH="openapi.json",
         OPENAPI_SWAGGER_UI_PATH="docs",
-        OPENAPI_SWAGGER_UI_URL="https://cdn.jsdelivr.net/npm/swagger-ui-dist/",
+        OPENAPI_SWAGGER_UI_URL=swagger_assets.SWAGGER_UI_URL,  # vendored: works offline
         OPENAPI_REDOC_PATH="redoc",
-        OPENAPI_REDOC_URL="https://cdn.jsdelivr.net/npm/redoc/bundles/redoc.standalone.js",
+        OPENAPI_REDOC_URL=swagger_assets.REDOC_URL,
         MAX_CONTENT_LENGTH=settings.max_json_body_bytes,
         JSON_SORT_KEYS=False,
     )
@@ -68,6 +70,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     for blueprint, prefix in _blueprints():
         api.register_blueprint(blueprint, url_prefix=prefix)
     errors.init_app(app)
+    app.register_blueprint(swagger_assets.bp)
+    console_views.init_app(app)  # /console (outside /v1/recommender)
 
     @app.before_request
     def _request_id() -> None:
