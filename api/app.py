@@ -6,6 +6,7 @@ import uuid
 
 from flask import Flask, g, request
 from flask_smorest import Api
+from redis import Redis
 
 from api import (
     data,
@@ -25,7 +26,7 @@ from shared.config import Settings
 from shared.logs import configure_logging
 from shared.queue import make_producer
 from shared.registry import connect
-from shared.storage import open_storage
+from shared.storage import Storage, open_storage
 
 API_PREFIX = "/v1/recommender"
 
@@ -36,8 +37,18 @@ class ContractApi(Api):  # type: ignore[misc]  # flask-smorest is untyped
     ERROR_SCHEMA = errors.ErrorBodySchema
 
 
-def create_app(settings: Settings | None = None) -> Flask:
-    """Build the API for ``settings`` (read from the environment when omitted)."""
+def create_app(
+    settings: Settings | None = None,
+    *,
+    redis: Redis | None = None,
+    storage: Storage | None = None,
+) -> Flask:
+    """Build the API for ``settings`` (read from the environment when omitted).
+
+    ``redis`` and ``storage``, when given, are used instead of connecting to
+    ``settings.redis_url`` and opening the storage root (tests pass fakeredis
+    and a temporary storage here).
+    """
     settings = settings or Settings.from_env()
     configure_logging(settings.log_level, settings.log_format)
     app = Flask("recsys")
@@ -56,8 +67,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     )
     app.extensions["recsys"] = Services(
         settings=settings,
-        redis=connect(settings),
-        storage=open_storage(settings.storage_root()),
+        redis=connect(settings) if redis is None else redis,
+        storage=open_storage(settings.storage_root()) if storage is None else storage,
         celery=make_producer(settings),
     )
 
