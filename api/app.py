@@ -52,19 +52,7 @@ def create_app(
     settings = settings or Settings.from_env()
     configure_logging(settings.log_level, settings.log_format)
     app = Flask("recsys")
-    app.config.update(
-        API_TITLE="Recommender training service",
-        API_VERSION="1.0",
-        OPENAPI_VERSION="3.0.3",
-        OPENAPI_URL_PREFIX="/",
-        OPENAPI_JSON_PATH="openapi.json",
-        OPENAPI_SWAGGER_UI_PATH="docs",
-        OPENAPI_SWAGGER_UI_URL="https://cdn.jsdelivr.net/npm/swagger-ui-dist/",
-        OPENAPI_REDOC_PATH="redoc",
-        OPENAPI_REDOC_URL="https://cdn.jsdelivr.net/npm/redoc/bundles/redoc.standalone.js",
-        MAX_CONTENT_LENGTH=settings.max_json_body_bytes,
-        JSON_SORT_KEYS=False,
-    )
+    app.config.update(_flask_config(settings))
     app.extensions["recsys"] = Services(
         settings=settings,
         redis=connect(settings) if redis is None else redis,
@@ -94,6 +82,23 @@ def create_app(
     metrics.init_app(app)
     ratelimit.init_app(app)  # last: its 429s are still timed, logged and carry the request id
     return app
+
+
+def _flask_config(settings: Settings) -> dict[str, object]:
+    """Flask and flask-smorest settings: API docs, body size limit."""
+    return dict(
+        API_TITLE="Recommender training service",
+        API_VERSION="1.0",
+        OPENAPI_VERSION="3.0.3",
+        OPENAPI_URL_PREFIX="/",
+        OPENAPI_JSON_PATH="openapi.json",
+        OPENAPI_SWAGGER_UI_PATH="docs",
+        OPENAPI_SWAGGER_UI_URL="https://cdn.jsdelivr.net/npm/swagger-ui-dist/",
+        OPENAPI_REDOC_PATH="redoc",
+        OPENAPI_REDOC_URL="https://cdn.jsdelivr.net/npm/redoc/bundles/redoc.standalone.js",
+        MAX_CONTENT_LENGTH=settings.max_json_body_bytes,
+        JSON_SORT_KEYS=False,
+    )
 
 
 def _blueprints() -> list[tuple[Blueprint, str]]:
