@@ -6,6 +6,7 @@ import uuid
 
 from flask import Flask, g, request
 from flask_smorest import Api
+from redis import Redis
 
 from api import (
     data,
@@ -27,7 +28,7 @@ from shared.config import Settings
 from shared.logs import configure_logging
 from shared.queue import make_producer
 from shared.registry import connect
-from shared.storage import open_storage
+from shared.storage import Storage, open_storage
 
 API_PREFIX = "/v1/recommender"
 
@@ -38,28 +39,26 @@ class ContractApi(Api):  # type: ignore[misc]  # flask-smorest is untyped
     ERROR_SCHEMA = errors.ErrorBodySchema
 
 
-def create_app(settings: Settings | None = None) -> Flask:
-    """Build the API for ``settings`` (read from the environment when omitted)."""
+def create_app(
+    settings: Settings | None = None,
+    *,
+    redis: Redis | None = None,
+    storage: Storage | None = None,
+) -> Flask:
+    """Build the API for ``settings`` (read from the environment when omitted).
+
+    ``redis`` and ``storage``, when given, are used instead of connecting to
+    ``settings.redis_url`` and opening the storage root (tests pass fakeredis
+    and a temporary storage here).
+    """
     settings = settings or Settings.from_env()
     configure_logging(settings.log_level, settings.log_format)
     app = Flask("recsys")
-    app.config.update(
-        API_TITLE="Recommender training service",
-        API_VERSION="1.0",
-        OPENAPI_VERSION="3.0.3",
-        OPENAPI_URL_PREFIX="/",
-        OPENAPI_JSON_PATH="openapi.json",
-        OPENAPI_SWAGGER_UI_PATH="docs",
-        OPENAPI_SWAGGER_UI_URL=swagger_assets.SWAGGER_UI_URL,  # vendored: works offline
-        OPENAPI_REDOC_PATH="redoc",
-        OPENAPI_REDOC_URL=swagger_assets.REDOC_URL,
-        MAX_CONTENT_LENGTH=settings.max_json_body_bytes,
-        JSON_SORT_KEYS=False,
-    )
+    app.config.update(_flask_config(settings))
     app.extensions["recsys"] = Services(
         settings=settings,
-        redis=connect(settings),
-        storage=open_storage(settings.storage_root()),
+        redis=connect(settings) if redis is None else redis,
+        storage=open_storage(settings.storage_root()) if storage is None else storage,
         celery=make_producer(settings),
     )
 
@@ -87,6 +86,23 @@ def create_app(settings: Settings | None = None) -> Flask:
     metrics.init_app(app)
     ratelimit.init_app(app)  # last: its 429s are still timed, logged and carry the request id
     return app
+
+
+def _flask_config(settings: Settings) -> dict[str, object]:
+    """Flask and flask-smorest settings: API docs, body size limit."""
+    return dict(
+        API_TITLE="Recommender training service",
+        API_VERSION="1.0",
+        OPENAPI_VERSION="3.0.3",
+        OPENAPI_URL_PREFIX="/",
+        OPENAPI_JSON_PATH="openapi.json",
+        OPENAPI_SWAGGER_UI_PATH="docs",
+        OPENAPI_SWAGGER_UI_URL=swagger_assets.SWAGGER_UI_URL,  # vendored: works offline
+        OPENAPI_REDOC_PATH="redoc",
+        OPENAPI_REDOC_URL=swagger_assets.REDOC_URL,
+        MAX_CONTENT_LENGTH=settings.max_json_body_bytes,
+        JSON_SORT_KEYS=False,
+    )
 
 
 def _blueprints() -> list[tuple[Blueprint, str]]:

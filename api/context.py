@@ -1,8 +1,9 @@
-"""The per-app services (settings, Redis, storage, Celery client) blueprints use."""
+"""The per-app services (settings, Redis, storage, Celery client, runs) blueprints use."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import cast
 
 import redis
@@ -10,6 +11,7 @@ from celery import Celery
 from flask import current_app
 
 from shared.config import Settings
+from shared.runs.service import Runs
 from shared.storage import Storage
 
 
@@ -21,6 +23,11 @@ class Services:
     redis: redis.Redis
     storage: Storage
     celery: Celery
+
+    @cached_property
+    def runs(self) -> Runs:
+        """The run lifecycle on the app's Redis, producer and settings."""
+        return Runs(self.redis, self.celery, self.settings)
 
 
 def services() -> Services:

@@ -16,10 +16,12 @@
 - Fails open: when Redis cannot be reached the request goes on unlimited
   (``swallow_errors``), and the endpoint itself answers 503 if it needs Redis.
 
-Storage: flask-limiter's Redis storage opens its own connection from a URL at
-start. :class:`AppRedisStorage` instead uses the app's own client
-(``services().redis``) at each call, so limits share the service's connection
-settings (short timeouts, no retry storm) and, in unit tests, its fakeredis.
+Storage: limits' own Redis storage, built (through flask-limiter's public
+``storage_options``) on the connection pool of the app's Redis client, the one
+:func:`api.app.create_app` was given or connected. Limits thus share the
+service's connection settings (short timeouts, no retry storm) and, in unit
+tests, its fakeredis, with no subclass of a library class and no reach into
+limits' internals.
 """
 
 from __future__ import annotations
@@ -32,12 +34,9 @@ from typing import Any
 import redis
 from flask import Flask, Response, current_app, request
 from flask_limiter import ApplicationLimit, Limiter, RateLimitExceeded
-from limits.storage import RedisStorage
-from limits.storage.base import Storage
-from redis.commands.core import Script
 
 from api.auth import HEADER, authenticate
-from api.context import services
+from api.context import Services
 from api.errors import error_response
 from shared.errors import DependencyUnavailable, Unauthorized
 from shared.registry import global_key
@@ -51,41 +50,6 @@ RECOMMEND_BLUEPRINT = "recommendations"
 #: Prefix of every rate-limit key in Redis (under the service's ``recsys:`` namespace).
 KEY_PREFIX = global_key("ratelimit")
 _EXTENSION = "recsys_limiter"
-
-
-class _CurrentAppRedis:
-    """Forwards every attribute to the Redis client of the app handling this request."""
-
-    def register_script(self, script: bytes | str) -> Script:
-        """A script bound to this forwarder (so to whichever client is current at call time)."""
-        return Script(self, script)  # type: ignore[arg-type]
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(services().redis, name)
-
-
-class AppRedisStorage(RedisStorage):
-    """limits' Redis storage on the current app's Redis client (``recsys-app://``).
-
-    The Lua scripts are registered against :class:`_CurrentAppRedis`, so each
-    call runs on the client of the app serving the request.
-    """
-
-    STORAGE_SCHEME = ["recsys-app"]
-
-    def __init__(
-        self,
-        uri: str,
-        key_prefix: str = KEY_PREFIX,
-        wrap_exceptions: bool = False,
-        **options: float | str | bool,
-    ) -> None:
-        Storage.__init__(self, uri, wrap_exceptions=wrap_exceptions, **options)
-        self.key_prefix = key_prefix
-        self.target_server = "redis"
-        self.dependency = self.dependencies["redis"].module
-        self.storage = _CurrentAppRedis()
-        self.initialize_storage(uri)
 
 
 def rate_limit_key() -> str:
@@ -146,7 +110,8 @@ class _QuietStorageErrors(logging.Filter):
 
 def init_app(app: Flask) -> Limiter | None:
     """Limit every API endpoint of ``app`` per tenant; None when both limits are off."""
-    settings = app.extensions["recsys"].settings
+    svc: Services = app.extensions["recsys"]
+    settings = svc.settings
     limits: list[str | Callable[[], str] | ApplicationLimit] = []
     if settings.rate_limit != "off":
         limits.append(ApplicationLimit(settings.rate_limit, exempt_when=_is_recommend))
@@ -158,10 +123,15 @@ def init_app(app: Flask) -> Limiter | None:
         )
     if not limits:
         return None
+    # limits' RedisStorage documents ``connection_pool`` (the pool of the app's client, so
+    # the one create_app was given); flask-limiter annotates the options as str | int only.
+    storage_options: dict[str, Any] = {"connection_pool": svc.redis.connection_pool,
+                                       "key_prefix": KEY_PREFIX}
     limiter = Limiter(
         key_func=rate_limit_key,
         application_limits=limits,
-        storage_uri="recsys-app://",
+        storage_uri="redis://",
+        storage_options=storage_options,
         strategy="sliding-window-counter",
         headers_enabled=True,
         swallow_errors=True,

@@ -9,7 +9,6 @@ from Celery's result state, so an expired or unknown task never reads as
 
 from __future__ import annotations
 
-import logging
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -32,19 +31,10 @@ from api.training_schemas import (
 from shared.contracts import is_model_id
 from shared.data.assembly import build_dataset, dataset_options, describe
 from shared.data.selection import DataSpec, select_data
-from shared.errors import DependencyUnavailable, NotFound, ServiceError
-from shared.runs.lifecycle import (
-    create_run,
-    delete_model,
-    enqueue_run,
-    finish_run,
-    request_cancel,
-)
+from shared.errors import NotFound
 from shared.runs.records import get_model, get_status, list_models
 from shared.storage import model_dir
 from shared.webhooks.url_policy import validate_callback_url
-
-log = logging.getLogger(__name__)
 
 blp = Blueprint("training", __name__, description="Training runs, their status, and models.")
 
@@ -122,22 +112,8 @@ class Train(MethodView):
             response = jsonify(DryRunSchema().dump(_dry_run(tenant, model_id, spec, params)))
             response.status_code = 200
             return response
-        status = create_run(svc.redis, tenant, model_id, params, callback_url)
-        version = status["version"]
-        try:
-            enqueue_run(svc.redis, svc.celery, svc.settings, tenant, model_id, version, 1)
-        except ServiceError:
-            raise
-        except Exception as exc:  # kombu/redis errors of the broker connection
-            log.warning("could not enqueue %s/%s v%s: %s", tenant, model_id, version, exc)
-            finish_run(svc.redis, None, tenant, model_id, version, phase="failed",
-                       message="The run could not be queued (the broker is unreachable); "
-                               "submit it again.")
-            raise DependencyUnavailable(
-                "The task queue is unreachable; the run was not started. Try again shortly.",
-                details={"dependency": "broker"},
-            ) from exc
-        return get_status(svc.redis, tenant, model_id, version), 202
+        ref = svc.runs.submit(tenant, model_id, params, callback_url)
+        return svc.runs.status(ref), 202
 
 
 @blp.route("/train/<model_id>/cancel")
@@ -148,9 +124,7 @@ class Cancel(MethodView):
     @blp.alt_response(409, description="Nothing is queued or running for this model.")
     def post(self, model_id: str) -> Any:
         """Cancel the model's queued or running run (it ends as error, phase cancelled)."""
-        svc = services()
-        status, ended = request_cancel(svc.redis, svc.celery, current_tenant(),
-                                       _model_id(model_id))
+        status, ended = services().runs.request_cancel(current_tenant(), _model_id(model_id))
         return status, (200 if ended else 202)
 
 
@@ -214,6 +188,6 @@ class Model(MethodView):
         """Remove a model, its runs and its stored versions."""
         svc = services()
         tenant = current_tenant()
-        model = delete_model(svc.redis, tenant, _model_id(model_id))
+        model = svc.runs.delete_model(tenant, _model_id(model_id))
         svc.storage.delete_tree(model_dir(tenant, model_id))
         return {**model, "status": None}

@@ -39,7 +39,9 @@ from shared.config import Settings  # noqa: E402
 from shared.keys import create_key  # noqa: E402
 from shared.models.artifact import ModelArtifact, save_artifact  # noqa: E402
 from shared.registry import connect  # noqa: E402
-from shared.runs.lifecycle import complete_run, create_run, start_attempt  # noqa: E402
+from shared.runs.ending import complete_run  # noqa: E402
+from shared.runs.lifecycle import create_run, start_attempt  # noqa: E402
+from shared.runs.ref import RunRef  # noqa: E402
 from shared.stack.embedded import start_embedded  # noqa: E402
 from shared.stack.procs import stop_group  # noqa: E402
 from shared.storage import open_storage  # noqa: E402
@@ -89,9 +91,9 @@ def publish(settings: Settings, artifact: ModelArtifact) -> str:
     r = connect(settings)
     storage = open_storage(settings.storage_root())
     version = create_run(r, TENANT, MODEL, {}, None)["version"]
-    start_attempt(r, TENANT, MODEL, version, "bench", 60)
+    start_attempt(r, RunRef(TENANT, MODEL, version), "bench", 60)
     save_artifact(storage, TENANT, MODEL, version, artifact)
-    complete_run(r, None, TENANT, MODEL, version, owner="bench", keep_versions=3,
+    complete_run(r, None, RunRef(TENANT, MODEL, version), owner="bench", keep_versions=3,
                  message="synthetic", model_fields={"source_type": "user", "target_type": "item"})
     raw, _ = create_key(r, TENANT, ["recommend"])
     return raw

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,9 +33,7 @@ def fake_redis() -> Iterator[fakeredis.FakeRedis]:
 @pytest.fixture
 def app(settings: Settings, fake_redis: fakeredis.FakeRedis) -> Flask:
     """The API wired to fakeredis; enqueueing needs the integration fixtures instead."""
-    application = create_app(settings)
-    services = application.extensions["recsys"]
-    application.extensions["recsys"] = dataclasses.replace(services, redis=fake_redis)
+    application = create_app(settings, redis=fake_redis)
     application.config["TESTING"] = True
     return application
 

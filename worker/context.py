@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import redis
 from celery import Celery
@@ -10,6 +11,7 @@ from celery import Celery
 from shared.config import Settings
 from shared.queue import settings_of
 from shared.registry import connect
+from shared.runs.service import Runs
 from shared.storage import Storage, open_storage
 
 
@@ -21,6 +23,11 @@ class WorkerServices:
     redis: redis.Redis
     storage: Storage
     celery: Celery
+
+    @cached_property
+    def runs(self) -> Runs:
+        """The run lifecycle on this process's Redis, producer and settings."""
+        return Runs(self.redis, self.celery, self.settings)
 
 
 _cache: dict[int, WorkerServices] = {}

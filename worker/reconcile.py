@@ -20,14 +20,9 @@ from datetime import datetime
 from typing import Any
 
 from shared.errors import ServiceError
-from shared.runs.lifecycle import (
-    active_runs,
-    enqueue_run,
-    finish_run,
-    forget_active,
-    requeue_run,
-)
-from shared.runs.records import FINAL_STATES, get_run, parse_member
+from shared.runs.records import FINAL_STATES
+from shared.runs.ref import RunRef
+from shared.runs.service import Runs
 from worker.context import WorkerServices
 
 log = logging.getLogger(__name__)
@@ -46,56 +41,58 @@ def _queued_since(record: dict[str, Any]) -> float:
 def reconcile(svc: WorkerServices, now: float | None = None) -> dict[str, int]:
     """One pass over the active runs; returns how many were requeued, failed or forgotten."""
     moment = time.time() if now is None else now
-    settings = svc.settings
+    runs = svc.runs
     outcome = {"requeued": 0, "failed": 0, "cancelled": 0, "forgotten": 0}
-    for member in active_runs(svc.redis):  # per active run: a handful at any time
+    for member in runs.active():  # per active run: a handful at any time
         try:
-            tenant, model_id, version = parse_member(member)
+            ref = RunRef.parse(member)
         except ValueError:
-            forget_active(svc.redis, member)
+            runs.forget(member)
             continue
-        record = get_run(svc.redis, tenant, model_id, version)
+        record = runs.record(ref)
         if record is None or record["status"] in FINAL_STATES:
-            forget_active(svc.redis, member)
+            runs.forget(member)
             outcome["forgotten"] += 1
             continue
         if record["phase"] == "queued":
-            if _queued_since(record) + settings.visibility_timeout < moment:
-                requeue_run(svc.redis, tenant, model_id, version, str(record.get("message")))
-                enqueue_run(svc.redis, svc.celery, settings, tenant, model_id, version,
-                            int(record["attempts"]) + 1)
+            if _queued_since(record) + runs.settings.visibility_timeout < moment:
+                runs.requeue(ref, str(record.get("message")))
+                runs.enqueue(ref, int(record["attempts"]) + 1)
                 outcome["requeued"] += 1
             continue
-        if moment - float(record["heartbeat"]) < settings.heartbeat_stale_after:
+        age = moment - float(record["heartbeat"])
+        if age < runs.settings.heartbeat_stale_after:
             continue
-        attempts = int(record["attempts"])
         try:
-            if record.get("cancel_requested"):
-                finish_run(svc.redis, svc.celery, tenant, model_id, version,
-                           phase="cancelled",
-                           message="Cancelled; its worker stopped before ending the run.")
-                outcome["cancelled"] += 1
-            elif attempts >= settings.max_run_attempts:
-                finish_run(
-                    svc.redis, svc.celery, tenant, model_id, version, phase="failed",
-                    message=(
-                        f"The worker training this model stopped responding {attempts} "
-                        "times (killed, out of memory, or past the hard time limit), so the "
-                        "run was given up. Try fewer components or less data, or check the "
-                        "workers' logs and memory."),
-                )
-                outcome["failed"] += 1
-            else:
-                requeue_run(
-                    svc.redis, tenant, model_id, version,
-                    f"The worker training this model stopped responding; the run was "
-                    f"requeued (attempt {attempts + 1} of {settings.max_run_attempts}).",
-                )
-                enqueue_run(svc.redis, svc.celery, settings, tenant, model_id, version,
-                            attempts + 1)
-                outcome["requeued"] += 1
-                log.warning("requeued %s (heartbeat %.0f s old)", member,
-                            moment - float(record["heartbeat"]))
+            outcome[_recover(runs, ref, record, age)] += 1
         except ServiceError:
             log.exception("could not reconcile %s; next pass retries", member)
     return outcome
+
+
+def _recover(runs: Runs, ref: RunRef, record: dict[str, Any], age: float) -> str:
+    """End or requeue a started run whose heartbeat is ``age`` seconds old; the outcome."""
+    attempts = int(record["attempts"])
+    cap = runs.settings.max_run_attempts
+    if record.get("cancel_requested"):
+        runs.finish(ref, phase="cancelled",
+                    message="Cancelled; its worker stopped before ending the run.")
+        return "cancelled"
+    if attempts >= cap:
+        runs.finish(
+            ref, phase="failed",
+            message=(
+                f"The worker training this model stopped responding {attempts} "
+                "times (killed, out of memory, or past the hard time limit), so the "
+                "run was given up. Try fewer components or less data, or check the "
+                "workers' logs and memory."),
+        )
+        return "failed"
+    runs.requeue(
+        ref,
+        f"The worker training this model stopped responding; the run was "
+        f"requeued (attempt {attempts + 1} of {cap}).",
+    )
+    runs.enqueue(ref, attempts + 1)
+    log.warning("requeued %s (heartbeat %.0f s old)", ref.member, age)
+    return "requeued"

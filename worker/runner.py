@@ -2,9 +2,10 @@
 
 The Celery task in :mod:`worker.tasks` only binds this to the queue; here is
 the order of things a run goes through and how each way of ending is
-recorded (always through :mod:`shared.runs.lifecycle`, which schedules the
-callback exactly once). A background thread writes the heartbeat and keeps
-the per-model lock alive while the main thread is inside a LightFM epoch.
+recorded (always through the :class:`~shared.runs.service.Runs` service, which
+schedules the callback exactly once). A background thread writes the heartbeat
+and keeps the per-model lock alive while the main thread is inside a LightFM
+epoch. :class:`Attempt` names the steps: load the data, fit, save and complete.
 """
 
 from __future__ import annotations
@@ -31,15 +32,9 @@ from shared.data.assembly import (
 from shared.data.selection import DataSpec, SelectedData, count_interactions, select_data
 from shared.errors import ServiceError
 from shared.models.artifact import ModelArtifact, delete_version, save_artifact
-from shared.runs.lifecycle import (
-    cancel_requested,
-    complete_run,
-    finish_run,
-    start_attempt,
-    update_run,
-)
-from shared.runs.lock import acquire_lock, refresh_lock, release_lock
 from shared.runs.records import now_iso
+from shared.runs.ref import RunRef
+from shared.runs.service import Runs
 from worker.context import WorkerServices
 from worker.params import train_params
 from worker.training import TrainedModel, TrainingCancelled, train
@@ -56,25 +51,19 @@ WITHOUT_EVAL = {"loading_data": 1, "training": 10, "evaluating": 95, "saving": 9
 class Heartbeat:
     """Writes the run's heartbeat and refreshes the model lock every interval."""
 
-    def __init__(self, svc: WorkerServices, tenant: str, model_id: str, version: int,
-                 owner: str) -> None:
-        self.svc, self.tenant, self.model_id, self.version = svc, tenant, model_id, version
-        self.owner = owner
+    def __init__(self, runs: Runs, ref: RunRef, owner: str) -> None:
+        self.runs, self.ref, self.owner = runs, ref, owner
         self.lost = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="run-heartbeat", daemon=True)
 
     def _loop(self) -> None:
-        settings = self.svc.settings
-        while not self._stop.wait(settings.heartbeat_interval):
+        while not self._stop.wait(self.runs.settings.heartbeat_interval):
             try:
-                alive = update_run(self.svc.redis, self.tenant, self.model_id, self.version,
-                                   self.owner)
-                refresh_lock(self.svc.redis, self.tenant, self.model_id, self.owner,
-                             settings.heartbeat_stale_after)
+                alive = self.runs.progress(self.ref, self.owner)
+                self.runs.refresh_lock(self.ref, self.owner)
             except ServiceError:
-                log.warning("heartbeat of %s/%s v%s failed; retrying", self.tenant,
-                            self.model_id, self.version)
+                log.warning("heartbeat of %s failed; retrying", self.ref)
                 continue
             if alive is None:
                 self.lost = True  # finalised or taken over elsewhere: stop at the next epoch
@@ -91,10 +80,9 @@ class Heartbeat:
 class Progress:
     """Maps phase fractions onto the run's 0-100 scale; writes the record and reports."""
 
-    def __init__(self, svc: WorkerServices, tenant: str, model_id: str, version: int,
-                 owner: str, report: Report, evaluation: bool) -> None:
-        self.svc, self.tenant, self.model_id, self.version = svc, tenant, model_id, version
-        self.owner, self.report = owner, report
+    def __init__(self, runs: Runs, ref: RunRef, owner: str, report: Report,
+                 evaluation: bool) -> None:
+        self.runs, self.ref, self.owner, self.report = runs, ref, owner, report
         self.starts = WITH_EVAL if evaluation else WITHOUT_EVAL
         self.last = -1
 
@@ -108,9 +96,8 @@ class Progress:
                  fields: dict[str, Any] | None = None) -> None:
         start, end = self._span(phase)
         value = int(start + (end - start) * max(0.0, min(fraction, 1.0)))
-        record = update_run(self.svc.redis, self.tenant, self.model_id, self.version,
-                            self.owner, phase=phase, progress=value, message=message,
-                            fields=fields)
+        record = self.runs.progress(self.ref, self.owner, phase=phase, progress=value,
+                                    message=message, fields=fields)
         if record is None:
             return
         progress = int(record["progress"])
@@ -161,141 +148,170 @@ def explain_empty(svc: WorkerServices, tenant: str, spec: DataSpec, now: datetim
     return "No interactions are left after the data selection."
 
 
-def _fail(svc: WorkerServices, tenant: str, model_id: str, version: int, owner: str,
-          phase: Phase, message: str) -> None:
+def _fail(runs: Runs, ref: RunRef, owner: str, phase: Phase, message: str) -> None:
     try:
-        finish_run(svc.redis, svc.celery, tenant, model_id, version, phase=phase,
-                   message=message, owner=owner)
+        runs.finish(ref, phase=phase, message=message, owner=owner)
     except ServiceError:
-        log.exception("could not record the end of %s/%s v%s; the reconciler will",
-                      tenant, model_id, version)
+        log.exception("could not record the end of %s; the reconciler will", ref)
 
 
-def execute_run(svc: WorkerServices, tenant: str, model_id: str, version: int,
-                report: Report) -> dict[str, Any]:
+def execute_run(svc: WorkerServices, ref: RunRef, report: Report) -> dict[str, Any]:
     """Run one attempt; returns a small summary for the Celery result."""
     picked_up = time.time()
     owner = uuid.uuid4().hex
-    settings = svc.settings
-    if not acquire_lock(svc.redis, tenant, model_id, owner, settings.heartbeat_stale_after):
-        log.info("%s/%s is locked by another attempt; leaving v%s to it", tenant, model_id,
-                 version)
+    runs = svc.runs
+    if not runs.take_lock(ref, owner):
+        log.info("%s/%s is locked by another attempt; leaving v%s to it", ref.tenant,
+                 ref.model_id, ref.version)
         return {"outcome": "skipped", "reason": "locked"}
     try:
-        record = start_attempt(svc.redis, tenant, model_id, version, owner,
-                               settings.heartbeat_stale_after)
+        record = runs.start(ref, owner)
         if record is None:
             return {"outcome": "skipped", "reason": "ended or running elsewhere"}
-        log.info("training %s/%s v%s: attempt %s started", tenant, model_id, version,
-                 record["attempts"])
-        with Heartbeat(svc, tenant, model_id, version, owner) as beat:
-            summary = _attempt(svc, tenant, model_id, version, owner, record, report, beat)
+        log.info("training %s: attempt %s started", ref, record["attempts"])
+        with Heartbeat(runs, ref, owner) as beat:
+            summary = Attempt(svc, ref, owner, record, report, beat).run()
         summary["picked_up_at"] = round(picked_up, 3)
-        log.info("training %s/%s v%s: %s", tenant, model_id, version, summary)
+        log.info("training %s: %s", ref, summary)
         return summary
     except TrainingCancelled:
-        _fail(svc, tenant, model_id, version, owner, "cancelled", "Cancelled on request.")
+        _fail(runs, ref, owner, "cancelled", "Cancelled on request.")
         return {"outcome": "cancelled"}
     except SoftTimeLimitExceeded:
-        _fail(svc, tenant, model_id, version, owner, "failed",
-              f"Training ran past its time limit of {settings.train_soft_time_limit} s and "
-              "was stopped; use fewer epochs or components, less data, or raise "
+        _fail(runs, ref, owner, "failed",
+              f"Training ran past its time limit of {svc.settings.train_soft_time_limit} s "
+              "and was stopped; use fewer epochs or components, less data, or raise "
               "RECSYS_TRAIN_SOFT_TIME_LIMIT.")
         return {"outcome": "error", "reason": "time limit"}
     except ServiceError as exc:
-        log.info("training %s/%s v%s ended as error: %s", tenant, model_id, version, exc.message)
-        _fail(svc, tenant, model_id, version, owner, "failed", exc.message)
+        log.info("training %s ended as error: %s", ref, exc.message)
+        _fail(runs, ref, owner, "failed", exc.message)
         return {"outcome": "error", "reason": exc.code}
     except Exception as exc:  # a defect: end the run clearly rather than leave it running
-        log.exception("training %s/%s v%s crashed", tenant, model_id, version)
-        _fail(svc, tenant, model_id, version, owner, "failed",
+        log.exception("training %s crashed", ref)
+        _fail(runs, ref, owner, "failed",
               f"Training stopped on an internal error ({type(exc).__name__}); it has been "
               "logged by the worker. Retrying may help; if not, report it.")
         return {"outcome": "error", "reason": type(exc).__name__}
     finally:
         try:
-            release_lock(svc.redis, tenant, model_id, owner)
+            runs.release_lock(ref, owner)
         except ServiceError:
-            log.warning("could not release the lock of %s/%s; it expires", tenant, model_id)
+            log.warning("could not release the lock of %s/%s; it expires", ref.tenant,
+                        ref.model_id)
 
 
-def _attempt(svc: WorkerServices, tenant: str, model_id: str, version: int, owner: str,
-             record: dict[str, Any], report: Report, beat: Heartbeat) -> dict[str, Any]:
-    params: dict[str, Any] = record.get("params") or {}
-    options: DatasetOptions = dataset_options(params)
-    tp = train_params(params, svc.settings.train_threads)
-    progress = Progress(svc, tenant, model_id, version, owner, report,
-                        tp.evaluation.holdout > 0)
-
-    def should_cancel() -> bool:
-        return beat.lost or cancel_requested(svc.redis, tenant, model_id, version)
-
-    if should_cancel():
-        raise TrainingCancelled("Cancelled on request.")
-    started = record.get("start_timestamp") or now_iso()
-    now = datetime.fromisoformat(started.replace("Z", "+00:00")).astimezone(UTC)
-    spec = DataSpec.from_request(params)
-    progress("loading_data", 0.0, "Reading the selected data batches.")
-    t0, cpu0 = time.perf_counter(), time.process_time()
-    selected: SelectedData = select_data(svc.storage, svc.redis, tenant, spec, now,
-                                         count_implied=False)
-    selection = time.perf_counter() - t0
-    progress("loading_data", 0.4, "Assembling the interaction and feature matrices.",
-             {"data_batch_ids": selected.batch_ids})
-    if selected.interactions.num_rows == 0:
-        raise EmptyData(explain_empty(svc, tenant, spec, now))
-    batch_ids = list(selected.batch_ids)
-    dataset = build_dataset(selected.entities, selected.interactions, options)
-    del selected
-    assembly = time.perf_counter() - t0
-    progress("loading_data", 1.0, "Data assembled.", {"counts": dict(dataset.counts)})
-    epochs = tp.hyperparameters.epochs
-
-    def on_progress(phase: str, fraction: float) -> None:
-        if phase == "training":
-            done = round(fraction * epochs)
-            progress("training", fraction, f"Training: epoch {done} of {epochs}.")
-        else:
-            progress("evaluating", fraction,
-                     "Evaluating: fitting a second model on the holdout split.")
-
-    trained = train(dataset, tp, on_progress, should_cancel)
-    if should_cancel():
-        raise TrainingCancelled("Cancelled on request.")
-    progress("saving", 0.0, "Saving the model.")
-    t_save = time.perf_counter()
-    model = record_manifest(batch_ids, params, dataset, trained)
-    save_artifact(svc.storage, tenant, model_id, version, _artifact(dataset, trained, model))
-    saving = time.perf_counter() - t_save
-    metrics = trained.metrics
+def completion_message(metrics: Any, holdout: float) -> str:
+    """The message of a completed run: its precision against the baseline, if measured."""
     message = "Training completed."
     if metrics:
         message += (f" precision@{metrics['k']} {metrics['precision_at_k']:.3f} (most popular: "
                     f"{metrics['baseline_precision_at_k']:.3f}).")
-    elif tp.evaluation.holdout > 0:
+    elif holdout > 0:
         message += " No metrics: no source has 2 or more interactions to hold out."
-    status, dropped = complete_run(
-        svc.redis, svc.celery, tenant, model_id, version, owner=owner,
-        keep_versions=svc.settings.keep_versions, message=message,
-        model_fields={"source_type": options.source_type, "target_type": options.target_type},
-        fields={"metrics": metrics},
-    )
-    if status is None:  # ended elsewhere (cancelled, reconciled) while saving
-        delete_version(svc.storage, tenant, model_id, version)
-        return {"outcome": "superseded"}
-    for old in dropped:
-        delete_version(svc.storage, tenant, model_id, old)
-    report({"phase": "done", "progress": 100, "message": message})
-    # timings for logs and bench/train.py; finished_at is wall-clock (time.time())
-    return {"outcome": "completed", "assembly_seconds": round(assembly, 3),
-            "selection_seconds": round(selection, 3),
-            "epoch_seconds": round(trained.epoch_seconds, 3),
-            "evaluation_seconds": round(trained.evaluation_seconds, 3),
-            "scoring_seconds": round(trained.scoring_seconds, 3),
-            "saving_seconds": round(saving, 3),
-            "seconds": round(time.perf_counter() - t0, 3),
-            "cpu_seconds": round(time.process_time() - cpu0, 3),
-            "finished_at": round(time.time(), 3)}
+    return message
+
+
+class Attempt:
+    """One claimed attempt, in named steps: load the data, fit, save and complete."""
+
+    def __init__(self, svc: WorkerServices, ref: RunRef, owner: str, record: dict[str, Any],
+                 report: Report, beat: Heartbeat) -> None:
+        self.svc, self.ref, self.owner, self.report, self.beat = svc, ref, owner, report, beat
+        self.params: dict[str, Any] = record.get("params") or {}
+        self.options: DatasetOptions = dataset_options(self.params)
+        self.tp = train_params(self.params, svc.settings.train_threads)
+        self.progress = Progress(svc.runs, ref, owner, report, self.tp.evaluation.holdout > 0)
+        started = record.get("start_timestamp") or now_iso()
+        self.now = datetime.fromisoformat(started.replace("Z", "+00:00")).astimezone(UTC)
+        #: seconds of each step, for logs and bench/train.py
+        self.timings: dict[str, float] = {}
+
+    def should_cancel(self) -> bool:
+        """True once the run was cancelled, ended or taken over elsewhere."""
+        return self.beat.lost or self.svc.runs.cancel_requested(self.ref)
+
+    def _check_cancel(self) -> None:
+        if self.should_cancel():
+            raise TrainingCancelled("Cancelled on request.")
+
+    def run(self) -> dict[str, Any]:
+        """All steps; returns the summary for the Celery result."""
+        self._check_cancel()
+        t0, cpu0 = time.perf_counter(), time.process_time()
+        dataset, batch_ids = self.load(t0)
+        trained = self.fit(dataset)
+        self._check_cancel()
+        if not self.save_and_complete(dataset, trained, batch_ids):
+            return {"outcome": "superseded"}
+        # finished_at is wall-clock (time.time())
+        return {"outcome": "completed", "assembly_seconds": self.timings["assembly"],
+                "selection_seconds": self.timings["selection"],
+                "epoch_seconds": round(trained.epoch_seconds, 3),
+                "evaluation_seconds": round(trained.evaluation_seconds, 3),
+                "scoring_seconds": round(trained.scoring_seconds, 3),
+                "saving_seconds": self.timings["saving"],
+                "seconds": round(time.perf_counter() - t0, 3),
+                "cpu_seconds": round(time.process_time() - cpu0, 3),
+                "finished_at": round(time.time(), 3)}
+
+    def load(self, t0: float) -> tuple[Dataset, list[str]]:
+        """Select the batches and assemble the matrices; EmptyData says which setting emptied it."""
+        svc, progress = self.svc, self.progress
+        spec = DataSpec.from_request(self.params)
+        progress("loading_data", 0.0, "Reading the selected data batches.")
+        selected: SelectedData = select_data(svc.storage, svc.redis, self.ref.tenant, spec,
+                                             self.now, count_implied=False)
+        self.timings["selection"] = round(time.perf_counter() - t0, 3)
+        progress("loading_data", 0.4, "Assembling the interaction and feature matrices.",
+                 {"data_batch_ids": selected.batch_ids})
+        if selected.interactions.num_rows == 0:
+            raise EmptyData(explain_empty(svc, self.ref.tenant, spec, self.now))
+        batch_ids = list(selected.batch_ids)
+        dataset = build_dataset(selected.entities, selected.interactions, self.options)
+        del selected
+        self.timings["assembly"] = round(time.perf_counter() - t0, 3)
+        progress("loading_data", 1.0, "Data assembled.", {"counts": dict(dataset.counts)})
+        return dataset, batch_ids
+
+    def fit(self, dataset: Dataset) -> TrainedModel:
+        """Train (and evaluate on the holdout), reporting each epoch."""
+        epochs = self.tp.hyperparameters.epochs
+
+        def on_progress(phase: str, fraction: float) -> None:
+            if phase == "training":
+                done = round(fraction * epochs)
+                self.progress("training", fraction, f"Training: epoch {done} of {epochs}.")
+            else:
+                self.progress("evaluating", fraction,
+                              "Evaluating: fitting a second model on the holdout split.")
+
+        return train(dataset, self.tp, on_progress, self.should_cancel)
+
+    def save_and_complete(self, dataset: Dataset, trained: TrainedModel,
+                          batch_ids: list[str]) -> bool:
+        """Write the artifact, then complete the run; False when it ended elsewhere meanwhile."""
+        svc, ref = self.svc, self.ref
+        self.progress("saving", 0.0, "Saving the model.")
+        t_save = time.perf_counter()
+        manifest = record_manifest(batch_ids, self.params, dataset, trained)
+        save_artifact(svc.storage, ref.tenant, ref.model_id, ref.version,
+                      _artifact(dataset, trained, manifest))
+        self.timings["saving"] = round(time.perf_counter() - t_save, 3)
+        message = completion_message(trained.metrics, self.tp.evaluation.holdout)
+        status, dropped = svc.runs.complete(
+            ref, owner=self.owner, message=message,
+            model_fields={"source_type": self.options.source_type,
+                          "target_type": self.options.target_type},
+            fields={"metrics": trained.metrics},
+        )
+        if status is None:  # ended elsewhere (cancelled, reconciled) while saving
+            delete_version(svc.storage, ref.tenant, ref.model_id, ref.version)
+            return False
+        for old in dropped:
+            delete_version(svc.storage, ref.tenant, ref.model_id, old)
+        self.report({"phase": "done", "progress": 100, "message": message})
+        return True
 
 
 def record_manifest(batch_ids: list[str], params: dict[str, Any], dataset: Dataset,

@@ -14,6 +14,7 @@ from shared.contracts import (
     TASK_TRAIN,
     ProgressMeta,
 )
+from shared.runs.ref import RunRef
 from worker.celery_app import app
 from worker.context import worker_services
 
@@ -46,7 +47,7 @@ def train_model(self: Task, tenant: str, model_id: str, version: int) -> dict[st
         if self.request.id:
             self.update_state(state=PROGRESS_STATE, meta=dict(meta))
 
-    return execute_run(svc, tenant, model_id, int(version), report)
+    return execute_run(svc, RunRef(tenant, model_id, int(version)), report)
 
 
 @app.task(name=TASK_RECONCILE_RUNS, bind=True, ignore_result=True)

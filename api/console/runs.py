@@ -7,7 +7,6 @@ matching ``/v1/recommender`` endpoint does, with the same service functions.
 
 from __future__ import annotations
 
-import logging
 import uuid
 from typing import Any, cast
 
@@ -16,11 +15,8 @@ import marshmallow as ma
 from api.context import services
 from api.training_schemas import TrainRequestSchema, resolve_params
 from shared.data.selection import DataSpec
-from shared.errors import DependencyUnavailable, NotFound, ServiceError, ValidationFailed
-from shared.runs.lifecycle import create_run, enqueue_run, finish_run, request_cancel
+from shared.errors import NotFound, ValidationFailed
 from shared.runs.records import get_model, get_status, list_models
-
-log = logging.getLogger(__name__)
 
 
 def status_or_none(tenant: str, model_id: str) -> dict[str, Any] | None:
@@ -47,8 +43,7 @@ def model_with_status(tenant: str, model_id: str) -> dict[str, Any]:
 
 def cancel(tenant: str, model_id: str) -> dict[str, Any]:
     """Cancel the model's queued or running run (``POST /train/<id>/cancel``)."""
-    svc = services()
-    status, _ended = request_cancel(svc.redis, svc.celery, tenant, model_id)
+    status, _ended = services().runs.request_cancel(tenant, model_id)
     return cast(dict[str, Any], status)
 
 
@@ -63,19 +58,5 @@ def start(tenant: str, body: dict[str, Any]) -> dict[str, Any]:
     svc = services()
     params = resolve_params(loaded)
     model_id = loaded.get("model_id") or f"model-{uuid.uuid4().hex[:12]}"
-    status = create_run(svc.redis, tenant, model_id, params, None)
-    version = status["version"]
-    try:
-        enqueue_run(svc.redis, svc.celery, svc.settings, tenant, model_id, version, 1)
-    except ServiceError:
-        raise
-    except Exception as exc:  # kombu/redis errors of the broker connection
-        log.warning("could not enqueue %s/%s v%s: %s", tenant, model_id, version, exc)
-        finish_run(svc.redis, None, tenant, model_id, version, phase="failed",
-                   message="The run could not be queued (the broker is unreachable); "
-                           "submit it again.")
-        raise DependencyUnavailable(
-            "The task queue is unreachable; the run was not started. Try again shortly.",
-            details={"dependency": "broker"},
-        ) from exc
-    return cast(dict[str, Any], get_status(svc.redis, tenant, model_id, version))
+    ref = svc.runs.submit(tenant, model_id, params, None)  # 503 (run ended) without a broker
+    return cast(dict[str, Any], svc.runs.status(ref))

@@ -18,7 +18,7 @@ Status is always read from the run record, never from Celery's result state.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -69,6 +69,17 @@ ACTIVE_RUNS = global_key("runs", "active")
 def run_member(tenant: str, model_id: str, version: int) -> str:
     """The member naming a run in :data:`ACTIVE_RUNS` (tenants and ids never hold '/')."""
     return f"{tenant}/{model_id}/{version}"
+
+
+def dump(value: Any) -> str:
+    """A field value as compact JSON (how the record stores lists and dicts)."""
+    return json.dumps(value, separators=(",", ":"))
+
+
+def encode_fields(fields: Mapping[str, Any] | None) -> dict[str, str]:
+    """Extra record fields as stored: strings as they are, anything else as JSON."""
+    return {name: value if isinstance(value, str) else dump(value)
+            for name, value in (fields or {}).items()}
 
 
 def parse_member(member: str) -> tuple[str, str, int]:

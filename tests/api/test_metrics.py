@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import socket
 
@@ -13,6 +12,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from prometheus_client.parser import text_string_to_metric_families
 
+from api.app import create_app
 from shared.config import Settings
 from shared.metrics import read_counters, record_delivery, record_run_finished
 from shared.registry import connect
@@ -123,10 +123,8 @@ def test_runs_and_deliveries_recorded_by_workers_are_exported(
     assert _value(samples, deliveries, outcome="failed") == 1
 
 
-def test_a_redis_outage_still_exports_request_metrics(app: Flask) -> None:
-    services = app.extensions["recsys"]
-    app.extensions["recsys"] = dataclasses.replace(services, redis=_down_redis())
-    client = app.test_client()
+def test_a_redis_outage_still_exports_request_metrics(settings: Settings) -> None:
+    client = create_app(settings, redis=_down_redis()).test_client()
     client.get("/healthz")
 
     samples = _samples(client)

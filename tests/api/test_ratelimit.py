@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import socket
 import time
@@ -31,8 +30,7 @@ def make_app(tmp_path: Path, fake_redis: fakeredis.FakeRedis) -> AppFactory:
 
     def build(**overrides: object) -> Flask:
         settings = Settings(data_dir=tmp_path / "var", **overrides)  # type: ignore[arg-type]
-        app = create_app(settings)
-        app.extensions["recsys"] = dataclasses.replace(app.extensions["recsys"], redis=fake_redis)
+        app = create_app(settings, redis=fake_redis)
         app.config["TESTING"] = True
         return app
 
@@ -184,3 +182,20 @@ def test_the_real_client_settings_keep_the_outage_fast(tmp_path: Path) -> None:
     with pytest.raises(Exception, match="onnect"):
         client.ping()
     assert time.monotonic() - started < 2
+
+
+def test_limits_are_counted_in_the_redis_the_app_was_built_with(
+    make_app: AppFactory, fake_redis: fakeredis.FakeRedis
+) -> None:
+    """The limiter shares the app's client (its pool), under the service's key prefix."""
+    from api.ratelimit import KEY_PREFIX
+
+    client = make_app(rate_limit="5 per minute").test_client()
+    acme = _key(fake_redis, "acme")
+    assert client.get(SECRET, headers=acme).status_code == 200
+    keys = fake_redis.keys(f"{KEY_PREFIX}:*")
+    assert keys, (
+        "no rate-limit key in the app's Redis: limits' RedisStorage no longer builds its "
+        "client from storage_options['connection_pool'] (check the limits release notes)"
+    )
+    assert any("tenant:acme" in key for key in keys)

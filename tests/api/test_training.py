@@ -8,7 +8,10 @@ import fakeredis
 import pytest
 from flask.testing import FlaskClient
 
-from shared.runs.lifecycle import complete_run, start_attempt
+from shared.runs.ending import complete_run
+from shared.runs.lifecycle import start_attempt
+from shared.runs.ref import RunRef
+from shared.runs.service import Runs
 
 P = "/v1/recommender"
 
@@ -17,12 +20,11 @@ P = "/v1/recommender"
 def enqueued(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str, int]]:
     calls: list[tuple[str, str, int]] = []
 
-    def fake_enqueue(r: Any, celery: Any, settings: Any, tenant: str, model_id: str,
-                     version: int, attempt: int) -> str:
-        calls.append((tenant, model_id, version))
+    def fake_enqueue(runs: Runs, ref: RunRef, attempt: int) -> str:
+        calls.append((ref.tenant, ref.model_id, ref.version))
         return "task"
 
-    monkeypatch.setattr("api.training.enqueue_run", fake_enqueue)
+    monkeypatch.setattr(Runs, "enqueue", fake_enqueue)
     return calls
 
 
@@ -144,8 +146,8 @@ def test_delete_removes_a_finished_model_but_not_a_training_one(
 ) -> None:
     client.post(f"{P}/train", json={"model_id": "m1"}, headers=auth)
     assert client.delete(f"{P}/models/m1", headers=auth).status_code == 409
-    start_attempt(fake_redis, "acme", "m1", 1, "w", 60)
-    complete_run(fake_redis, None, "acme", "m1", 1, owner="w", keep_versions=3,
+    start_attempt(fake_redis, RunRef("acme", "m1", 1), "w", 60)
+    complete_run(fake_redis, None, RunRef("acme", "m1", 1), owner="w", keep_versions=3,
                  message="done", model_fields={})
     assert client.get(f"{P}/models/m1", headers=auth).get_json()["serving_version"] == 1
     deleted = client.delete(f"{P}/models/m1", headers=auth)

@@ -9,19 +9,18 @@ import pytest
 
 import shared.runs.lifecycle as lifecycle
 from shared.errors import Conflict, NotFound
+from shared.runs.ending import complete_run, finish_run, request_cancel
 from shared.runs.lifecycle import (
     active_runs,
-    complete_run,
     create_run,
     delete_model,
-    finish_run,
-    request_cancel,
     requeue_run,
     start_attempt,
     update_run,
 )
 from shared.runs.lock import acquire_lock, release_lock
 from shared.runs.records import get_model, get_status, list_models, serving_version
+from shared.runs.ref import RunRef
 
 T = "acme"
 
@@ -39,8 +38,8 @@ def scheduled(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int, str]]:
 
 
 def _complete(r: fakeredis.FakeRedis, model_id: str, version: int, keep: int = 3) -> list[int]:
-    assert start_attempt(r, T, model_id, version, f"o{version}", 60) is not None
-    status, dropped = complete_run(r, object(), T, model_id, version, owner=f"o{version}",  # type: ignore[arg-type]
+    assert start_attempt(r, RunRef(T, model_id, version), f"o{version}", 60) is not None
+    status, dropped = complete_run(r, object(), RunRef(T, model_id, version), owner=f"o{version}",  # type: ignore[arg-type]
                                    keep_versions=keep, message="done",
                                    model_fields={"source_type": "user"})
     assert status is not None and status["status"] == "completed"
@@ -71,14 +70,14 @@ def test_a_second_run_of_a_training_model_conflicts_with_its_status(
 
 def test_progress_never_decreases_and_stays_below_100(fake_redis: fakeredis.FakeRedis) -> None:
     create_run(fake_redis, T, "m", {}, None)
-    assert start_attempt(fake_redis, T, "m", 1, "w1", 60) is not None
-    update_run(fake_redis, T, "m", 1, "w1", phase="training", progress=40)
-    update_run(fake_redis, T, "m", 1, "w1", progress=20)
+    assert start_attempt(fake_redis, RunRef(T, "m", 1), "w1", 60) is not None
+    update_run(fake_redis, RunRef(T, "m", 1), "w1", phase="training", progress=40)
+    update_run(fake_redis, RunRef(T, "m", 1), "w1", progress=20)
     assert get_status(fake_redis, T, "m")["progress"] == 40
-    update_run(fake_redis, T, "m", 1, "w1", progress=100)
+    update_run(fake_redis, RunRef(T, "m", 1), "w1", progress=100)
     assert get_status(fake_redis, T, "m")["progress"] == 99
     # another attempt's writes are ignored
-    assert update_run(fake_redis, T, "m", 1, "stranger", progress=60) is None
+    assert update_run(fake_redis, RunRef(T, "m", 1), "stranger", progress=60) is None
 
 
 def test_completion_switches_serving_and_keeps_the_last_versions(
@@ -101,10 +100,12 @@ def test_a_failed_retrain_leaves_the_previous_version_serving(
     create_run(fake_redis, T, "m", {}, None)
     _complete(fake_redis, "m", 1)
     create_run(fake_redis, T, "m", {}, "http://127.0.0.1/hook")
-    start_attempt(fake_redis, T, "m", 2, "w", 60)
-    ended = finish_run(fake_redis, object(), T, "m", 2, phase="failed", message="boom")  # type: ignore[arg-type]
+    start_attempt(fake_redis, RunRef(T, "m", 2), "w", 60)
+    ended = finish_run(fake_redis, object(), RunRef(T, "m", 2), phase="failed", message="boom")  # type: ignore[arg-type]
     assert ended is not None and ended["status"] == "error"
-    assert finish_run(fake_redis, object(), T, "m", 2, phase="failed", message="again") is None  # type: ignore[arg-type]
+    again = finish_run(fake_redis, object(), RunRef(T, "m", 2),  # type: ignore[arg-type]
+                       phase="failed", message="again")
+    assert again is None
     assert serving_version(fake_redis, T, "m") == 1
     assert scheduled == [("m", 2, "error")]
     assert active_runs(fake_redis) == []
@@ -116,13 +117,13 @@ def test_cancel_ends_a_queued_run_at_once_and_flags_a_running_one(
     create_run(fake_redis, T, "q", {}, None)
     status, ended = request_cancel(fake_redis, None, T, "q")
     assert ended and (status["status"], status["phase"]) == ("error", "cancelled")
-    assert start_attempt(fake_redis, T, "q", 1, "late", 60) is None  # the queued task exits
+    assert start_attempt(fake_redis, RunRef(T, "q", 1), "late", 60) is None  # the queued task exits
 
     create_run(fake_redis, T, "r", {}, None)
-    start_attempt(fake_redis, T, "r", 1, "w", 60)
+    start_attempt(fake_redis, RunRef(T, "r", 1), "w", 60)
     status, ended = request_cancel(fake_redis, None, T, "r")
     assert not ended and status["status"] == "running"
-    assert lifecycle.cancel_requested(fake_redis, T, "r", 1)
+    assert lifecycle.cancel_requested(fake_redis, RunRef(T, "r", 1))
     with pytest.raises(Conflict):
         request_cancel(fake_redis, None, T, "q")
     with pytest.raises(NotFound):
@@ -133,13 +134,13 @@ def test_requeue_lets_a_new_attempt_start_and_counts_attempts(
     fake_redis: fakeredis.FakeRedis,
 ) -> None:
     create_run(fake_redis, T, "m", {}, None)
-    start_attempt(fake_redis, T, "m", 1, "w1", 60)
-    update_run(fake_redis, T, "m", 1, "w1", progress=30)
+    start_attempt(fake_redis, RunRef(T, "m", 1), "w1", 60)
+    update_run(fake_redis, RunRef(T, "m", 1), "w1", progress=30)
     assert acquire_lock(fake_redis, T, "m", "w1", 60)
-    assert start_attempt(fake_redis, T, "m", 1, "w2", 60) is None  # w1 still alive
-    requeue_run(fake_redis, T, "m", 1, "requeued")
+    assert start_attempt(fake_redis, RunRef(T, "m", 1), "w2", 60) is None  # w1 still alive
+    requeue_run(fake_redis, RunRef(T, "m", 1), "requeued")
     assert acquire_lock(fake_redis, T, "m", "w2", 60)
-    record = start_attempt(fake_redis, T, "m", 1, "w2", 60)
+    record = start_attempt(fake_redis, RunRef(T, "m", 1), "w2", 60)
     assert record is not None and record["attempts"] == 2 and record["progress"] == 30
     release_lock(fake_redis, T, "m", "w1")  # not the holder: no effect
     assert not acquire_lock(fake_redis, T, "m", "w3", 60)
@@ -168,10 +169,10 @@ def test_every_end_of_a_run_is_counted_once_for_metrics(
     create_run(fake_redis, T, "done", {}, None)
     _complete(fake_redis, "done", 1)
     create_run(fake_redis, T, "failed", {}, None)
-    finish_run(fake_redis, None, T, "failed", 1, phase="failed", message="boom")
-    finish_run(fake_redis, None, T, "failed", 1, phase="failed", message="again")  # no-op
+    finish_run(fake_redis, None, RunRef(T, "failed", 1), phase="failed", message="boom")
+    finish_run(fake_redis, None, RunRef(T, "failed", 1), phase="failed", message="again")  # no-op
     create_run(fake_redis, T, "stopped", {}, None)
-    finish_run(fake_redis, None, T, "stopped", 1, phase="cancelled", message="cancelled")
+    finish_run(fake_redis, None, RunRef(T, "stopped", 1), phase="cancelled", message="cancelled")
     counters = fake_redis.hgetall(RUNS_KEY)
     assert counters["count:completed"] == "1"
     assert counters["count:error"] == "1"

@@ -19,7 +19,9 @@ from shared.errors import Conflict, DependencyUnavailable, NotFound
 from shared.models import blocks as serving_blocks
 from shared.models import serving
 from shared.models.artifact import ModelArtifact, save_artifact
-from shared.runs.lifecycle import complete_run, create_run, finish_run, start_attempt
+from shared.runs.ending import complete_run, finish_run
+from shared.runs.lifecycle import create_run, start_attempt
+from shared.runs.ref import RunRef
 from shared.storage import Storage
 
 T = "acme"
@@ -80,10 +82,10 @@ def register(
     """Run the registry's lifecycle for one version: queued, started, saved, completed."""
     status = create_run(r, tenant, model_id, {}, None)
     version = status["version"]
-    assert start_attempt(r, tenant, model_id, version, "owner", 60) is not None
+    assert start_attempt(r, RunRef(tenant, model_id, version), "owner", 60) is not None
     save_artifact(storage, tenant, model_id, version, artifact)
     done, _ = complete_run(
-        r, None, tenant, model_id, version, owner="owner", keep_versions=3, message="done",
+        r, None, RunRef(tenant, model_id, version), owner="owner", keep_versions=3, message="done",
         model_fields={"source_type": artifact.manifest["source_type"],
                       "target_type": artifact.manifest["target_type"]},
     )
@@ -210,7 +212,7 @@ def test_unknown_model_is_404_and_first_training_is_409(
     assert busy.value.details["status"] == "running"
     assert busy.value.details["phase"] == "queued"
     # A first training that failed leaves nothing to serve: still 409, saying so.
-    finish_run(fake_redis, None, T, "busy", 1, phase="failed",
+    finish_run(fake_redis, None, RunRef(T, "busy", 1), phase="failed",
                message="Out of data.")
     with pytest.raises(Conflict) as failed:
         cache.get(fake_redis, storage, T, "busy")

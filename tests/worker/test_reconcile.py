@@ -10,8 +10,10 @@ import fakeredis
 import pytest
 
 from shared.config import Settings
-from shared.runs.lifecycle import create_run, request_cancel, start_attempt
+from shared.runs.ending import request_cancel
+from shared.runs.lifecycle import create_run, start_attempt
 from shared.runs.records import get_status
+from shared.runs.ref import RunRef
 from shared.storage import Storage
 from worker.context import WorkerServices
 from worker.reconcile import reconcile
@@ -40,7 +42,7 @@ def svc(tmp_path: Path, fake_redis: fakeredis.FakeRedis) -> WorkerServices:
 def test_fresh_and_queued_runs_are_left_alone(svc: WorkerServices) -> None:
     create_run(svc.redis, T, "queued", {}, None)
     create_run(svc.redis, T, "fresh", {}, None)
-    start_attempt(svc.redis, T, "fresh", 1, "w", 10)
+    start_attempt(svc.redis, RunRef(T, "fresh", 1), "w", 10)
     assert reconcile(svc, time.time() + 5)["requeued"] == 0
     assert svc.celery.sent == []  # type: ignore[attr-defined]
 
@@ -49,7 +51,7 @@ def test_a_stale_run_is_requeued_then_given_up_after_the_attempt_cap(
     svc: WorkerServices,
 ) -> None:
     create_run(svc.redis, T, "m", {}, None)
-    start_attempt(svc.redis, T, "m", 1, "w1", 10)
+    start_attempt(svc.redis, RunRef(T, "m", 1), "w1", 10)
     outcome = reconcile(svc, time.time() + 60)
     assert outcome["requeued"] == 1
     sent = svc.celery.sent  # type: ignore[attr-defined]
@@ -59,7 +61,7 @@ def test_a_stale_run_is_requeued_then_given_up_after_the_attempt_cap(
     status = get_status(svc.redis, T, "m")
     assert (status["status"], status["phase"]) == ("running", "queued")
     assert "attempt 2 of 2" in status["message"]
-    start_attempt(svc.redis, T, "m", 1, "w2", 10)  # the second attempt dies too
+    start_attempt(svc.redis, RunRef(T, "m", 1), "w2", 10)  # the second attempt dies too
     assert reconcile(svc, time.time() + 60)["failed"] == 1
     status = get_status(svc.redis, T, "m")
     assert (status["status"], status["phase"]) == ("error", "failed")
@@ -70,7 +72,7 @@ def test_a_stale_run_is_requeued_then_given_up_after_the_attempt_cap(
 
 def test_a_stale_run_with_a_cancel_request_ends_cancelled(svc: WorkerServices) -> None:
     create_run(svc.redis, T, "m", {}, None)
-    start_attempt(svc.redis, T, "m", 1, "w1", 10)
+    start_attempt(svc.redis, RunRef(T, "m", 1), "w1", 10)
     request_cancel(svc.redis, None, T, "m")
     assert reconcile(svc, time.time() + 60)["cancelled"] == 1
     assert get_status(svc.redis, T, "m")["phase"] == "cancelled"

@@ -20,6 +20,7 @@ from shared.models.artifact import load_artifact
 from shared.runs.lifecycle import create_run
 from shared.runs.lock import acquire_lock
 from shared.runs.records import get_model, get_status
+from shared.runs.ref import RunRef
 from shared.storage import Storage
 from tests.worker.batches import write_batch
 from tests.worker.synthetic import clustered
@@ -71,7 +72,7 @@ def _run(svc: WorkerServices, params: dict[str, Any], model_id: str = "m",
          callback: str | None = None) -> tuple[dict[str, Any], list[ProgressMeta]]:
     version = create_run(svc.redis, T, model_id, params, callback)["version"]
     reports: list[ProgressMeta] = []
-    result = execute_run(svc, T, model_id, version, reports.append)
+    result = execute_run(svc, RunRef(T, model_id, version), reports.append)
     return result, reports
 
 
