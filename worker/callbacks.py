@@ -245,7 +245,7 @@ def deliver_callback(tenant: str, model_id: str, version: int) -> None:
                     version, exc.message)
 
 
-@app.task(name=TASK_SCAN_CALLBACKS, ignore_result=True)
+@app.task(name=TASK_SCAN_CALLBACKS, ignore_result=True, send_events=False)  # not in Flower
 def scan_callbacks() -> int:
     """Enqueue an attempt for every delivery that has come due; returns how many."""
     svc = worker_services(app)

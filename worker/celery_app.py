@@ -15,6 +15,7 @@ from celery import Celery, signals
 from shared.config import Settings
 from shared.logs import configure_logging
 from shared.queue import configure, make_celery, settings_of
+from worker.flower import no_sent_events_from_beat
 from worker.warmup import warm_up
 
 #: Modules that define tasks; imported by workers only (never by the API).
@@ -32,6 +33,8 @@ def _configure_from_env(sender: Celery, **_: Any) -> None:
 
 app = Celery("recsys", include=TASK_MODULES)
 app.on_configure.connect(_configure_from_env)
+# Beat publishes only housekeeping: no task-sent events for Flower's list (worker/flower.py).
+signals.beat_init.connect(no_sent_events_from_beat, weak=False, dispatch_uid="recsys.beat")
 
 
 @signals.setup_logging.connect(weak=False)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from celery import Task
+from celery import Task, signals
 
 from shared.contracts import (
     PROGRESS_STATE,
@@ -17,6 +17,9 @@ from shared.contracts import (
 from shared.runs.ref import RunRef
 from worker.celery_app import app
 from worker.context import worker_services
+from worker.flower import on_task_revoked, send_progress
+
+signals.task_revoked.connect(on_task_revoked, weak=False, dispatch_uid="recsys.revoked")
 
 
 @app.task(name=TASK_PROGRESS_PROBE, bind=True)
@@ -46,11 +49,13 @@ def train_model(self: Task, tenant: str, model_id: str, version: int) -> dict[st
     def report(meta: ProgressMeta) -> None:
         if self.request.id:
             self.update_state(state=PROGRESS_STATE, meta=dict(meta))
+            send_progress(self, meta)
 
     return execute_run(svc, RunRef(tenant, model_id, int(version)), report)
 
 
-@app.task(name=TASK_RECONCILE_RUNS, bind=True, ignore_result=True)
+# Housekeeping sends no task events, so Flower's list shows training (worker/flower.py).
+@app.task(name=TASK_RECONCILE_RUNS, bind=True, ignore_result=True, send_events=False)
 def reconcile_runs(self: Task) -> dict[str, int]:
     """Requeue or end runs whose worker stopped sending heartbeats."""
     from worker.reconcile import reconcile
