@@ -2,7 +2,8 @@
 
 A newcomer relies on them: the API process never loads worker code or LightFM, no
 module imports itself back through others (imports inside functions included), no
-source module grows past 400 lines, no function past 60 without saying why, and ``shared/`` keeps its concerns in folders.
+source module grows past 400 lines, no function past 60 without saying why,
+and ``shared/`` keeps its concerns in folders.
 """
 
 from __future__ import annotations
