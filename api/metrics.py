@@ -31,7 +31,7 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import redis
 from flask import Flask, Response, current_app, g, request
@@ -198,9 +198,35 @@ class RedisStateCollector(Collector):
             return
         up.add_metric([], 1)
         yield up
+        yield from _memory_families(self.client)
         yield from _queue_families(replies)
         yield from _run_families(counters)
         yield _delivery_family(counters)
+
+
+#: Share of ``maxmemory`` above which each scrape logs a warning (writes fail at 100 %).
+MEMORY_WARN_RATIO = 0.8
+
+
+def _memory_families(client: redis.Redis) -> Iterator[GaugeMetricFamily]:
+    """Redis memory in use and its ``maxmemory`` (0: no limit); a warning above 80 %."""
+    try:
+        info = cast(dict[str, Any], client.info("memory"))
+        used, limit = int(info["used_memory"]), int(info.get("maxmemory", 0))
+    except (redis.RedisError, OSError, KeyError, ValueError) as exc:
+        log.debug("metrics: no Redis memory figures: %s", exc)
+        return
+    if limit and used >= MEMORY_WARN_RATIO * limit:
+        log.warning("Redis uses %d of its maxmemory %d bytes (%.0f %%); at 100 %% every write "
+                    "fails: raise maxmemory or remove data", used, limit, 100 * used / limit)
+    for name, value, text in (
+        ("recsys_redis_memory_used_bytes", used, "Memory Redis uses (INFO used_memory)."),
+        ("recsys_redis_maxmemory_bytes", limit,
+         "Redis's maxmemory (0: no limit); writes fail once used memory reaches it."),
+    ):
+        family = GaugeMetricFamily(name, text)
+        family.add_metric([], value)
+        yield family
 
 
 def _queue_families(replies: list[Any]) -> Iterator[GaugeMetricFamily]:

@@ -9,14 +9,18 @@ stops start-up with a one-line message.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote, urlsplit
 
 from shared.errors import ConfigError
 
 #: Name of the file, inside ``<data_dir>/redis``, that records the embedded server's port.
 EMBEDDED_PORT_FILE = "port"
+#: Name of the file, inside ``<data_dir>/redis``, holding the embedded server's password (0600).
+EMBEDDED_PASSWORD_FILE = "password"  # noqa: S105 - a file name, not a password
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -101,6 +105,47 @@ def _http_url(raw: str) -> str:
     return raw.rstrip("/")
 
 
+def _memory_size(raw: str) -> str:
+    value = raw.strip().lower()
+    if not re.fullmatch(r"[0-9]{1,15}(?:[kmg]b?)?", value):
+        raise ValueError("expected bytes or a size such as 512mb or 2gb (0: no limit)")
+    return value
+
+
+def _names(raw: str) -> tuple[str, ...]:
+    names = tuple(part.strip() for part in raw.split(",") if part.strip())
+    if not names or not all(re.fullmatch(r"[a-z][a-z0-9_-]{0,31}", n) for n in names):
+        raise ValueError("expected a comma-separated list of Procfile process names")
+    return names
+
+
+#: Values of example files and tutorials that must never guard a real deployment.
+PLACEHOLDER_SECRETS = frozenset({
+    "change-me", "changeme", "change_me", "change-me-too", "change-me-to-a-long-random-string",
+    "password", "passw0rd", "secret", "admin", "example",
+})
+
+
+def _placeholder(value: str | None) -> bool:
+    text = (value or "").strip().lower()
+    return text in PLACEHOLDER_SECRETS or text.startswith(("change-me", "changeme", "replace-me"))
+
+
+def refuse_placeholders(settings: Settings) -> None:
+    """Raise ConfigError naming each secret still set to an example value."""
+    password = urlsplit(settings.redis_url).password if settings.redis_url else None
+    named = [name for name, value in (("RECSYS_FLOWER_PASSWORD", settings.flower_password),
+                                      ("RECSYS_BOOTSTRAP_KEY", settings.bootstrap_key),
+                                      ("the password in RECSYS_REDIS_URL", password))
+             if _placeholder(value)]
+    if named:
+        raise ConfigError(
+            f"{' and '.join(named)} still holds a placeholder from an example file; set a "
+            "long random value, e.g. from: python -c 'import secrets; "
+            "print(secrets.token_urlsafe(24))'"
+        )
+
+
 #: Every ``RECSYS_`` variable: the setting it fills and how its text is parsed.
 _ENV_VARS: tuple[tuple[str, str, Callable[[str], object]], ...] = (
     ("RECSYS_HOST", "host", str),
@@ -144,6 +189,8 @@ _ENV_VARS: tuple[tuple[str, str, Callable[[str], object]], ...] = (
     ("RECSYS_RATE_LIMIT", "rate_limit", _rate_limit),
     ("RECSYS_RATE_LIMIT_RECOMMEND", "rate_limit_recommend", _rate_limit),
     ("RECSYS_S3_ENDPOINT_URL", "s3_endpoint_url", _http_url),
+    ("RECSYS_REDIS_MAXMEMORY", "redis_maxmemory", _memory_size),
+    ("RECSYS_RUN_PROCESSES", "run_processes", _names),
 )
 
 
@@ -208,6 +255,11 @@ class Settings:
     rate_limit_recommend: str = "6000 per minute"
     #: An S3-compatible endpoint (MinIO, Ceph, moto), e.g. http://127.0.0.1:9000; unset = AWS.
     s3_endpoint_url: str | None = None
+    #: The embedded server's ``maxmemory`` (Valkey syntax; "0" = no limit). See
+    #: docs/operations.md for sizing it with headroom.
+    redis_maxmemory: str = "1gb"
+    #: Procfile processes ``make run`` starts (empty: all of them).
+    run_processes: tuple[str, ...] = ()
 
     @property
     def visibility_timeout(self) -> int:
@@ -228,7 +280,7 @@ class Settings:
         """The Redis URL every component connects to.
 
         An explicit ``RECSYS_REDIS_URL`` wins; otherwise the embedded server's
-        port recorded in the data directory (db 0 on loopback).
+        port and password recorded in the data directory (db 0 on loopback).
         """
         if self.redis_url is not None:
             return self.redis_url
@@ -237,7 +289,12 @@ class Settings:
             port = int(port_file.read_text().strip())
         except (OSError, ValueError):
             port = 6379
-        return f"redis://127.0.0.1:{port}/0"
+        try:  # the embedded server's password (shared/stack/embedded.py); never log this URL
+            password = (self.embedded_dir / EMBEDDED_PASSWORD_FILE).read_text().strip()
+        except OSError:
+            password = ""
+        auth = f":{quote(password, safe='')}@" if password else ""
+        return f"redis://{auth}127.0.0.1:{port}/0"
 
     def storage_root(self) -> str:
         """The storage URL: ``s3://...`` or a local directory path."""
@@ -274,6 +331,7 @@ class Settings:
                 f"RECSYS_LOG_LEVEL={settings.log_level!r} is invalid: "
                 "expected DEBUG, INFO, WARNING or ERROR"
             )
+        refuse_placeholders(settings)
         if settings.train_hard_time_limit <= settings.train_soft_time_limit:
             raise ConfigError(
                 "RECSYS_TRAIN_HARD_TIME_LIMIT must be above RECSYS_TRAIN_SOFT_TIME_LIMIT"

@@ -70,6 +70,12 @@ def redis_guard(action: str) -> Iterator[None]:
             f"Redis is unreachable while {action}; try again shortly.",
             details={"dependency": "redis"},
         ) from exc
+    except redis.exceptions.OutOfMemoryError as exc:
+        raise DependencyUnavailable(
+            f"Redis is full (maxmemory reached) while {action}; an operator must raise "
+            "maxmemory or remove data.",
+            details={"dependency": "redis"},
+        ) from exc
     except redis.exceptions.BusyLoadingError as exc:
         raise DependencyUnavailable(
             f"Redis is still loading its data while {action}; try again shortly.",

@@ -201,14 +201,20 @@ def execute_run(svc: WorkerServices, ref: RunRef, report: Report) -> dict[str, A
                         ref.model_id)
 
 
-def completion_message(metrics: Any, holdout: float) -> str:
-    """The message of a completed run: its precision against the baseline, if measured."""
+def completion_message(metrics: Any, holdout: float, dataset: Dataset | None = None) -> str:
+    """The message of a completed run: its precision against the baseline, if measured,
+    and the ``interaction_weights`` types that had no data (a typo such as 'purchases')."""
     message = "Training completed."
     if metrics:
         message += (f" precision@{metrics['k']} {metrics['precision_at_k']:.3f} (most popular: "
                     f"{metrics['baseline_precision_at_k']:.3f}).")
     elif holdout > 0:
         message += " No metrics: no source has 2 or more interactions to hold out."
+    if dataset is not None and dataset.unmatched_weight_types:
+        unmatched = ", ".join(repr(t) for t in dataset.unmatched_weight_types)
+        present = ", ".join(repr(t) for t in dataset.interaction_types)
+        message += (f" interaction_weights names type(s) with no data: {unmatched}; "
+                    f"the data has {present}.")
     return message
 
 
@@ -298,7 +304,7 @@ class Attempt:
         save_artifact(svc.storage, ref.tenant, ref.model_id, ref.version,
                       _artifact(dataset, trained, manifest))
         self.timings["saving"] = round(time.perf_counter() - t_save, 3)
-        message = completion_message(trained.metrics, self.tp.evaluation.holdout)
+        message = completion_message(trained.metrics, self.tp.evaluation.holdout, dataset)
         status, dropped = svc.runs.complete(
             ref, owner=self.owner, message=message,
             model_fields={"source_type": self.options.source_type,

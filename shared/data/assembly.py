@@ -78,6 +78,10 @@ class Dataset:
     source_features: SideFeatures | None
     target_features: SideFeatures | None
     counts: Counts
+    #: Types named in ``interaction_weights`` that no selected interaction has (a typo?).
+    unmatched_weight_types: tuple[str, ...] = ()
+    #: The interaction types the selected data has, for the message naming the unmatched.
+    interaction_types: tuple[str, ...] = ()
 
     @property
     def n_sources(self) -> int:
@@ -126,17 +130,18 @@ class EmptyData(TrainingFailed):
 # -- interactions -------------------------------------------------------------------------
 
 
-def _type_weights(types: pa.ChunkedArray, weights: Mapping[str, float]) -> np.ndarray:
-    """Per-row weight of each interaction type (loop per distinct type)."""
+def _type_weights(types: pa.ChunkedArray, weights: Mapping[str, float]
+                  ) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Per-row weight of each interaction type (loop per distinct type), and the types."""
     encoded = pc.dictionary_encode(pc.fill_null(types, "default")).combine_chunks()
     values = encoded.dictionary.to_pylist()
-    table = np.array([float(weights.get(v if v else "default", 1.0)) for v in values],
-                     dtype=np.float32)
+    names = [v if v else "default" for v in values]
+    table = np.array([float(weights.get(name, 1.0)) for name in names], dtype=np.float32)
     indices = encoded.indices.to_numpy(zero_copy_only=False)
     if not values:
-        return np.empty(0, dtype=np.float32)
+        return np.empty(0, dtype=np.float32), ()
     weights_per_row: np.ndarray = table[indices]
-    return weights_per_row
+    return weights_per_row, tuple(sorted(set(names)))
 
 
 def _foreign_ids(entities: pa.Table, own_type: str) -> pa.Array:
@@ -332,7 +337,8 @@ def side_features(entities: pa.Table, own_type: str, ids: np.ndarray) -> SideFea
 
 def build_dataset(entities: pa.Table, interactions: pa.Table, options: DatasetOptions) -> Dataset:
     """Assemble the model's input; EmptyData names what left nothing to train on."""
-    weights = _type_weights(interactions["type"], options.interaction_weights)
+    weights, types = _type_weights(interactions["type"], options.interaction_weights)
+    unmatched = tuple(sorted(set(options.interaction_weights) - set(types)))
     keep = weights > 0
     if interactions.num_rows and not keep.any():
         raise EmptyData(
@@ -370,7 +376,8 @@ def build_dataset(entities: pa.Table, interactions: pa.Table, options: DatasetOp
     }
     return Dataset(source_ids=source_ids, target_ids=target_ids, rows=rows, cols=cols,
                    weights=pair_w, times=pair_t, source_features=source_features,
-                   target_features=target_features, counts=counts)
+                   target_features=target_features, counts=counts,
+                   unmatched_weight_types=unmatched, interaction_types=types)
 
 
 def describe(dataset: Dataset) -> dict[str, Any]:

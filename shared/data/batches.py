@@ -206,6 +206,17 @@ def record_batches(r: redis.Redis, tenant: str, metas: Sequence[BatchMeta]) -> N
         pipe.execute()
 
 
+def batches_recorded(r: redis.Redis, tenant: str, metas: Sequence[BatchMeta]) -> bool:
+    """Whether :func:`record_batches` committed ``metas`` (its MULTI records all or none).
+
+    For an upload whose MULTI reply was lost (a timeout): Redis may have run it.
+    """
+    if not metas:
+        return True
+    with redis_guard("checking uploaded batches"):
+        return bool(r.exists(_record(tenant, metas[0].batch_id)))
+
+
 def _load(r: redis.Redis, tenant: str, batch_ids: Iterable[str]) -> list[BatchMeta]:
     ids = [b for b in batch_ids if BATCH_ID_RE.match(b)]
     if not ids:

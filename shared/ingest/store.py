@@ -6,7 +6,9 @@ CSV files are converted by :mod:`shared.ingest.csv_reader`; both forms end as
 A request is stored whole or not at all (:func:`store`): every file is
 converted into a temporary Parquet file first; only when all of them are good
 are they moved into storage, and only when all files are in place is the
-metadata recorded in one Redis ``MULTI``. Any failure removes what was written.
+metadata recorded in one Redis ``MULTI``. Any failure removes what was written,
+except when the ``MULTI``'s reply is lost (a timeout): Redis is then asked
+whether it committed, and a committed upload keeps its files and succeeds.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from shared.data.batches import (
     KINDS,
     BatchMeta,
     Kind,
+    batches_recorded,
     iso_utc,
     mark_pending,
     new_batch_ids,
@@ -241,13 +244,36 @@ def store(
         for meta, p in zip(metas, prepared, strict=True):
             storage.put_file(batch_path(tenant, meta.batch_id), p.path)
             placed.append(meta.batch_id)
+    except BaseException:
+        _undo(storage, r, tenant, placed, ids)
+        raise
+    try:
         record_batches(r, tenant, metas)
     except BaseException:
-        _remove_files(storage, tenant, placed)
-        with contextlib.suppress(ServiceError):  # Redis down too: the sweep clears it later
-            unmark_pending(r, tenant, ids)
+        # The MULTI may have run with only its reply lost (a timeout): then the batches are
+        # listed and their files must stay. Ask Redis; when it cannot say, keep the files:
+        # an uncommitted upload keeps its pending marks, so the sweep removes them later.
+        try:
+            committed = batches_recorded(r, tenant, metas)
+        except ServiceError:
+            log.warning("upload of %s: Redis cannot say whether it was recorded; its files "
+                        "stay until the sweep decides", ", ".join(ids))
+            raise
+        if committed:
+            log.warning("upload of %s was recorded although Redis did not answer in time",
+                        ", ".join(ids))
+            return metas
+        _undo(storage, r, tenant, placed, ids)
         raise
     return metas
+
+
+def _undo(storage: Storage, r: redis.Redis, tenant: str, placed: Sequence[str],
+          ids: Sequence[str]) -> None:
+    """Remove the files of an upload that was not recorded, and its pending marks."""
+    _remove_files(storage, tenant, placed)
+    with contextlib.suppress(ServiceError):  # Redis down too: the sweep clears it later
+        unmark_pending(r, tenant, ids)
 
 
 def _remove_files(storage: Storage, tenant: str, batch_ids: Sequence[str]) -> None:

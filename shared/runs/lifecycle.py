@@ -232,18 +232,27 @@ def forget_active(r: redis.Redis, member: str) -> None:
 def delete_model(r: redis.Redis, tenant: str, model_id: str) -> dict[str, Any]:
     """Remove a model and its runs from the registry; 409 while it trains.
 
-    Returns the deleted model record; the caller removes its storage.
+    The check for an active run and the removal are one WATCH/MULTI transaction on the
+    keys :func:`create_run` writes, so a run created meanwhile makes it retry (and
+    answer 409) instead of being deleted under its worker. Returns the deleted model
+    record; the caller removes its storage.
     """
-    model = get_model(r, tenant, model_id)
-    if model is None:
-        raise NotFound(f"There is no model '{model_id}'.", code="model_not_found",
-                       details={"model_id": model_id})
-    check_not_active(r, tenant, model_id)
-    with redis_guard("deleting a model"):
-        pipe = r.pipeline(transaction=True)
-        for version in range(1, int(model["last_version"]) + 1):
-            pipe.delete(run_key(tenant, model_id, version))
-        pipe.delete(model_key(tenant, model_id), active_key(tenant, model_id))
-        pipe.zrem(models_key(tenant), model_id)
-        pipe.execute()
-    return model
+    akey, mkey = active_key(tenant, model_id), model_key(tenant, model_id)
+    with redis_guard("deleting a model"), r.pipeline(transaction=True) as pipe:
+        while True:
+            try:
+                pipe.watch(akey, mkey, _seq_key(tenant, model_id))  # type: ignore[no-untyped-call]
+                model = get_model(r, tenant, model_id)
+                if model is None:
+                    raise NotFound(f"There is no model '{model_id}'.", code="model_not_found",
+                                   details={"model_id": model_id})
+                check_not_active(r, tenant, model_id)
+                pipe.multi()
+                for version in range(1, int(model["last_version"]) + 1):
+                    pipe.delete(run_key(tenant, model_id, version))
+                pipe.delete(mkey, akey)
+                pipe.zrem(models_key(tenant), model_id)
+                pipe.execute()
+                return model
+            except redis.WatchError:
+                continue

