@@ -211,6 +211,13 @@ class TargetIndex:
                                       dtype=bool)
         return mask
 
+    def passing(self, conditions: Sequence[Condition]) -> np.ndarray:
+        """True for every index row (known and new targets) meeting every condition."""
+        mask = np.ones(self.n_rows, dtype=bool)
+        for cond in conditions:
+            mask &= self._condition(cond)
+        return mask
+
     def mask(self, conditions: Sequence[Condition], new_targets: bool
              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(mask over the scoring space, its passing columns, their target representations).
@@ -225,9 +232,7 @@ class TargetIndex:
                 self._masks.move_to_end(key)
                 return hit
         reprs, scorable = self.space(new_targets)
-        mask = scorable.copy()
-        for cond in conditions:
-            mask &= self._condition(cond)[: len(mask)]
+        mask = scorable & self.passing(conditions)[: len(scorable)]
         cols = np.flatnonzero(mask)
         entry = (mask, cols, np.ascontiguousarray(reprs[cols]))
         with self._lock:
