@@ -64,7 +64,8 @@ def _block(model: LoadedModel, index: TargetIndex, cand: Candidates, ids: list[s
     query = np.vstack([normed_all[rows[known]], *queries[1:]]) if len(scored) else None
     parts: list[tuple[np.ndarray, ...]] = []
     if query is not None:
-        scores = query @ cand.reprs.T
+        # targets-major product: one pass over the row-major target matrix per query
+        scores = np.ascontiguousarray((cand.reprs @ query.T).T)
         # the target itself is never in its own list
         mask_columns(scores, cand, np.arange(len(known), dtype=np.int64), rows[known])
         top = top_candidates(scores, cand, k)
