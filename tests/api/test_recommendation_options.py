@@ -223,3 +223,31 @@ def test_similar_items_errors(
     error(client.post(SIMILAR, json={"model_id": "m", "target_id": []}, headers=auth), 422)
     assert client.get(SIMILAR, query_string={"model_id": "m", "target_id": "i1"}).status_code \
         == 401
+
+
+def test_shaped_answers_stream_in_blocks_like_whole_ones(
+    client: FlaskClient, auth: dict[str, str], model: ModelArtifact,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    params = {"model_id": "m", "filters": orjson.dumps(RED).decode(), "explain": "true",
+              "with_entities": "true", "max_recommendations": 4}
+    whole = body(client.get(RECS, query_string=params, headers=auth))["recommendations"]
+    # When every block holds 3 sources (the 50 passing targets of 200 are scored)
+    monkeypatch.setattr("shared.models.scoring.BLOCK_BUDGET_BYTES", 3 * 50 * 4)
+    resp = client.get(RECS, query_string=params, headers=auth)
+    assert resp.is_streamed
+    assert body(resp)["recommendations"] == whole
+    assert {r["source_id"] for r in whole} == {f"u{i}" for i in range(8)}
+    assert all(int(r["target_id"][1:]) % 4 == 0 for r in whole)
+
+
+def test_a_stranger_gets_the_most_popular_passing_targets(
+    client: FlaskClient, auth: dict[str, str], model: ModelArtifact
+) -> None:
+    rows = body(client.post(RECS, json={"model_id": "m", "source_id": "nobody",
+                                        "filters": RED, "explain": True},
+                            headers=auth))["recommendations"]
+    popular = [f"i{c}" for c in np.argsort(-model.target_popularity, kind="stable")
+               if c % 4 == 0][:10]
+    assert [r["target_id"] for r in rows] == popular
+    assert all(r["fallback"] and r["because"] == [] for r in rows)
