@@ -70,10 +70,15 @@ class Candidates:
 
     def popular(self, model: LoadedModel, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` most popular passing known targets (columns, float32 shares)."""
+        popularity = model.artifact.target_popularity
+        if self.cols is not None:  # few columns: sort them (ties by column, as pop_order)
+            known = self.cols[self.cols < model.n_targets]
+            shares = np.asarray(popularity, dtype=np.float32)[known]
+            return scoring.popular(known[np.argsort(-shares, kind="stable")], popularity, k)
         order = np.asarray(model.pop_order, dtype=np.int64)
         if self.allowed is not None:
             order = order[self.allowed[order]]
-        return scoring.popular(order, model.artifact.target_popularity, k)
+        return scoring.popular(order, popularity, k)
 
 
 def resolve(model: LoadedModel, index: TargetIndex | None, shape: Shape) -> Candidates:
@@ -89,18 +94,22 @@ def resolve(model: LoadedModel, index: TargetIndex | None, shape: Shape) -> Cand
         if len(cols) == n_space:
             return Candidates(n_space, None, reprs, None)
         return Candidates(n_space, cols, gathered, None, allowed=mask)
-    allowed = mask.copy()
+    excluded = np.zeros(0, dtype=np.int64)
+    if shape.exclude_ids:
+        rows = index.rows_of(list(shape.exclude_ids))
+        excluded = rows[(rows >= 0) & (rows < n_space)]
     if shape.include_ids is not None:
+        # A candidate list: work on its rows only (no pass over the whole space).
         wanted = list(dict.fromkeys(shape.include_ids))
         rows = index.rows_of(wanted)
         inside = (rows >= 0) & (rows < n_space)
         unknown = [w for w, ok in zip(wanted, inside.tolist(), strict=True) if not ok]
-        allowed = np.zeros(n_space, dtype=bool)
-        allowed[rows[inside]] = True
-        allowed &= mask
-    if shape.exclude_ids:
-        rows = index.rows_of(list(shape.exclude_ids))
-        allowed[rows[(rows >= 0) & (rows < n_space)]] = False
+        passing = np.unique(rows[inside])
+        passing = passing[mask[passing] & ~np.isin(passing, excluded)]
+        return Candidates(n_space, passing, np.ascontiguousarray(reprs[passing]), None,
+                          unknown)
+    allowed = mask.copy()
+    allowed[excluded] = False
     passing = np.flatnonzero(allowed)
     if len(passing) <= GATHER_SHARE * n_space:
         return Candidates(n_space, passing, np.ascontiguousarray(reprs[passing]), None,
