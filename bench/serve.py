@@ -183,18 +183,20 @@ def include_in_process(settings: Settings, artifact: ModelArtifact, sample: int)
         list(recommend_shaped(model, index, cand, [source], 10, True))
 
     shaped(*calls[0])  # builds the index once
-    times, plain = [], []
+    times, plain, cpu = [], [], []
     for source, include in calls:
-        start = time.perf_counter()
+        start, cpu0 = time.perf_counter(), time.thread_time()
         shaped(source, include)
         times.append(time.perf_counter() - start)
+        cpu.append(time.thread_time() - cpu0)
         start = time.perf_counter()
         list(serving_blocks.recommend_ids(model, [source], 10, True))
         plain.append(time.perf_counter() - start)
     print(f"include_ids with 500 candidates, in-process ({sample} calls): p50 "
           f"{np.percentile(np.array(times) * 1000, 50):.2f} ms, p99 {p99(times):.2f} ms "
-          f"(target: p99 <= 5 ms) -> {'met' if p99(times) <= 5 else 'MISSED'}; unshaped "
-          f"call p99 {p99(plain):.2f} ms")
+          f"(target: p99 <= 5 ms) -> {'met' if p99(times) <= 5 else 'MISSED'}; CPU time "
+          f"per call p99 {p99(cpu):.2f} ms (what waiting for a busy core does not inflate); "
+          f"unshaped call p99 {p99(plain):.2f} ms")
 
 
 def free_port() -> int:
