@@ -16,23 +16,32 @@ import itertools
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 import marshmallow as ma
 import orjson
 from flask import Response, current_app, stream_with_context
 from flask.views import MethodView
-from marshmallow import fields, validate
 
 from api.auth import current_tenant, require
 from api.context import services
 from api.errors import ErrorBodySchema
-from api.parsing import Blueprint, model_id_field
+from api.parsing import Blueprint
+from api.recommendation_schemas import (
+    CSV_DOC,
+    NOT_READY,
+    RecommendationsSchema,
+    RecommendBodySchema,
+    RecommendQuerySchema,
+)
+from api.shaping import Extras, csv_chunks, json_chunks, shape_from
 from shared.errors import DependencyUnavailable, ServiceError, ValidationFailed
 from shared.models import serving
 from shared.models.blocks import RecBlock, clean_scores, recommend_all, recommend_ids
 from shared.models.serving import LoadedModel, MetadataLookup, ModelCache
+from shared.models.shaped import Shape, recommend_shaped, resolve
+from shared.models.target_index import TargetIndex, TargetIndexCache, has_target_features
 
 log = logging.getLogger(__name__)
 
@@ -40,100 +49,9 @@ blp = Blueprint("recommendations", __name__, description="Recommendations from t
 
 #: Key of the per-app :class:`Serving` state in ``app.extensions``.
 SERVING_EXTENSION = "recsys_serving"
-#: Largest ``max_recommendations``.
-MAX_RECOMMENDATIONS = 1000
 #: Longest source id a request may name (ids become fixed-width numpy strings per block).
 MAX_ID_LENGTH = 1024
 CSV_HEADER = ("source_id", "target_id", "rank", "score")
-
-
-class SourceIds(fields.Field):  # type: ignore[type-arg]
-    """One source id or a list of them (JSON body)."""
-
-    def _deserialize(
-        self, value: Any, attr: str | None, data: Mapping[str, Any] | None, **kwargs: Any
-    ) -> list[str]:
-        items = [value] if isinstance(value, str) else value
-        if not isinstance(items, list) or not all(isinstance(v, str) for v in items):
-            raise ma.ValidationError("Give one source id (a string) or a list of strings.")
-        return cast(list[str], items)
-
-
-class RecommendQuerySchema(ma.Schema):
-    """Query parameters of ``GET /recommended_items``."""
-
-    model_id = model_id_field(required=True, metadata={"description": "The model to ask."})
-    source_id = fields.List(
-        fields.String(),
-        metadata={"description": "Source ids: repeat the parameter or give one comma-separated "
-                  "value. Absent: every source of the model (streamed)."},
-    )
-    source_type = fields.String(metadata={"description": "Defaults to the model's source type."})
-    target_type = fields.String(metadata={"description": "Defaults to the model's target type."})
-    max_recommendations = fields.Integer(
-        load_default=10, validate=validate.Range(1, MAX_RECOMMENDATIONS),
-        metadata={"description": "Rows per source, 1 to 1000."},
-    )
-    output_format = fields.String(
-        load_default="json", validate=validate.OneOf(["json", "csv"]),
-        metadata={"description": "json (default) or csv (header source_id,target_id,rank,score)."},
-    )
-    exclude_seen = fields.Boolean(
-        load_default=True,
-        metadata={"description": "Leave out targets the source interacted with in the "
-                  "fitted data."},
-    )
-
-
-class RecommendBodySchema(RecommendQuerySchema):
-    """JSON body of ``POST /recommended_items``."""
-
-    source_id = SourceIds(  # type: ignore[assignment]
-        metadata={"description": "One source id or a list of them. Absent: every source.",
-                  "oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
-    )
-    max_recommendations = fields.Integer(
-        strict=True, load_default=10, validate=validate.Range(1, MAX_RECOMMENDATIONS),
-        metadata={"description": "Rows per source, 1 to 1000."},
-    )
-    source_metadata = fields.Dict(
-        keys=fields.String(),
-        metadata={"description": "Metadata of a source the model never saw, used for cold start "
-                  "of every requested source the model does not know."},
-    )
-
-
-class RecommendationSchema(ma.Schema):
-    """One recommendation row."""
-
-    source_id = fields.String()
-    target_id = fields.String()
-    rank = fields.Integer(metadata={"description": "1 is best."})
-    score = fields.Float()
-    fallback = fields.Boolean(
-        metadata={"description": "True when made without the source's own history "
-                  "(metadata cold start or most popular)."},
-    )
-
-
-class RecommendationsSchema(ma.Schema):
-    """The JSON answer."""
-
-    model_id = fields.String()
-    version = fields.Integer()
-    recommendations = fields.List(fields.Nested(RecommendationSchema))
-
-
-NOT_READY = "The model's first training has not completed (details: its status)."
-#: OpenAPI: the 200 answer is JSON, or CSV (same rows, header first) with output_format=csv.
-CSV_DOC = {"200": {
-    "description": "JSON, or CSV with output_format=csv.",
-    "content": {
-        "application/json": {"schema": RecommendationsSchema},
-        "text/csv": {"schema": {
-            "type": "string", "example": "source_id,target_id,rank,score\nu1,i7,1,0.8312\n"}},
-    },
-}}
 
 
 def _answered(view: Callable[..., Response]) -> Callable[..., Response]:
@@ -187,10 +105,12 @@ def _empty_ids() -> ValidationFailed:
 
 @dataclass(frozen=True)
 class Serving:
-    """Per-app serving state: the model cache and the threads bulk requests score on."""
+    """Per-app serving state: the model cache, the threads bulk requests score on, and the
+    target indexes request-time filters use."""
 
     cache: ModelCache
     executor: ThreadPoolExecutor | None
+    indexes: TargetIndexCache = field(default_factory=TargetIndexCache)
 
 
 def serving_state() -> Serving:
@@ -246,8 +166,13 @@ def _dedupe(ids: list[str]) -> list[str]:
     return unique
 
 
-def _entity_lookup(tenant: str, model: LoadedModel) -> MetadataLookup:
-    """Metadata of an unseen source from its newest uploaded entity record (capped per request)."""
+def _entity_lookup(tenant: str, model: LoadedModel,
+                   entity_type: str | None = None) -> MetadataLookup:
+    """Metadata of an unseen entity (default: a source) from its newest uploaded record.
+
+    Capped per request; a record of another type than ``entity_type`` is ignored.
+    """
+    wanted = entity_type or model.source_type
     from shared.data.selection import latest_entity
 
     svc = services()
@@ -269,7 +194,7 @@ def _entity_lookup(tenant: str, model: LoadedModel) -> MetadataLookup:
         except Exception:  # an unreadable batch must not fail the request: use popularity
             log.exception("reading the entity record of %r for cold start failed", source_id)
             return None
-        if not record or (record.get("type") or "default") != model.source_type:
+        if not record or (record.get("type") or "default") != wanted:
             return None
         metadata = record.get("metadata")
         return metadata if isinstance(metadata, dict) else None
@@ -287,30 +212,76 @@ def _recommend(
     exclude_seen: bool,
     source_type: str | None = None,
     target_type: str | None = None,
+    **options: Any,
 ) -> Response:
     svc = services()
     tenant = current_tenant()
     state = serving_state()
+    shape = shape_from(options)
+    extras = Extras(shape.new_targets, bool(options.get("explain")),
+                    bool(options.get("with_entities")))
     model = state.cache.get(svc.redis, svc.storage, tenant, model_id, svc.settings.data_dir)
     _check_types(model, source_type, target_type)
     k = max_recommendations
-    blocks: Iterator[RecBlock]
-    if ids is None:
-        blocks = recommend_all(model, k, exclude_seen, state.executor)
-    else:
-        lookup: MetadataLookup
+    lookup: MetadataLookup | None = None
+    if ids is not None:
+        ids = _dedupe(ids)
         if source_metadata is not None:
             def lookup(_source_id: str) -> Mapping[str, Any] | None:
                 return source_metadata
         else:
             lookup = _entity_lookup(tenant, model)
-        blocks = recommend_ids(model, _dedupe(ids), k, exclude_seen, lookup, state.executor)
+    if not shape.plain or extras != Extras():
+        return _shaped(model, ids, lookup, shape, extras, k, exclude_seen, output_format)
+    blocks: Iterator[RecBlock]
+    if ids is None:
+        blocks = recommend_all(model, k, exclude_seen, state.executor)
+    else:
+        blocks = recommend_ids(model, ids, k, exclude_seen, lookup, state.executor)
+    writer = _csv_chunks if output_format == "csv" else _json_chunks
+    return stream_answer(model, blocks, lambda head: writer(model, head), output_format)
+
+
+def target_index(model: LoadedModel) -> TargetIndex:
+    """The target index of ``model`` (built on first use, rebuilt when entities change)."""
+    svc = services()
+    return serving_state().indexes.get(svc.storage, svc.redis, model)
+
+
+def _shaped(model: LoadedModel, ids: list[str] | None, lookup: MetadataLookup | None,
+            shape: Shape, extras: Extras, k: int, exclude_seen: bool,
+            output_format: str) -> Response:
+    """Recommendations with filters, candidate lists, new targets or decorated rows."""
+    if shape.new_targets and not has_target_features(model):
+        raise ValidationFailed(
+            f"Model '{model.model_id}' learned no target metadata features, so it cannot score "
+            "targets without interactions; train it with use_metadata_features (and target "
+            "entities with metadata), or leave new_targets out.",
+            code="no_target_features", details={"model_id": model.model_id},
+        )
+    index = target_index(model)
+    cand = resolve(model, index, shape)
+    blocks = recommend_shaped(model, index, cand, ids, k, exclude_seen, lookup,
+                              serving_state().executor)
+    unknown = cand.unknown_ids if shape.include_ids is not None else None
+
+    def write(all_blocks: Iterable[Any]) -> Iterator[bytes]:
+        if output_format == "csv":
+            return csv_chunks(model, index, extras, all_blocks)
+        return json_chunks(model, index, extras, all_blocks, unknown)
+
+    return stream_answer(model, blocks, write, output_format)
+
+
+def stream_answer(model: LoadedModel, blocks: Iterator[Any],
+                  writer: Callable[[Iterable[Any]], Iterator[bytes]],
+                  output_format: str) -> Response:
+    """Whole answer when small, else streamed (errors before the first byte get a status)."""
     # Compute up to two blocks now, so errors still get a proper status and small
     # answers go out whole with a Content-Length; the rest is streamed.
     head = list(itertools.islice(blocks, 2))
     streamed = len(head) == 2
-    writer = _csv_chunks if output_format == "csv" else _json_chunks
-    chunks = writer(model, itertools.chain(head, blocks))
+    chunks = writer(itertools.chain(head, blocks))
     mimetype = "text/csv" if output_format == "csv" else "application/json"
     if streamed:
         response = Response(stream_with_context(_logged(chunks, model)), mimetype=mimetype)
@@ -364,3 +335,7 @@ def _csv_chunks(model: LoadedModel, blocks: Iterable[RecBlock]) -> Iterator[byte
             clean_scores(block.scores), strict=True,
         ))
         yield buffer.getvalue().encode("utf-8")
+
+
+# Registers /similar_items on this blueprint (app.py lists blueprints, not routes).
+from api import similar  # noqa: E402, F401

@@ -14,6 +14,13 @@ carrying the very same embeddings and biases, ``predict`` over every target
 for one source plus a full ``argsort``, per source (timed on a sample of
 sources and extrapolated to 10,000), with the ratios.
 
+Request-time shaping (issue #17), each compared in the same run: with a
+catalogue of entity records uploaded for every target (a ``category`` of ten
+values), single-source requests with a filter passing 10% of targets,
+alternated with unfiltered ones (target: filtered p99 <= 1.5x unfiltered p99);
+``include_ids`` with 500 candidates in-process, next to the unshaped call
+(target: p99 <= 5 ms); and ``/similar_items`` over HTTP (target: p99 <= 10 ms).
+
 Run: ``.venv/bin/python bench/serve.py`` (``--help`` for sizes).
 """
 
@@ -95,8 +102,103 @@ def publish(settings: Settings, artifact: ModelArtifact) -> str:
     save_artifact(storage, TENANT, MODEL, version, artifact)
     complete_run(r, None, RunRef(TENANT, MODEL, version), owner="bench", keep_versions=3,
                  message="synthetic", model_fields={"source_type": "user", "target_type": "item"})
-    raw, _ = create_key(r, TENANT, ["recommend"])
+    raw, _ = create_key(r, TENANT, ["recommend", "data:write"])
     return raw
+
+
+def upload_catalogue(base: str, headers: dict[str, str], n_targets: int) -> None:
+    """An entity record per target: ``category`` c0..c9 (so one category is 10%)."""
+    items = [{"id": f"item-{i}", "type": "item", "name": f"Item {i}",
+              "metadata": {"category": f"c{i % 10}"}} for i in range(n_targets)]
+    resp = requests.post(f"{base}/data_batch", json={"entities": items}, headers=headers,
+                         timeout=600)
+    if resp.status_code != 201:
+        raise RuntimeError(f"catalogue upload failed: {resp.status_code} {resp.text[:200]}")
+
+
+def timed_get(http: requests.Session, url: str, params: dict[str, str],
+              headers: dict[str, str], key: str) -> float:
+    """Seconds of one GET whose JSON answer must carry 10 rows under ``key``."""
+    start = time.perf_counter()
+    resp = http.get(url, params=params, headers=headers, timeout=60)
+    took = time.perf_counter() - start
+    if resp.status_code != 200 or len(resp.json()[key]) != 10:
+        raise RuntimeError(f"bad answer: {resp.status_code} {resp.text[:200]}")
+    return took
+
+
+def p99(seconds: list[float]) -> float:
+    """99th percentile in milliseconds."""
+    return float(np.percentile(np.array(seconds) * 1000, 99))
+
+
+def shaped_over_http(base: str, headers: dict[str, str], n_sources: int, n_targets: int,
+                     requests_n: int) -> None:
+    """Filtered vs unfiltered single-source requests (alternated), and similar items."""
+    recs, similar = f"{base}/recommended_items", f"{base}/similar_items"
+    category = orjson.dumps([{"field": "metadata.category", "op": "eq", "value": "c3"}]).decode()
+    rng = np.random.default_rng(5)
+    with requests.Session() as http:
+        for _ in range(8):  # every worker builds its target index and the filter's mask
+            timed_get(http, recs, {"model_id": MODEL, "source_id": "user-1",
+                                   "filters": category}, headers, "recommendations")
+            timed_get(http, similar, {"model_id": MODEL, "target_id": "item-1"}, headers,
+                      "similar_items")
+        plain, filtered, sims = [], [], []
+        for i in rng.integers(0, n_sources, requests_n).tolist():
+            params = {"model_id": MODEL, "source_id": f"user-{i}"}
+            plain.append(timed_get(http, recs, params, headers, "recommendations"))
+            filtered.append(timed_get(http, recs, {**params, "filters": category}, headers,
+                                      "recommendations"))
+        for i in rng.integers(0, n_targets, requests_n).tolist():
+            sims.append(timed_get(http, similar, {"model_id": MODEL, "target_id": f"item-{i}"},
+                                  headers, "similar_items"))
+    ratio = p99(filtered) / p99(plain)
+    print(f"filter passing 10% of targets, over HTTP ({requests_n} requests each, alternated): "
+          f"p99 {p99(filtered):.2f} ms vs unfiltered p99 {p99(plain):.2f} ms = {ratio:.2f}x "
+          f"(target: <= 1.5x) -> {'met' if ratio <= 1.5 else 'MISSED'}")
+    print(f"similar items over HTTP ({requests_n} requests): p50 "
+          f"{np.percentile(np.array(sims) * 1000, 50):.2f} ms, p99 {p99(sims):.2f} ms "
+          f"(target: p99 <= 10 ms) -> {'met' if p99(sims) <= 10 else 'MISSED'}")
+
+
+def include_in_process(settings: Settings, artifact: ModelArtifact, sample: int) -> None:
+    """include_ids with 500 candidates in-process (index cached, one Redis read a call)."""
+    from shared.models import blocks as serving_blocks
+    from shared.models.serving import LoadedModel, limit_blas_threads
+    from shared.models.shaped import Shape, recommend_shaped, resolve
+    from shared.models.target_index import TargetIndexCache
+
+    limit_blas_threads(1)
+    r = connect(settings)
+    storage = open_storage(settings.storage_root())
+    model = LoadedModel(TENANT, MODEL, 1, artifact)
+    cache = TargetIndexCache()
+    rng = np.random.default_rng(7)
+    calls = [(f"user-{u}", tuple(f"item-{c}" for c in rng.choice(model.n_targets, 500,
+                                                                 replace=False)))
+             for u in rng.integers(0, model.n_sources, sample).tolist()]
+
+    def shaped(source: str, include: tuple[str, ...]) -> None:
+        index = cache.get(storage, r, model)
+        cand = resolve(model, index, Shape(include_ids=include))
+        list(recommend_shaped(model, index, cand, [source], 10, True))
+
+    shaped(*calls[0])  # builds the index once
+    times, plain, cpu = [], [], []
+    for source, include in calls:
+        start, cpu0 = time.perf_counter(), time.thread_time()
+        shaped(source, include)
+        times.append(time.perf_counter() - start)
+        cpu.append(time.thread_time() - cpu0)
+        start = time.perf_counter()
+        list(serving_blocks.recommend_ids(model, [source], 10, True))
+        plain.append(time.perf_counter() - start)
+    print(f"include_ids with 500 candidates, in-process ({sample} calls): p50 "
+          f"{np.percentile(np.array(times) * 1000, 50):.2f} ms, p99 {p99(times):.2f} ms "
+          f"(target: p99 <= 5 ms) -> {'met' if p99(times) <= 5 else 'MISSED'}; CPU time "
+          f"per call p99 {p99(cpu):.2f} ms (what waiting for a busy core does not inflate); "
+          f"unshaped call p99 {p99(plain):.2f} ms")
 
 
 def free_port() -> int:
@@ -189,6 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sources", type=int, default=10_000)
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--naive-sample", type=int, default=200)
+    parser.add_argument("--shaped-requests", type=int, default=1000,
+                        help="requests per shaped figure (filters, similar items, include_ids)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=4)
     parser.add_argument("--blas-threads", type=int, default=None,
@@ -275,6 +379,10 @@ def main(argv: list[str] | None = None) -> int:
             ours = ours_per_source(artifact, args.naive_sample)
             print(f"this service's scoring in-process (no HTTP), one source per call: "
                   f"{ours * 1000:.2f} ms per source")
+            base = url.rsplit("/", 1)[0]
+            upload_catalogue(base, headers, args.targets)
+            shaped_over_http(base, headers, args.sources, args.targets, args.shaped_requests)
+            include_in_process(settings, artifact, args.shaped_requests)
             print(f"load average at end: {os.getloadavg()[0]:.2f}")
             print(f"ratio: bulk {naive_total / bulk:.0f}x faster than naive; one source "
                   f"in-process {naive / ours:.1f}x faster; one source over HTTP (p50, "

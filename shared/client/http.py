@@ -271,21 +271,14 @@ class RecsysClient:
     # -- recommendations --------------------------------------------------------------------
 
     def _recommend_request(
-        self,
-        model_id: str,
-        source_ids: Sequence[str],
-        max_recommendations: int | None,
-        exclude_seen: bool,
-        output_format: str,
-        source_metadata: Mapping[str, Any] | None,
-        stream: bool = False,
+        self, model_id: str, source_ids: Sequence[str], max_recommendations: int | None,
+        exclude_seen: bool, output_format: str, source_metadata: Mapping[str, Any] | None,
+        stream: bool = False, options: Mapping[str, Any] | None = None,
     ) -> requests.Response:
-        if source_metadata is not None or len(source_ids) > MAX_GET_SOURCES:
-            body: dict[str, Any] = {
-                "model_id": model_id,
-                "exclude_seen": exclude_seen,
-                "output_format": output_format,
-            }
+        # Shaping options (filters, include_ids, ...) and metadata go as a JSON body.
+        if source_metadata is not None or options or len(source_ids) > MAX_GET_SOURCES:
+            body: dict[str, Any] = {"model_id": model_id, "exclude_seen": exclude_seen,
+                                    "output_format": output_format, **(options or {})}
             if source_ids:
                 body["source_id"] = list(source_ids)
             if max_recommendations is not None:
@@ -294,68 +287,73 @@ class RecsysClient:
                 body["source_metadata"] = dict(source_metadata)
             return self.request("POST", "/recommended_items", json_body=body, stream=stream)
         params: dict[str, Any] = {
-            "model_id": model_id,
-            "source_id": list(source_ids) or None,
-            "max_recommendations": max_recommendations,
-            "exclude_seen": "true" if exclude_seen else "false",
-            "output_format": output_format,
-        }
+            "model_id": model_id, "source_id": list(source_ids) or None,
+            "max_recommendations": max_recommendations, "output_format": output_format,
+            "exclude_seen": "true" if exclude_seen else "false"}
         return self.request("GET", "/recommended_items", params=params, stream=stream)
 
     def recommend(
-        self,
-        model_id: str,
-        source_ids: Sequence[str] = (),
-        *,
-        max_recommendations: int | None = None,
-        exclude_seen: bool = True,
+        self, model_id: str, source_ids: Sequence[str] = (), *,
+        max_recommendations: int | None = None, exclude_seen: bool = True,
         source_metadata: Mapping[str, Any] | None = None,
+        options: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """Recommendations as JSON: ``{"model_id", "version", "recommendations": [...]}``."""
-        response = self._recommend_request(
-            model_id, source_ids, max_recommendations, exclude_seen, "json", source_metadata
-        )
-        try:
-            result: dict[str, Any] = response.json()
-        except ValueError as exc:
-            raise ApiError(
-                response.status_code, "invalid_response", "Recommendations were not JSON."
-            ) from exc
-        return result
+        """Recommendations as JSON; ``options`` are the API's shaping fields, sent as given."""
+        return _json_answer(self._recommend_request(
+            model_id, source_ids, max_recommendations, exclude_seen, "json", source_metadata,
+            options=options))
 
     def recommend_csv(
-        self,
-        model_id: str,
-        source_ids: Sequence[str] = (),
-        *,
-        max_recommendations: int | None = None,
-        exclude_seen: bool = True,
+        self, model_id: str, source_ids: Sequence[str] = (), *,
+        max_recommendations: int | None = None, exclude_seen: bool = True,
+        options: Mapping[str, Any] | None = None,
     ) -> str:
         """Recommendations as the CSV text the API returns (header row first)."""
-        return b"".join(
-            self.recommend_csv_chunks(
-                model_id, source_ids, max_recommendations=max_recommendations,
-                exclude_seen=exclude_seen,
-            )
-        ).decode("utf-8")
+        return b"".join(self.recommend_csv_chunks(
+            model_id, source_ids, max_recommendations=max_recommendations,
+            exclude_seen=exclude_seen, options=options)).decode("utf-8")
 
     def recommend_csv_chunks(
-        self,
-        model_id: str,
-        source_ids: Sequence[str] = (),
-        *,
-        max_recommendations: int | None = None,
-        exclude_seen: bool = True,
+        self, model_id: str, source_ids: Sequence[str] = (), *,
+        max_recommendations: int | None = None, exclude_seen: bool = True,
+        options: Mapping[str, Any] | None = None,
     ) -> Iterator[bytes]:
         """The API's CSV as it streams in (no ``source_ids``: every source of the model)."""
-        response = self._recommend_request(
-            model_id, source_ids, max_recommendations, exclude_seen, "csv", None, stream=True
-        )
+        yield from self._chunks(self._recommend_request(
+            model_id, source_ids, max_recommendations, exclude_seen, "csv", None, stream=True,
+            options=options))
+
+    def similar(
+        self, model_id: str, target_ids: Sequence[str], *,
+        max_recommendations: int | None = None, output_format: str = "json",
+        target_metadata: Mapping[str, Any] | None = None,
+        options: Mapping[str, Any] | None = None,
+    ) -> Any:
+        """Similar items: JSON ``{"model_id", "version", "similar_items"}``, or CSV text."""
+        body: dict[str, Any] = {"model_id": model_id, "target_id": list(target_ids),
+                                "output_format": output_format, **(options or {})}
+        body |= {"max_recommendations": max_recommendations} if max_recommendations else {}
+        body |= {"target_metadata": dict(target_metadata)} if target_metadata is not None else {}
+        response = self.request("POST", "/similar_items", json_body=body,
+                                stream=output_format == "csv")
+        csv_text = output_format == "csv"
+        return b"".join(self._chunks(response)).decode() if csv_text else _json_answer(response)
+
+    def _chunks(self, response: requests.Response) -> Iterator[bytes]:
         with response:
             try:
                 yield from response.iter_content(chunk_size=1 << 16)
             except requests.RequestException as exc:
                 raise ConnectionFailed(f"The answer from {self.base} broke off: {exc}") from exc
+
+
+def _json_answer(response: requests.Response) -> dict[str, Any]:
+    try:
+        result: dict[str, Any] = response.json()
+    except ValueError as exc:
+        raise ApiError(response.status_code, "invalid_response",
+                       "The answer was not JSON.") from exc
+    return result
 
 
 def _segment(value: str) -> str:

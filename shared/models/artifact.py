@@ -10,6 +10,8 @@ Layout of ``storage.model_dir(tenant, model_id, version)``::
     target_popularity.npy             each target's share of interactions (sums to 1)
     source_feature_embeddings.npy     (only with source metadata features)
     source_feature_biases.npy
+    target_feature_embeddings.npy     (only with target metadata features: new targets and
+    target_feature_biases.npy          similar items of unseen targets are scored from them)
 
 ``source_repr @ target_repr.T`` is LightFM's prediction (dot product plus both
 biases). Files are written one by one, each atomically; the manifest is written
@@ -48,7 +50,8 @@ ARRAYS = (
     "seen_indices",
     "target_popularity",
 )
-OPTIONAL_ARRAYS = ("source_feature_embeddings", "source_feature_biases")
+OPTIONAL_ARRAYS = ("source_feature_embeddings", "source_feature_biases",
+                   "target_feature_embeddings", "target_feature_biases")
 #: Arrays written at once by :func:`save_artifact`.
 WRITE_THREADS = 4
 #: Sub-directory of the data directory where S3 artifacts are cached (pass ``cache_dir``).
@@ -69,6 +72,9 @@ class ModelArtifact:
     target_popularity: np.ndarray
     source_feature_embeddings: np.ndarray | None
     source_feature_biases: np.ndarray | None
+    #: Metadata-feature rows of the target side (manifest ``target_features`` names them).
+    target_feature_embeddings: np.ndarray | None = None
+    target_feature_biases: np.ndarray | None = None
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:
@@ -84,6 +90,8 @@ def _check(artifact: ModelArtifact) -> None:
             raise ValueError(f"{name} must be a numpy unicode array, not {dtype}")
     if (artifact.source_feature_embeddings is None) != (artifact.source_feature_biases is None):
         raise ValueError("source feature embeddings and biases go together")
+    if (artifact.target_feature_embeddings is None) != (artifact.target_feature_biases is None):
+        raise ValueError("target feature embeddings and biases go together")
 
 
 def save_artifact(

@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, Future
 from contextlib import contextmanager
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 import numpy as np
 
@@ -137,9 +137,12 @@ class _Buffers:
                 self._free.append(buffer)
 
 
+B = TypeVar("B")
+
+
 def _in_order(
-    task: Callable[[int], RecBlock], starts: range, executor: Executor | None
-) -> Iterator[RecBlock]:
+    task: Callable[[int], B], starts: range, executor: Executor | None
+) -> Iterator[B]:
     """Run ``task`` per block start, results in order; with an executor, a few blocks at once.
 
     Keeps at most the executor's worker count of blocks running ahead of the consumer, so a
@@ -150,8 +153,8 @@ def _in_order(
         return (task(start) for start in starts)
     ahead = max(1, getattr(executor, "_max_workers", 2))
 
-    def run() -> Iterator[RecBlock]:
-        pending: deque[Future[RecBlock]] = deque()
+    def run() -> Iterator[B]:
+        pending: deque[Future[B]] = deque()
         try:
             for start in starts:
                 pending.append(executor.submit(task, start))

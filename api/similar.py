@@ -1,0 +1,149 @@
+"""Similar items: ``GET /similar_items`` and its ``POST`` form (API.md, "Similar items").
+
+Routes live on the recommendations blueprint (same scope, same serving state).
+Rows are ``target_id, similar_id, rank, score, fallback``; CSV has the header
+``target_id,similar_id,rank,score``. Lists of targets are answered in blocks and
+streamed like recommendations.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
+
+import marshmallow as ma
+import orjson
+from flask import Response
+from flask.views import MethodView
+
+from api.auth import current_tenant, require
+from api.context import services
+from api.errors import ErrorBodySchema
+from api.recommendation_schemas import (
+    NOT_READY,
+    SimilarBodySchema,
+    SimilarItemsSchema,
+    SimilarQuerySchema,
+)
+from api.recommendations import _dedupe, blp, serving_state, stream_answer, target_index
+from api.shaping import shape_from, split_ids
+from shared.errors import ValidationFailed
+from shared.models.blocks import RecBlock, clean_scores
+from shared.models.serving import LoadedModel, MetadataLookup
+from shared.models.shaped import resolve
+from shared.models.similar import similar_blocks
+
+CSV_HEADER = ("target_id", "similar_id", "rank", "score")
+SIMILAR_DOC = {"200": {
+    "description": "JSON, or CSV with output_format=csv.",
+    "content": {
+        "application/json": {"schema": SimilarItemsSchema},
+        "text/csv": {"schema": {
+            "type": "string", "example": "target_id,similar_id,rank,score\ni1,i7,1,0.93\n"}},
+    },
+}}
+
+
+def _answered(view: Callable[..., Response]) -> Callable[..., Response]:
+    view = require("recommend")(view)
+    view = blp.doc(responses=SIMILAR_DOC)(view)
+    view = blp.alt_response(422, schema=ErrorBodySchema, description="Invalid parameters.")(view)
+    view = blp.alt_response(409, schema=ErrorBodySchema, description=NOT_READY)(view)
+    view = blp.alt_response(404, schema=ErrorBodySchema, description="Unknown model_id.")(view)
+    documented: Callable[..., Response] = blp.response(
+        200, SimilarItemsSchema, description="JSON, or CSV with output_format=csv (text/csv)."
+    )(view)
+    return documented
+
+
+@blp.route("/similar_items")
+class SimilarItems(MethodView):
+    @_answered
+    @blp.arguments(SimilarQuerySchema, location="query", unknown=ma.RAISE, as_kwargs=True)
+    def get(self, **params: Any) -> Response:
+        """Targets most like each given target (cosine of the model's target representations)."""
+        return _similar(None, **params)
+
+    @_answered
+    @blp.arguments(SimilarBodySchema, location="json", as_kwargs=True)
+    def post(self, **params: Any) -> Response:
+        """The same as GET with a JSON body; ``target_metadata`` represents an unseen target."""
+        return _similar(params.pop("target_metadata", None), **params)
+
+
+def _entity_metadata(model: LoadedModel) -> MetadataLookup:
+    """Metadata of an unseen target from its newest entity record (capped per request)."""
+    from api.recommendations import _entity_lookup
+
+    return _entity_lookup(current_tenant(), model, model.target_type)
+
+
+def _similar(target_metadata: Mapping[str, Any] | None, *, model_id: str, target_id: list[str],
+             max_recommendations: int, output_format: str, **options: Any) -> Response:
+    ids = split_ids(target_id, "target_id")
+    if not ids:
+        raise ValidationFailed("target_id is empty: give one or more target ids.",
+                               code="empty_target_id")
+    targets = _dedupe(list(ids))
+    shape = shape_from(options)
+    svc = services()
+    state = serving_state()
+    model = state.cache.get(svc.redis, svc.storage, current_tenant(), model_id,
+                            svc.settings.data_dir)
+    index = target_index(model)
+    cand = resolve(model, index, shape)
+    lookup: MetadataLookup
+    if target_metadata is not None:
+        def lookup(_target_id: str) -> Mapping[str, Any] | None:
+            return target_metadata
+    else:
+        lookup = _entity_metadata(model)
+    blocks = similar_blocks(model, index, cand, targets, max_recommendations, lookup,
+                            state.executor)
+    unknown = cand.unknown_ids if shape.include_ids is not None else None
+
+    def write(all_blocks: Iterable[RecBlock]) -> Iterator[bytes]:
+        if output_format == "csv":
+            return _csv(all_blocks)
+        return _json(model, all_blocks, unknown)
+
+    return stream_answer(model, blocks, write, output_format)
+
+
+def _json(model: LoadedModel, blocks: Iterable[RecBlock],
+          unknown: list[str] | None) -> Iterator[bytes]:
+    yield (b'{"model_id":' + orjson.dumps(model.model_id) + b',"version":'
+           + str(model.version).encode() + b',"similar_items":[')
+    sep = b""
+    for block in blocks:
+        if len(block.ranks) == 0:
+            continue
+        rows = [
+            {"target_id": t, "similar_id": s, "rank": r, "score": sc, "fallback": f}
+            for t, s, r, sc, f in zip(
+                block.source_ids.tolist(), block.target_ids.tolist(), block.ranks.tolist(),
+                clean_scores(block.scores), block.fallback.tolist(), strict=True)
+        ]
+        yield sep + orjson.dumps(rows)[1:-1]
+        sep = b","
+    tail = b"]"
+    if unknown is not None:
+        tail += b',"unknown_ids":' + orjson.dumps(unknown)
+    yield tail + b"}"
+
+
+def _csv(blocks: Iterable[RecBlock]) -> Iterator[bytes]:
+    buffer = io.StringIO()
+    out = csv.writer(buffer, lineterminator="\n")
+    out.writerow(CSV_HEADER)
+    yield buffer.getvalue().encode("utf-8")
+    for block in blocks:
+        if len(block.ranks) == 0:
+            continue
+        buffer.seek(0)
+        buffer.truncate()
+        out.writerows(zip(block.source_ids.tolist(), block.target_ids.tolist(),
+                          block.ranks.tolist(), clean_scores(block.scores), strict=True))
+        yield buffer.getvalue().encode("utf-8")
