@@ -17,6 +17,7 @@ from api import (
     ratelimit,
     recommendations,
     reqlog,
+    similar,
     swagger_assets,
     training,
     webhooks,
@@ -112,6 +113,7 @@ def _blueprints() -> list[tuple[Blueprint, str]]:
         (data.blp, API_PREFIX),
         (training.blp, API_PREFIX),
         (recommendations.blp, API_PREFIX),
+        (similar.blp, API_PREFIX),
         (webhooks.blp, API_PREFIX),
         (keys.blp, API_PREFIX),
     ]

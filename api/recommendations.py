@@ -336,6 +336,3 @@ def _csv_chunks(model: LoadedModel, blocks: Iterable[RecBlock]) -> Iterator[byte
         ))
         yield buffer.getvalue().encode("utf-8")
 
-
-# Registers /similar_items on this blueprint (app.py lists blueprints, not routes).
-from api import similar  # noqa: E402, F401

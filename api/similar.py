@@ -21,19 +21,22 @@ from flask.views import MethodView
 from api.auth import current_tenant, require
 from api.context import services
 from api.errors import ErrorBodySchema
+from api.parsing import Blueprint
 from api.recommendation_schemas import (
     NOT_READY,
     SimilarBodySchema,
     SimilarItemsSchema,
     SimilarQuerySchema,
 )
-from api.recommendations import _dedupe, blp, serving_state, stream_answer, target_index
+from api.recommendations import _dedupe, serving_state, stream_answer, target_index
 from api.shaping import shape_from, split_ids
 from shared.errors import ValidationFailed
 from shared.models.blocks import RecBlock, clean_scores
 from shared.models.serving import LoadedModel, MetadataLookup
 from shared.models.shaped import resolve
 from shared.models.similar import similar_blocks
+
+blp = Blueprint("similar_items", __name__, description="Similar items from trained models.")
 
 CSV_HEADER = ("target_id", "similar_id", "rank", "score")
 SIMILAR_DOC = {"200": {
