@@ -1,8 +1,11 @@
-"""Fixtures for integration tests: a real Redis-compatible server, real Celery workers,
-the API served over real HTTP, all started here and stopped after."""
+"""What integration tests talk to: a real Redis-compatible server, real Celery workers and
+the API served over real HTTP (``running_stack``), and the ``Stack`` handle on them.
+
+The fixtures that start these live in ``tests/integration/conftest.py``."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -15,28 +18,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-import pytest
 import redis
-import requests
 from werkzeug.serving import BaseWSGIServer, make_server
 
 from api.app import create_app
 from shared.config import Settings
 from shared.keys import SCOPES, create_key
-from shared.stack.embedded import EmbeddedServer, start_embedded
 from shared.stack.procs import stop_group
 
 ROOT = Path(__file__).resolve().parents[2]
-
-pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="session")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedServer]:
-    """The embedded server, as ``make run`` starts it, for the whole session."""
-    server = start_embedded(tmp_path_factory.mktemp("redis"))
-    yield server
-    server.stop()
 
 
 @dataclass
@@ -50,10 +40,16 @@ class Stack:
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
     api_url: str = ""
     api_key: str = ""
+    tenant: str = "default"
 
     def headers(self, key: str | None = None) -> dict[str, str]:
-        """Headers authenticating with ``key`` (the stack's all-scope key by default)."""
+        """Headers authenticating with ``key`` (the all-scope key of ``tenant`` by default)."""
         return {"apikey": key or self.api_key}
+
+    def for_tenant(self, tenant: str) -> Stack:
+        """The same servers and workers, seen as ``tenant`` (a new all-scope key of its own)."""
+        raw, _ = create_key(self.redis, tenant, list(SCOPES))
+        return dataclasses.replace(self, tenant=tenant, api_key=raw)
 
     def url(self, path: str) -> str:
         """Absolute URL of an API path under /v1/recommender (or a root path like /readyz)."""
@@ -121,6 +117,8 @@ def running_stack(redis_url: str, data_dir: Path, cls: type[S] = Stack) -> Itera
         "RECSYS_HEARTBEAT_INTERVAL": "1",
         "RECSYS_HEARTBEAT_STALE_AFTER": "6",
         "RECSYS_RECONCILE_INTERVAL": "2",
+        # Explicit, above what polling loops send: a stack serves many tests in a row.
+        "RECSYS_RATE_LIMIT": "60000 per minute",
         "PYTHONUNBUFFERED": "1",
     }
     settings = Settings.from_env(env)
@@ -136,26 +134,3 @@ def running_stack(redis_url: str, data_dir: Path, cls: type[S] = Stack) -> Itera
         server.shutdown()
         for proc in list(st.workers):
             st.stop_worker(proc, signal.SIGKILL)
-
-
-@pytest.fixture(scope="module")
-def stack(
-    redis_server: EmbeddedServer, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Stack]:
-    """A clean database, one real worker, and the API on a real HTTP port, per test module.
-
-    Tests in one module share it: use distinct model ids, tags or tenants per test.
-    """
-    r = redis.Redis.from_url(redis_server.url, decode_responses=True)
-    r.flushall()
-    data_dir = tmp_path_factory.mktemp("stack") / "var"
-    data_dir.mkdir()
-    with running_stack(redis_server.url, data_dir) as st:
-        yield st
-
-
-@pytest.fixture
-def http() -> Iterator[requests.Session]:
-    """A requests session for talking to the live API."""
-    with requests.Session() as session:
-        yield session
