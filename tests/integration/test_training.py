@@ -66,7 +66,7 @@ def test_progress_rises_monotonically_to_100_with_metrics(
     model = http.get(stack.url("/models/m-progress"), headers=stack.headers(), timeout=10).json()
     assert model["serving_version"] == 1 and model["versions"] == [1]
     storage = open_storage(stack.settings.storage_root())
-    assert storage.exists(f"{model_dir('default', 'm-progress', 1)}/manifest.json")
+    assert storage.exists(f"{model_dir(stack.tenant, 'm-progress', 1)}/manifest.json")
 
 
 def test_a_model_training_gets_409_and_cancel_stops_it(
