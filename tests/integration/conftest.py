@@ -17,8 +17,6 @@ import requests
 from shared.stack.embedded import EmbeddedServer, start_embedded
 from tests.helpers.stack import Stack, running_stack
 
-pytestmark = pytest.mark.integration
-
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedServer]:
