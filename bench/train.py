@@ -254,8 +254,8 @@ print(json.dumps({{"read": read, "total": total, "pairs": int(dataset.rows.size)
 
 def big_assembly(stack: Stack, n: int, batches: int, n_sources: int, n_targets: int) -> None:
     """Write ``batches`` batches straight to storage; time assembly in a fresh process."""
+    from bench._data import write_batch
     from shared.storage import open_storage
-    from tests.worker.batches import write_batch
 
     storage = open_storage(stack.settings.storage_root())
     started = time.perf_counter()

@@ -13,12 +13,20 @@ from flask.testing import FlaskClient
 from api.app import create_app
 from shared.config import Settings
 from shared.keys import SCOPES, create_key
+from shared.storage import Storage, open_storage
 
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     """Settings with a private data directory and private callbacks allowed."""
     return Settings(data_dir=tmp_path / "var", callback_allow_private=True)
+
+
+@pytest.fixture
+def storage(settings: Settings) -> Storage:
+    """The storage of ``settings``: a fresh local directory, the one the ``app`` fixture's
+    API uses too (a module overriding ``settings`` picks the backend, as test_storage does)."""
+    return open_storage(settings.storage_root())
 
 
 @pytest.fixture

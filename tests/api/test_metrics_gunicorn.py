@@ -12,7 +12,7 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.servers import free_port, running_gunicorn
+from tests.helpers.servers import free_port, running_gunicorn
 
 BURST = 40
 

@@ -18,15 +18,9 @@ from shared.keys import create_key
 from shared.models.artifact import ModelArtifact
 from shared.runs.lifecycle import create_run
 from shared.storage import Storage
-from tests.shared.test_serving_model import brute, make_artifact, register
+from tests.shared.models.test_serving import brute, make_artifact, register
 
 URL = "/v1/recommender/recommended_items"
-
-
-@pytest.fixture
-def storage(app: Flask) -> Storage:
-    store: Storage = app.extensions["recsys"].storage
-    return store
 
 
 @pytest.fixture

@@ -1,156 +1,67 @@
 """Fixtures for integration tests: a real Redis-compatible server, real Celery workers,
-the API served over real HTTP, all started here and stopped after."""
+the API served over real HTTP, all started here and stopped after (see tests/helpers/stack.py).
+
+Most modules share ONE stack for the whole session, each under a tenant of its own (named
+after the module), so none starts its own worker. Modules that restart, kill or reconfigure
+what they talk to are marked ``own_stack`` and get a fresh stack on ``redis_server``.
+"""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import threading
-import time
 from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TypeVar
 
 import pytest
 import redis
 import requests
-from werkzeug.serving import BaseWSGIServer, make_server
 
-from api.app import create_app
-from shared.config import Settings
-from shared.keys import SCOPES, create_key
 from shared.stack.embedded import EmbeddedServer, start_embedded
-from shared.stack.procs import stop_group
-
-ROOT = Path(__file__).resolve().parents[2]
-
-pytestmark = pytest.mark.integration
+from tests.helpers.stack import Stack, running_stack
 
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedServer]:
-    """The embedded server, as ``make run`` starts it, for the whole session."""
+    """The embedded server, as ``make run`` starts it, for the whole session; modules with
+    their own stack (and tests that need a bare server) flush it."""
     server = start_embedded(tmp_path_factory.mktemp("redis"))
     yield server
     server.stop()
 
 
-@dataclass
-class Stack:
-    """What an integration test talks to."""
-
-    settings: Settings
-    env: dict[str, str]
-    redis: redis.Redis
-    data_dir: Path
-    workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
-    api_url: str = ""
-    api_key: str = ""
-
-    def headers(self, key: str | None = None) -> dict[str, str]:
-        """Headers authenticating with ``key`` (the stack's all-scope key by default)."""
-        return {"apikey": key or self.api_key}
-
-    def url(self, path: str) -> str:
-        """Absolute URL of an API path under /v1/recommender (or a root path like /readyz)."""
-        if path.startswith("/v1/") or path in {"/healthz", "/readyz", "/metrics", "/openapi.json"}:
-            return self.api_url + path
-        return f"{self.api_url}/v1/recommender{path}"
-
-    def start_worker(
-        self, queues: str = "train,callbacks", concurrency: int = 2, name: str | None = None
-    ) -> subprocess.Popen[bytes]:
-        """Start a real prefork Celery worker, supervised as the Procfile runs it, and wait
-        until it answers a ping."""
-        node = name or f"w{len(self.workers)}-{os.getpid()}@localhost"
-        log = open(self.data_dir / f"{node.split('@')[0]}.log", "ab")  # noqa: SIM115
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "shared.stack.supervise", "--",
-             sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
-             "-Q", queues, "-E", "--concurrency", str(concurrency), "--prefetch-multiplier",
-             "1", "--hostname", node, "--loglevel", "INFO", "--without-mingle",
-             "--without-gossip"],
-            cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        log.close()
-        self.workers.append(proc)
-        from shared.queue import make_producer
-
-        celery = make_producer(self.settings)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"worker exited with {proc.returncode}; see {log.name}")
-            if celery.control.ping(destination=[node], timeout=0.5):
-                return proc
-        raise RuntimeError("worker did not answer a ping within 60 s")
-
-    def stop_worker(self, proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
-        """Stop a worker (its whole process group) with ``sig`` and wait for it."""
-        stop_group(proc, sig, timeout=60)
-        if proc in self.workers:
-            self.workers.remove(proc)
-
-
-def _serve(app_settings: Settings) -> tuple[BaseWSGIServer, threading.Thread]:
-    app = create_app(app_settings)
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    return server, thread
-
-
-S = TypeVar("S", bound=Stack)
-
-
-@contextmanager
-def running_stack(redis_url: str, data_dir: Path, cls: type[S] = Stack) -> Iterator[S]:  # type: ignore[assignment]
-    """Settings for tests (fast heartbeats, private callbacks allowed), an all-scope key,
-    the API over HTTP and one supervised worker, against the server at ``redis_url``."""
-    env = {
-        **os.environ,
-        "RECSYS_REDIS_URL": redis_url,
-        "RECSYS_DATA_DIR": str(data_dir),
-        "RECSYS_CALLBACK_ALLOW_PRIVATE": "true",
-        "RECSYS_TRAIN_THREADS": "2",
-        "RECSYS_HEARTBEAT_INTERVAL": "1",
-        "RECSYS_HEARTBEAT_STALE_AFTER": "6",
-        "RECSYS_RECONCILE_INTERVAL": "2",
-        "PYTHONUNBUFFERED": "1",
-    }
-    settings = Settings.from_env(env)
-    r = redis.Redis.from_url(redis_url, decode_responses=True)
-    raw, _ = create_key(r, "default", list(SCOPES))
-    st = cls(settings=settings, env=env, redis=r, data_dir=data_dir, api_key=raw)
-    server, _thread = _serve(settings)
-    st.api_url = f"http://127.0.0.1:{server.server_port}"
+@pytest.fixture(scope="session")
+def shared_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """One stack for the session on an embedded server of its own, so the flushes of
+    ``redis_server`` never touch it."""
+    tmp = tmp_path_factory.mktemp("shared-stack")
+    (tmp / "redis").mkdir()
+    server = start_embedded(tmp / "redis")
+    data_dir = tmp / "var"
+    data_dir.mkdir()
     try:
-        st.start_worker()
-        yield st
+        with running_stack(server.url, data_dir) as st:
+            yield st
     finally:
-        server.shutdown()
-        for proc in list(st.workers):
-            st.stop_worker(proc, signal.SIGKILL)
+        server.stop()
 
 
 @pytest.fixture(scope="module")
 def stack(
-    redis_server: EmbeddedServer, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Stack]:
-    """A clean database, one real worker, and the API on a real HTTP port, per test module.
+    """What a module's tests talk to: one real worker and the API on a real HTTP port.
 
-    Tests in one module share it: use distinct model ids, tags or tenants per test.
+    By default the session's shared stack seen as a tenant named after the module; a module
+    marked ``own_stack`` gets a clean database and a stack of its own. Tests in one module
+    share it: use distinct model ids or tags per test.
     """
-    r = redis.Redis.from_url(redis_server.url, decode_responses=True)
-    r.flushall()
+    if request.node.get_closest_marker("own_stack") is None:
+        shared: Stack = request.getfixturevalue("shared_stack")
+        yield shared.for_tenant(request.module.__name__.rsplit(".", 1)[-1].replace("_", "-"))
+        return
+    server: EmbeddedServer = request.getfixturevalue("redis_server")
+    redis.Redis.from_url(server.url, decode_responses=True).flushall()
     data_dir = tmp_path_factory.mktemp("stack") / "var"
     data_dir.mkdir()
-    with running_stack(redis_server.url, data_dir) as st:
+    with running_stack(server.url, data_dir) as st:
         yield st
 
 

@@ -21,11 +21,11 @@ from shared.contracts import QUEUE_CALLBACKS, TASK_SCAN_CALLBACKS, CallbackStatu
 from shared.queue import make_producer
 from shared.webhooks.deliveries import SCHEDULE_KEY, attempt_log, callback_status, schedule_member
 from shared.webhooks.deliveries import schedule_for_run as schedule
-from tests.callback_receiver import Receiver, Reply, receiving
-from tests.integration.conftest import Stack
-from tests.servers import free_port
+from tests.helpers.callback_receiver import Receiver, Reply, receiving
+from tests.helpers.servers import free_port
+from tests.helpers.stack import Stack
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.own_stack]  # restarts its worker
 
 TENANT = "default"
 T = TypeVar("T")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.integration.conftest import Stack
+from tests.helpers.stack import Stack
 
 RECSYS = str(Path(sys.executable).parent / "recsys")
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.integration.conftest import Stack
+from tests.helpers.stack import Stack
 
 pytestmark = pytest.mark.integration
 
@@ -76,7 +76,7 @@ def test_upload_list_summarise_delete_with_curl(stack: Stack, tmp_path: Path) ->
     # delete by tag: the batches and their files go
     status, deleted = curl(stack, "-X", "DELETE", stack.url("/data_batch?tags=curl-shop"))
     assert status == 200 and [b["batch_id"] for b in deleted] == ids
-    batch_dir = stack.data_dir / "storage" / "tenants" / "default" / "batches"
+    batch_dir = stack.data_dir / "storage" / "tenants" / stack.tenant / "batches"
     assert not any(batch_dir.glob("b_*"))
     status, listed = curl(stack, stack.url("/data_batch?tags=curl-shop"))
     assert listed == []

@@ -13,7 +13,7 @@ import pytest
 import requests
 
 from shared.client.demo_shop import CATEGORIES, generate_shop, write_catalogue, write_events
-from tests.integration.conftest import Stack
+from tests.helpers.stack import Stack
 
 ROOT = Path(__file__).resolve().parents[2]
 

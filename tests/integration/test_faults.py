@@ -19,8 +19,8 @@ from shared.queue import make_producer
 from shared.registry import connect
 from shared.stack.embedded import EmbeddedServer, start_embedded
 from shared.storage import open_storage
-from tests.integration.conftest import Stack, running_stack
-from tests.integration.training_helpers import status, upload_clustered
+from tests.helpers.stack import Stack, running_stack
+from tests.helpers.training import status, upload_clustered
 from worker.context import WorkerServices
 from worker.reconcile import reconcile
 

@@ -9,7 +9,7 @@ from celery.result import AsyncResult
 
 from shared.contracts import PROGRESS_STATE, TASK_PROGRESS_PROBE
 from shared.queue import make_producer
-from tests.integration.conftest import Stack
+from tests.helpers.stack import Stack
 
 
 def test_readyz_is_200_with_redis_storage_and_a_worker(

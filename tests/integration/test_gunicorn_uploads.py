@@ -23,7 +23,7 @@ import requests
 
 from shared.keys import SCOPES, create_key
 from shared.stack.embedded import EmbeddedServer
-from tests.servers import running_gunicorn
+from tests.helpers.servers import running_gunicorn
 
 BOUNDARY = "testboundary7MA4YWxk"
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import requests
 
 from shared.stack.procs import stop_group
-from tests.servers import free_port
+from tests.helpers.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 

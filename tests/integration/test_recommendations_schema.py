@@ -12,15 +12,15 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from shared.storage import open_storage
-from tests.integration.conftest import Stack
-from tests.shared.test_serving_model import make_artifact, register
+from tests.helpers.stack import Stack
+from tests.shared.models.test_serving import make_artifact, register
 
 CHECKS = [not_a_server_error, response_schema_conformance, content_type_conformance]
 
 
 def test_recommendations_conform_to_the_published_schema(stack: Stack) -> None:
     # Given a served model "m" with metadata features (so every answer path is reachable)
-    register(stack.redis, open_storage(stack.settings.storage_root()), "default", "m",
+    register(stack.redis, open_storage(stack.settings.storage_root()), stack.tenant, "m",
              make_artifact(n_targets=60, features=["country=fr", "plan=pro"]))
     schema = schemathesis.openapi.from_url(stack.url("/openapi.json"))
     failures: dict[str, str] = {}

@@ -13,8 +13,8 @@ from api.app import create_app
 from api.auth import authenticate
 from api.context import services
 from shared.contracts import TASK_DELIVER_CALLBACK, TASK_PROGRESS_PROBE, TASK_TRAIN
-from tests.callback_receiver import receiving
-from tests.integration.conftest import Stack
+from tests.helpers.callback_receiver import receiving
+from tests.helpers.stack import Stack
 
 
 def _worker_lines(stack: Stack) -> list[dict[str, Any]]:
@@ -53,7 +53,7 @@ def test_the_request_id_of_the_request_that_enqueued_a_task_is_in_the_workers_lo
         time.sleep(0.1)
     assert mine, "the worker wrote no JSON line for the task"
     assert {line.get("request_id") for line in mine} == {request_id}
-    assert {line.get("tenant") for line in mine} == {"default"}
+    assert {line.get("tenant") for line in mine} == {stack.tenant}
     assert any(line["message"] == "task started" for line in mine)
     assert all(line.get("task") == TASK_PROGRESS_PROBE for line in mine)
 

@@ -11,8 +11,8 @@ from celery.result import AsyncResult
 from shared.contracts import PROGRESS_STATE
 from shared.queue import make_producer
 from shared.storage import model_dir, open_storage
-from tests.integration.conftest import Stack
-from tests.integration.training_helpers import (
+from tests.helpers.stack import Stack
+from tests.helpers.training import (
     upload_clustered,
     wait_for_phase,
     wait_until_ended,
@@ -36,7 +36,7 @@ def test_progress_rises_monotonically_to_100_with_metrics(
     response = http.post(stack.url("/train"), json=body, headers=stack.headers(), timeout=10)
     assert response.status_code == 202, response.text
     assert response.json()["phase"] in ("queued", "loading_data")
-    task_id = stack.redis.hget("recsys:t:default:run:m-progress:1", "task_id")
+    task_id = stack.redis.hget(f"recsys:t:{stack.tenant}:run:m-progress:1", "task_id")
     result = AsyncResult(task_id, app=make_producer(stack.settings))
     states: set[str] = set()
     seen: list[int] = []
@@ -66,7 +66,7 @@ def test_progress_rises_monotonically_to_100_with_metrics(
     model = http.get(stack.url("/models/m-progress"), headers=stack.headers(), timeout=10).json()
     assert model["serving_version"] == 1 and model["versions"] == [1]
     storage = open_storage(stack.settings.storage_root())
-    assert storage.exists(f"{model_dir('default', 'm-progress', 1)}/manifest.json")
+    assert storage.exists(f"{model_dir(stack.tenant, 'm-progress', 1)}/manifest.json")
 
 
 def test_a_model_training_gets_409_and_cancel_stops_it(
@@ -128,7 +128,7 @@ def test_dry_run_reports_counts_without_creating_a_run(
 def test_a_finished_run_posts_its_status_to_the_callback_once(
     stack: Stack, http: requests.Session, data: int
 ) -> None:
-    from tests.callback_receiver import receiving
+    from tests.helpers.callback_receiver import receiving
 
     with receiving() as receiver:
         body = {"model_id": "m-hook", "data_tags": ["clusters"], "callback_url": receiver.url(),
@@ -164,9 +164,9 @@ def test_the_soft_time_limit_ends_a_run_as_error_with_a_clear_message(
     # given a long run sent with a 1-second soft limit (the API sends the configured ones)
     params = {"data_tags": ["clusters"], "evaluation": {"holdout": 0},
               "hyperparameters": {"epochs": 1000, "no_components": 16}}
-    version = create_run(stack.redis, "default", "m-slow", params, None)["version"]
+    version = create_run(stack.redis, stack.tenant, "m-slow", params, None)["version"]
     make_producer(stack.settings).send_task(
-        TASK_TRAIN, kwargs={"tenant": "default", "model_id": "m-slow", "version": version},
+        TASK_TRAIN, kwargs={"tenant": stack.tenant, "model_id": "m-slow", "version": version},
         queue=QUEUE_TRAIN, soft_time_limit=1, time_limit=60)
     final, _ = wait_until_ended(stack, http, "m-slow", timeout=60)
     assert (final["status"], final["phase"]) == ("error", "failed")

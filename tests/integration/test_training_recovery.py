@@ -5,15 +5,18 @@ from __future__ import annotations
 import signal
 import time
 
+import pytest
 import requests
 
 from shared.queue import make_producer
 from shared.registry import connect
 from shared.storage import open_storage
-from tests.integration.conftest import Stack
-from tests.integration.training_helpers import status, upload_clustered, wait_until_ended
+from tests.helpers.stack import Stack
+from tests.helpers.training import status, upload_clustered, wait_until_ended
 from worker.context import WorkerServices
 from worker.reconcile import reconcile
+
+pytestmark = pytest.mark.own_stack  # kills and restarts its worker
 
 
 def test_a_killed_worker_s_run_completes_on_a_restarted_worker(

@@ -13,7 +13,7 @@ import pytest
 from shared.config import Settings
 from shared.errors import ConfigError, DependencyUnavailable
 from shared.storage import Storage, batch_path, model_dir, open_storage
-from tests.servers import free_port
+from tests.helpers.servers import free_port
 
 BUCKET = "recsys-test"
 _AWS_ENV = {
@@ -52,17 +52,17 @@ def s3_endpoint() -> Iterator[str]:
 
 
 @pytest.fixture(params=["local", "s3"])
-def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Storage:
-    """A fresh storage root on each backend (S3 roots come from Settings, as in production)."""
+def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
+    """Settings naming a fresh storage root on each backend, for the ``storage`` fixture
+    (S3 roots come from Settings, as in production)."""
     if request.param == "local":
-        return open_storage(Settings(data_dir=tmp_path / "var").storage_root())
+        return Settings(data_dir=tmp_path / "var")
     endpoint = request.getfixturevalue("s3_endpoint")
-    settings = Settings(
+    return Settings(
         data_dir=tmp_path / "var",
         storage_url=f"s3://{BUCKET}/{tmp_path.name}?region=us-east-1",
         s3_endpoint_url=endpoint,
     )
-    return open_storage(settings.storage_root())
 
 
 def test_put_bytes_then_get_bytes_exists_and_list_dir(storage: Storage) -> None:

@@ -29,8 +29,8 @@ from shared.webhooks.deliveries import (
 )
 from shared.webhooks.deliveries import schedule_for_run as schedule
 from shared.webhooks.secrets import get_secret, rotate
-from tests.callback_receiver import Receiver, Reply, receiving
-from tests.servers import free_port
+from tests.helpers.callback_receiver import Receiver, Reply, receiving
+from tests.helpers.servers import free_port
 from worker.callbacks import (
     SendResult,
     classify,

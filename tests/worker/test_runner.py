@@ -12,6 +12,7 @@ import pyarrow.compute as pc
 import pytest
 from celery.exceptions import SoftTimeLimitExceeded
 
+from bench._data import write_batch
 from shared.config import Settings
 from shared.contracts import ProgressMeta
 from shared.data.assembly import DatasetOptions, build_dataset
@@ -22,8 +23,7 @@ from shared.runs.lock import acquire_lock
 from shared.runs.records import get_model, get_status
 from shared.runs.ref import RunRef
 from shared.storage import Storage
-from tests.worker.batches import write_batch
-from tests.worker.synthetic import clustered
+from tests.helpers.synthetic import clustered
 from worker.context import WorkerServices
 from worker.runner import execute_run
 

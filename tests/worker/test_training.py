@@ -7,7 +7,7 @@ import pytest
 
 from shared.data.assembly import DatasetOptions, build_dataset
 from shared.errors import TrainingFailed
-from tests.worker.synthetic import clustered
+from tests.helpers.synthetic import clustered
 from worker.evaluation import EvaluationSettings
 from worker.training import Hyperparameters, TrainingCancelled, TrainParams, train
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import fakeredis
@@ -24,11 +23,6 @@ from shared.ingest.store import prepare_json, store, workspace
 from shared.storage import Storage
 
 NOW = datetime(2024, 6, 1, tzinfo=UTC)
-
-
-@pytest.fixture
-def storage(tmp_path: Path) -> Storage:
-    return Storage(str(tmp_path / "storage"))
 
 
 class Uploader:

@@ -1,4 +1,10 @@
-"""Write batches straight into storage and the registry (for tests and benchmarks)."""
+"""Write batches straight into storage and the registry (for tests and benchmarks).
+
+It lives here, not in ``tests/``, because ``bench/`` imports nothing from ``tests/``; tests may
+import it (``from bench._data import write_batch``). It is not product code: it skips the
+ingest path (validation, limits) that every real upload goes through, so it stays out of
+``shared/``.
+"""
 
 from __future__ import annotations
 

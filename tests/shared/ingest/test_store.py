@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import fakeredis
@@ -16,11 +15,6 @@ from shared.ingest.store import prepare_json, store, workspace
 from shared.storage import Storage, batch_path
 
 NOW = datetime(2024, 1, 1, tzinfo=UTC)
-
-
-@pytest.fixture
-def storage(tmp_path: Path) -> Storage:
-    return Storage(str(tmp_path / "storage"))
 
 
 def _store(storage: Storage, r: Any, settings: Settings, now: datetime, **body: Any) -> Any:

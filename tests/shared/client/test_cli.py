@@ -8,128 +8,19 @@ no broker and no real API.
 from __future__ import annotations
 
 import json
-import threading
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from email.parser import BytesParser
 from email.policy import HTTP
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import fakeredis
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import CliRunner
 
 from shared.client.cli import cli
 from shared.client.cli import keys as cli_keys
 from shared.client.http import ApiError, RecsysClient
 from shared.client.multipart_encoder import CHUNK_BYTES, MultipartFiles
-
-PREFIX = "/v1/recommender"
-
-
-@dataclass
-class Seen:
-    """One request the fake received."""
-
-    method: str
-    path: str
-    query: dict[str, list[str]]
-    headers: dict[str, str]
-    body: bytes
-
-    def json(self) -> Any:
-        """The body parsed as JSON."""
-        return json.loads(self.body)
-
-
-Reply = tuple[int, Any] | Callable[["Seen"], tuple[int, Any]]
-
-
-@dataclass
-class FakeApi:
-    """Routes (method, path) to canned replies; records requests."""
-
-    routes: dict[tuple[str, str], Reply] = field(default_factory=dict)
-    seen: list[Seen] = field(default_factory=list)
-    url: str = ""
-
-    def on(self, method: str, path: str, reply: Reply) -> None:
-        """Answer ``method path`` (path under the API prefix) with ``reply``."""
-        self.routes[(method, PREFIX + path if path.startswith("/") else path)] = reply
-
-    def last(self, method: str, path: str) -> Seen:
-        """The most recent request to ``method path``."""
-        matches = [s for s in self.seen if s.method == method and s.path == PREFIX + path]
-        assert matches, f"no {method} {path} among {[(s.method, s.path) for s in self.seen]}"
-        return matches[-1]
-
-
-@pytest.fixture(scope="module")
-def fake_api_server() -> Iterator[FakeApi]:
-    """One fake API server per module (a server's shutdown costs half a second)."""
-    api = FakeApi()
-
-    class Handler(BaseHTTPRequestHandler):
-        def _handle(self) -> None:
-            parts = urlsplit(self.path)
-            length = int(self.headers.get("Content-Length") or 0)
-            body = self.rfile.read(length) if length else b""
-            seen = Seen(self.command, parts.path, parse_qs(parts.query),
-                        {k.lower(): v for k, v in self.headers.items()}, body)
-            api.seen.append(seen)
-            reply = api.routes.get((self.command, parts.path))
-            if reply is None:
-                status, payload = 404, {"error": {"code": "not_found", "message": "No route.",
-                                                  "details": {}}}
-            elif callable(reply):
-                status, payload = reply(seen)
-            else:
-                status, payload = reply
-            if isinstance(payload, str):
-                data, ctype = payload.encode(), "text/csv"
-            else:
-                data, ctype = json.dumps(payload).encode(), "application/json"
-            self.send_response(status)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        do_GET = do_POST = do_DELETE = _handle
-
-        def log_message(self, format: str, *args: Any) -> None:
-            return
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    api.url = f"http://127.0.0.1:{server.server_port}"
-    try:
-        yield api
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
-@pytest.fixture
-def fake_api(fake_api_server: FakeApi) -> FakeApi:
-    """The fake API with no routes and no recorded requests."""
-    fake_api_server.routes.clear()
-    fake_api_server.seen.clear()
-    return fake_api_server
-
-
-def run(api: FakeApi, *args: str, key: str | None = "rk_test", env: dict[str, str] | None = None
-        ) -> Result:
-    """Invoke ``recsys --url <fake> [--api-key key] args...``."""
-    base = ["--url", api.url] + (["--api-key", key] if key else [])
-    environ = {"RECSYS_API_KEY": "", "RECSYS_URL": "", "RECSYS_HOST": "", "RECSYS_PORT": "",
-               **(env or {})}
-    return CliRunner().invoke(cli, [*base, *args], env=environ, catch_exceptions=False)
-
+from tests.helpers.fake_api import FakeApi, Seen, run
 
 BATCH = {"batch_id": "b1", "timestamp": "2026-01-01T00:00:00Z", "tags": ["t1"],
          "kind": "interactions", "entity_count": 0, "interaction_count": 2, "bytes": 99}

@@ -9,8 +9,8 @@ from typing import Any
 import pyarrow.compute as pc
 import requests
 
-from tests.integration.conftest import Stack
-from tests.worker.synthetic import clustered
+from tests.helpers.stack import Stack
+from tests.helpers.synthetic import clustered
 
 
 def upload_clustered(stack: Stack, http: requests.Session, tag: str, **kwargs: Any) -> int:

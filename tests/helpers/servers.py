@@ -15,7 +15,7 @@ import requests
 
 from shared.stack.procs import stop_group
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import fakeredis
@@ -101,11 +100,6 @@ def brute(artifact: ModelArtifact, row: int, k: int, exclude_seen: bool) -> list
         scores[artifact.seen_indices[lo:hi]] = -np.inf
     order = [int(c) for c in np.argsort(-scores, kind="stable") if np.isfinite(scores[c])]
     return [str(artifact.target_ids[c]) for c in order[:k]]
-
-
-@pytest.fixture
-def storage(tmp_path: Path) -> Storage:
-    return Storage(str(tmp_path / "storage"))
 
 
 def rows_by_source(blocks: Any) -> dict[str, list[tuple[str, int, float, bool]]]:

@@ -5,9 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from tests.shared.test_cli import FakeApi, Seen, fake_api, fake_api_server, run
-
-__all__ = ["fake_api", "fake_api_server"]
+from tests.helpers.fake_api import FakeApi, Seen, run
 
 METRICS = {"k": 10, "precision_at_k": 0.12, "recall_at_k": 0.3, "auc": 0.91,
            "baseline_precision_at_k": 0.04, "evaluated_sources": 200}
