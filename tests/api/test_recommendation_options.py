@@ -15,8 +15,7 @@ from flask.testing import FlaskClient
 
 from shared.models.artifact import ModelArtifact
 from shared.storage import Storage
-from tests.shared.test_serving_model import make_artifact, register
-from tests.shared.test_target_index import brute_shaped, taste_model
+from tests.helpers.models import brute_shaped, make_artifact, register, taste_model
 
 RECS = "/v1/recommender/recommended_items"
 SIMILAR = "/v1/recommender/similar_items"

@@ -18,7 +18,7 @@ from shared.keys import create_key
 from shared.models.artifact import ModelArtifact
 from shared.runs.lifecycle import create_run
 from shared.storage import Storage
-from tests.shared.models.test_serving import brute, make_artifact, register
+from tests.helpers.models import brute, make_artifact, register
 
 URL = "/v1/recommender/recommended_items"
 

@@ -20,7 +20,7 @@ import pytest
 import redis
 
 from shared.stack.embedded import EmbeddedServer, start_embedded
-from tests.integration.conftest import Stack, running_stack
+from tests.helpers.stack import Stack, running_stack
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from shared.stack.procs import stop_group
-from tests.servers import free_port
+from tests.helpers.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 #: The contract: everything stopped within 10 s of SIGINT/SIGTERM.

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.integration.conftest import Stack
+from tests.helpers.stack import Stack
 from tests.integration.test_recommendations_e2e import has_training, rows, shop, train
 
 pytestmark = pytest.mark.integration

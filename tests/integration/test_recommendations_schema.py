@@ -12,8 +12,8 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from shared.storage import open_storage
+from tests.helpers.models import make_artifact, register
 from tests.helpers.stack import Stack
-from tests.shared.models.test_serving import make_artifact, register
 
 CHECKS = [not_a_server_error, response_schema_conformance, content_type_conformance]
 

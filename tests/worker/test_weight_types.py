@@ -8,13 +8,13 @@ from typing import Any
 import fakeredis
 import pyarrow as pa
 
+from bench._data import write_batch
 from shared.config import Settings
 from shared.runs.lifecycle import create_run
 from shared.runs.records import get_status
 from shared.runs.ref import RunRef
 from shared.storage import Storage
-from tests.worker.batches import write_batch
-from tests.worker.synthetic import clustered
+from tests.helpers.synthetic import clustered
 from worker.context import WorkerServices
 from worker.runner import execute_run
 

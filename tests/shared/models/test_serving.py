@@ -6,7 +6,6 @@ put a hand-built model on storage and make it the serving version.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -17,89 +16,13 @@ import pytest
 from shared.errors import Conflict, DependencyUnavailable, NotFound
 from shared.models import blocks as serving_blocks
 from shared.models import serving
-from shared.models.artifact import ModelArtifact, save_artifact
-from shared.runs.ending import complete_run, finish_run
-from shared.runs.lifecycle import create_run, start_attempt
+from shared.runs.ending import finish_run
+from shared.runs.lifecycle import create_run
 from shared.runs.ref import RunRef
 from shared.storage import Storage
+from tests.helpers.models import brute, make_artifact, register
 
 T = "acme"
-
-
-def make_artifact(
-    n_sources: int = 6,
-    n_targets: int = 40,
-    k: int = 4,
-    seed: int = 0,
-    seen: Mapping[int, Sequence[int]] | None = None,
-    features: Sequence[str] | None = None,
-    numeric_scales: Mapping[str, float] | None = None,
-    source_type: str = "user",
-    target_type: str = "item",
-) -> ModelArtifact:
-    """A small random model in the artifact format (ids u0.., i0..)."""
-    rng = np.random.default_rng(seed)
-    src = np.hstack([rng.standard_normal((n_sources, k)), rng.standard_normal((n_sources, 1)),
-                     np.ones((n_sources, 1))]).astype(np.float32)
-    tgt = np.hstack([rng.standard_normal((n_targets, k)), np.ones((n_targets, 1)),
-                     rng.standard_normal((n_targets, 1))]).astype(np.float32)
-    seen = seen or {}
-    indptr = np.zeros(n_sources + 1, dtype=np.int64)
-    indices: list[int] = []
-    for row in range(n_sources):
-        indices.extend(sorted(seen.get(row, ())))
-        indptr[row + 1] = len(indices)
-    popularity = rng.random(n_targets).astype(np.float32)
-    popularity /= popularity.sum()
-    source_features = None
-    emb = bias = None
-    if features:
-        source_features = {"names": list(features), "numeric_scales": dict(numeric_scales or {})}
-        emb = rng.standard_normal((len(features), k)).astype(np.float32)
-        bias = rng.standard_normal(len(features)).astype(np.float32)
-    manifest: dict[str, Any] = {
-        "created_at": "2026-01-01T00:00:00Z", "source_type": source_type,
-        "target_type": target_type, "hyperparameters": {}, "use_metadata_features": bool(features),
-        "no_components": k, "n_sources": n_sources, "n_targets": n_targets, "counts": {},
-        "data_batch_ids": [], "data_hash": "x", "metrics": None,
-        "source_features": source_features,
-    }
-    return ModelArtifact(
-        manifest=manifest,
-        source_ids=np.array([f"u{i}" for i in range(n_sources)]),
-        target_ids=np.array([f"i{i}" for i in range(n_targets)]),
-        source_repr=src, target_repr=tgt,
-        seen_indptr=indptr, seen_indices=np.asarray(indices, dtype=np.int32),
-        target_popularity=popularity,
-        source_feature_embeddings=emb, source_feature_biases=bias,
-    )
-
-
-def register(
-    r: Any, storage: Storage, tenant: str, model_id: str, artifact: ModelArtifact
-) -> int:
-    """Run the registry's lifecycle for one version: queued, started, saved, completed."""
-    status = create_run(r, tenant, model_id, {}, None)
-    version = status["version"]
-    assert start_attempt(r, RunRef(tenant, model_id, version), "owner", 60) is not None
-    save_artifact(storage, tenant, model_id, version, artifact)
-    done, _ = complete_run(
-        r, None, RunRef(tenant, model_id, version), owner="owner", keep_versions=3, message="done",
-        model_fields={"source_type": artifact.manifest["source_type"],
-                      "target_type": artifact.manifest["target_type"]},
-    )
-    assert done is not None and done["status"] == "completed"
-    return version
-
-
-def brute(artifact: ModelArtifact, row: int, k: int, exclude_seen: bool) -> list[str]:
-    """Reference ranking: full score vector, full sort."""
-    scores = artifact.source_repr[row].astype(np.float64) @ artifact.target_repr.T
-    if exclude_seen:
-        lo, hi = artifact.seen_indptr[row], artifact.seen_indptr[row + 1]
-        scores[artifact.seen_indices[lo:hi]] = -np.inf
-    order = [int(c) for c in np.argsort(-scores, kind="stable") if np.isfinite(scores[c])]
-    return [str(artifact.target_ids[c]) for c in order[:k]]
 
 
 def rows_by_source(blocks: Any) -> dict[str, list[tuple[str, int, float, bool]]]:

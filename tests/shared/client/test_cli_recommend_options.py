@@ -18,7 +18,7 @@ from werkzeug.serving import make_server
 
 from shared.client.cli import cli
 from shared.storage import Storage
-from tests.shared.test_serving_model import make_artifact, register
+from tests.helpers.models import make_artifact, register
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from shared.models.artifact import ModelArtifact
 from shared.models.serving import LoadedModel
 from shared.models.shaped import Shape, because, recommend_shaped, resolve
 from shared.models.target_index import TargetIndex, parse_target_filters
-from tests.shared.test_serving_model import make_artifact
+from tests.helpers.models import brute_shaped, make_artifact, taste_model
 
 KEYS = ("color", "size", "tags")
 SCALARS = st.one_of(st.sampled_from(["red", "blue", "Red", ""]), st.integers(-3, 3),
@@ -140,13 +140,6 @@ def test_bad_filters_are_422_naming_the_condition() -> None:
         assert caught.value.details["fields"]
 
 
-def brute_shaped(art: ModelArtifact, row: int, allowed: np.ndarray, k: int) -> list[str]:
-    scores = art.source_repr[row].astype(np.float64) @ art.target_repr.T.astype(np.float64)
-    scores[~allowed] = -np.inf
-    lo, hi = art.seen_indptr[row], art.seen_indptr[row + 1]
-    scores[art.seen_indices[lo:hi]] = -np.inf
-    order = [c for c in np.argsort(-scores, kind="stable") if np.isfinite(scores[c])]
-    return [str(art.target_ids[c]) for c in order[:k]]
 
 
 def ranked(art: ModelArtifact, index: TargetIndex, shape: Shape, k: int,
@@ -204,19 +197,6 @@ def test_candidates_with_duplicates_and_unknown_ids() -> None:
     assert got["u2"] == brute_shaped(art, 2, allowed, 10) and "i7" not in got["u2"]
 
 
-def taste_model() -> ModelArtifact:
-    """Users 0-4 like jazz, 5-9 like rock; item embeddings follow their genre."""
-    base = make_artifact(n_sources=10, n_targets=20, k=2, seed=1)
-    jazz, rock = np.array([1.0, 0.0]), np.array([0.0, 1.0])
-    src = np.array([[*(jazz if u < 5 else rock), 0.0, 1.0] for u in range(10)], np.float32)
-    tgt = np.array([[*((jazz if i < 10 else rock) * 0.5), 1.0, 0.0] for i in range(20)],
-                   np.float32)
-    manifest = {**base.manifest, "target_features": {"names": ["genre=jazz", "genre=rock"],
-                                                     "numeric_scales": {}}}
-    return ModelArtifact(**{**base.__dict__, "manifest": manifest, "source_repr": src,
-                            "target_repr": tgt,
-                            "target_feature_embeddings": np.array([jazz, rock], np.float32),
-                            "target_feature_biases": np.zeros(2, np.float32)})
 
 
 def test_a_new_item_goes_to_users_whose_tastes_match_its_metadata() -> None:
