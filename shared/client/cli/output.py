@@ -42,7 +42,7 @@ def cell(value: Any) -> str:
     if isinstance(value, dict):
         return json.dumps(value, separators=(",", ":"), default=str)
     text = str(value)
-    match = _ISO.match(text)
+    match = _ISO.fullmatch(text)
     return match.group(1) + (match.group(2) or "") if match else text
 
 
