@@ -63,4 +63,5 @@ def test_a_malformed_request_gets_a_json_400(port: int) -> None:
 def test_ordinary_requests_are_untouched(port: int) -> None:
     status, headers, body = _exchange(
         port, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-    assert status == 200 and orjson.loads(body) == {"status": "ok"}
+    assert status == 200 and headers["content-type"] == "application/json"
+    assert orjson.loads(body) == {"status": "ok"}
