@@ -19,7 +19,7 @@ from api.context import services
 from api.parsing import Blueprint, load_json_body
 from shared.config import Settings
 from shared.data.batches import BatchMeta, forget_batches, list_batches, validate_tags
-from shared.data.selection import DataSpec, summarise_data
+from shared.data.selection import MAX_INTERACTION_AGE_DAYS, DataSpec, summarise_data
 from shared.errors import (
     BadRequest,
     DependencyUnavailable,
@@ -73,7 +73,8 @@ class DatasetQuerySchema(ma.Schema):
         unknown = ma.RAISE
 
     data_tags = ma.fields.List(ma.fields.String())
-    maximum_interaction_age_days = ma.fields.Integer()
+    maximum_interaction_age_days = ma.fields.Integer(
+        validate=ma.validate.Range(1, MAX_INTERACTION_AGE_DAYS))
     data_filters = ma.fields.String(metadata={"description": "URL-encoded JSON object"})
     source_type = ma.fields.String()
     target_type = ma.fields.String()

@@ -9,6 +9,10 @@
 - Logs: gunicorn's own lines (boot, worker exits, timeouts) use the service's
   structured format (:mod:`shared.logs`); its access log is silenced because
   the app writes a richer one (``recsys.access``, with request id and tenant).
+- Errors: the pages gunicorn writes itself (a request line over
+  ``limit_request_line``, 4094 bytes, gets 414; bad headers 400 or 431) are JSON
+  in the contract's error shape (:mod:`api.server_errors`, installed in each
+  worker by ``post_worker_init``).
 """
 
 from __future__ import annotations
@@ -62,6 +66,13 @@ def on_starting(server: Any) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     for stale in directory.glob("*.db"):
         stale.unlink(missing_ok=True)
+
+
+def post_worker_init(worker: Any) -> None:
+    """gunicorn's own error pages become JSON in this worker (see api/server_errors.py)."""
+    from api import server_errors
+
+    server_errors.install()
 
 
 def child_exit(server: Any, worker: Any) -> None:

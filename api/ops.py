@@ -1,11 +1,12 @@
-"""Operations endpoints: liveness, readiness and Prometheus metrics (no API key)."""
+"""Operations endpoints: liveness, readiness, Prometheus metrics and the API's index (no key)."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import redis
-from flask import Response
+from flask import Response, current_app, request
 from flask.views import MethodView
 from prometheus_client import CONTENT_TYPE_LATEST
 
@@ -19,6 +20,35 @@ blp = Blueprint("ops", __name__, description="Health, readiness and metrics (no 
 
 #: Seconds readiness waits for a worker to answer a ping.
 PING_TIMEOUT = 1.0
+#: Where the API's resources live (docs/api.md); ``GET`` on it lists them.
+INDEX_PATH = "/v1/recommender"
+#: Methods every route answers that say nothing about the resource.
+_IMPLICIT_METHODS = {"HEAD", "OPTIONS"}
+#: A werkzeug path variable (``<string:model_id>``), written as OpenAPI writes it.
+_VARIABLE = re.compile(r"<(?:[^:<>]+:)?([^<>]+)>")
+
+
+@blp.route(INDEX_PATH)
+class Index(MethodView):
+    @blp.doc(security=[])
+    @blp.response(200)
+    def get(self) -> dict[str, Any]:
+        """The API's resources (paths and methods) and where its documentation is."""
+        resources: dict[str, set[str]] = {}
+        for rule in current_app.url_map.iter_rules():
+            if rule.rule.startswith(INDEX_PATH + "/"):
+                methods = set(rule.methods or ()) - _IMPLICIT_METHODS
+                path = _VARIABLE.sub(r"{\1}", rule.rule)
+                resources.setdefault(path, set()).update(methods)
+        root = request.host_url.rstrip("/")
+        return {
+            "name": current_app.config.get("API_TITLE", "recsys"),
+            "version": current_app.config.get("API_VERSION", ""),
+            "docs": root + "/docs",
+            "openapi": root + "/openapi.json",
+            "resources": [{"path": path, "methods": sorted(methods)}
+                          for path, methods in sorted(resources.items())],
+        }
 
 
 @blp.route("/healthz")

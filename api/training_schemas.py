@@ -14,10 +14,13 @@ from marshmallow import validate
 
 from api.parsing import model_id_field
 from shared.contracts import EVALUATION_DEFAULTS, HYPERPARAMETER_DEFAULTS
+from shared.data.selection import MAX_DATA_TAGS, MAX_INTERACTION_AGE_DAYS
 
 LOSSES = ("warp", "bpr", "warp-kos")
 #: Largest seed LightFM's numpy RandomState accepts.
 MAX_SEED = 2**32 - 1
+#: Largest version number a request may name (far above any real count of runs).
+MAX_VERSION = 2**31 - 1
 
 
 
@@ -81,8 +84,9 @@ class TrainRequestSchema(ma.Schema):
         unknown = ma.RAISE
 
     model_id = model_id_field()
-    maximum_interaction_age_days = ma.fields.Integer(strict=True, validate=validate.Range(min=1))
-    data_tags = ma.fields.List(ma.fields.String())
+    maximum_interaction_age_days = ma.fields.Integer(
+        strict=True, validate=validate.Range(1, MAX_INTERACTION_AGE_DAYS))
+    data_tags = ma.fields.List(ma.fields.String(), validate=validate.Length(max=MAX_DATA_TAGS))
     data_filters = ma.fields.Nested(DataFiltersSchema)
     callback_url = ma.fields.String(validate=validate.Length(min=1, max=2048))
     source_type = ma.fields.String(validate=validate.Length(min=1, max=128))
@@ -202,7 +206,7 @@ class StatusQuerySchema(ma.Schema):
         unknown = ma.RAISE
 
     model_id = ma.fields.String(required=True)
-    version = ma.fields.Integer(validate=validate.Range(min=1))
+    version = ma.fields.Integer(validate=validate.Range(1, MAX_VERSION))
 
 
 class VersionQuerySchema(ma.Schema):
@@ -211,4 +215,4 @@ class VersionQuerySchema(ma.Schema):
     class Meta:
         unknown = ma.RAISE
 
-    version = ma.fields.Integer(validate=validate.Range(min=1))
+    version = ma.fields.Integer(validate=validate.Range(1, MAX_VERSION))

@@ -44,6 +44,12 @@ class RotateWebhookSecret(MethodView):
     @blp.alt_response(403, description="The key lacks the admin scope.")
     @require("admin")
     def post(self) -> Any:
-        """Replace the webhook secret; every later callback attempt is signed with the new one."""
-        secret = webhook_secrets.rotate(services().redis, current_tenant())
+        """Replace the webhook secret; every later callback attempt is signed with the new one.
+
+        The previous secret also signs them for a grace period (24 h by default), so
+        receivers not yet updated keep verifying deliveries.
+        """
+        svc = services()
+        secret = webhook_secrets.rotate(svc.redis, current_tenant(),
+                                        svc.settings.webhook_secret_grace_seconds)
         return {"secret": secret}, 200, _NO_STORE

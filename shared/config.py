@@ -49,6 +49,13 @@ def _positive_int(raw: str) -> int:
     return value
 
 
+def _non_negative_int(raw: str) -> int:
+    value = int(raw)
+    if value < 0:
+        raise ValueError("expected a whole number of 0 or more")
+    return value
+
+
 def _positive_float(raw: str) -> float:
     value = float(raw)
     if not value > 0:
@@ -171,6 +178,8 @@ _ENV_VARS: tuple[tuple[str, str, Callable[[str], object]], ...] = (
     ("RECSYS_MAX_FILES_PER_REQUEST", "max_files_per_request", _positive_int),
     ("RECSYS_MAX_JSON_BODY_BYTES", "max_json_body_bytes", _positive_int),
     ("RECSYS_MAX_TAGS", "max_tags", _positive_int),
+    ("RECSYS_MAX_ID_LENGTH", "max_id_length", _positive_int),
+    ("RECSYS_WEBHOOK_SECRET_GRACE_SECONDS", "webhook_secret_grace_seconds", _non_negative_int),
     ("RECSYS_TRAIN_SOFT_TIME_LIMIT", "train_soft_time_limit", _positive_int),
     ("RECSYS_TRAIN_HARD_TIME_LIMIT", "train_hard_time_limit", _positive_int),
     ("RECSYS_HEARTBEAT_INTERVAL", "heartbeat_interval", _positive_float),
@@ -224,6 +233,10 @@ class Settings:
     max_files_per_request: int = 32
     max_json_body_bytes: int = 32 << 20
     max_tags: int = 64
+    #: Longest id (entity, source, target) an upload may carry, in characters (docs/api.md).
+    max_id_length: int = 256
+    #: Seconds the previous webhook secret still signs deliveries after a rotation.
+    webhook_secret_grace_seconds: int = 24 * 3600
     train_soft_time_limit: int = 6 * 3600
     train_hard_time_limit: int = 6 * 3600 + 300
     heartbeat_interval: float = 5.0

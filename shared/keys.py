@@ -22,7 +22,11 @@ from shared.registry import as_str, as_str_dict, global_key, redis_guard
 
 SCOPES: tuple[str, ...] = ("data:write", "data:read", "train", "recommend", "admin")
 KEY_PREFIX = "rk_"
-TENANT_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+#: Tenant names: they become parts of Redis keys and storage paths, so no dots (never
+#: ``.`` or ``..``), slashes, capitals or spaces.
+TENANT_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+TENANT_RULE = ("A tenant name is 1 to 64 characters of lower-case letters, digits, '_' and "
+               "'-', starting with a letter or digit.")
 
 
 @dataclass(frozen=True)
@@ -71,12 +75,9 @@ def validate_scopes(scopes: list[str] | tuple[str, ...]) -> frozenset[str]:
 
 
 def validate_tenant(tenant: str) -> str:
-    """Tenants are short names of letters, digits, '_', '.' and '-'."""
-    if not TENANT_RE.match(tenant):
-        raise ValidationFailed(
-            "A tenant name is 1 to 64 characters of letters, digits, '_', '.' or '-'.",
-            details={"tenant": tenant},
-        )
+    """Tenants are short names of lower-case letters, digits, '_' and '-' (see TENANT_RE)."""
+    if not isinstance(tenant, str) or TENANT_RE.fullmatch(tenant) is None:
+        raise ValidationFailed(TENANT_RULE, code="invalid_tenant", details={"tenant": tenant})
     return tenant
 
 
@@ -112,12 +113,39 @@ def create_key(
     return raw, _store(r, raw, tenant, scope_set, name)
 
 
+def _bootstrap_key() -> str:
+    return global_key("apikey_bootstrap")
+
+
 def ensure_key(r: redis.Redis, raw: str, tenant: str = "default") -> ApiKey:
-    """Make sure exactly this key exists for ``tenant`` with every scope (bootstrap)."""
+    """Make sure exactly this key exists for ``tenant`` with every scope (bootstrap).
+
+    The bootstrap key's hash is recorded; when ``raw`` differs from the key recorded
+    there, that previous bootstrap key is revoked, so changing ``RECSYS_BOOTSTRAP_KEY``
+    never leaves the old value working with every scope.
+    """
+    digest = hash_key(raw)
+    with redis_guard("reading the bootstrap key"):
+        previous = as_str(r.get(_bootstrap_key()))
+        index = {str(as_str(k)): str(as_str(v)) for k, v in
+                 cast(dict[Any, Any], r.hgetall(_index_key())).items()}
+    if previous is not None:
+        stale = [previous] if previous != digest else []
+    else:  # recorded by no earlier start: the keys an older version made (named so)
+        stale = [index[k.key_id] for k in list_keys(r, tenant)
+                 if k.name == "bootstrap" and k.scopes == set(SCOPES)
+                 and k.key_id in index and index[k.key_id] != digest]
     existing = lookup(r, raw)
-    if existing is not None and existing.tenant == tenant and existing.scopes == set(SCOPES):
-        return existing
-    return _store(r, raw, tenant, frozenset(SCOPES), "bootstrap")
+    if existing is None or existing.tenant != tenant or existing.scopes != set(SCOPES):
+        existing = _store(r, raw, tenant, frozenset(SCOPES), "bootstrap")
+    with redis_guard("recording the bootstrap key"):
+        pipe = r.pipeline(transaction=True)
+        for old in stale:
+            pipe.delete(_record_key(old))
+            pipe.hdel(_index_key(), old[:12])
+        pipe.set(_bootstrap_key(), digest)
+        pipe.execute()
+    return existing
 
 
 def lookup(r: redis.Redis, raw: str) -> ApiKey | None:

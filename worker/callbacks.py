@@ -2,8 +2,9 @@
 
 An attempt (task :data:`~shared.contracts.TASK_DELIVER_CALLBACK`, on the
 callbacks queue) takes the delivery's lock, checks the delivery is still
-pending and due, signs the stored body with the tenant's current secret
-(``standardwebhooks``, so any Standard Webhooks library verifies it), and
+pending and due, signs the stored body with the tenant's current secret, and with the
+previous one during a rotation's grace period (``standardwebhooks``, so any
+Standard Webhooks library verifies it), and
 POSTs it through :func:`shared.webhooks.url_policy.delivery_session` (address checked after
 DNS, pinned, no redirects, no proxies). A 2xx ends the delivery as
 delivered; 408, 429, 5xx, connection errors and timeouts schedule the next
@@ -18,6 +19,7 @@ from __future__ import annotations
 import email.utils
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
@@ -44,7 +46,7 @@ from shared.webhooks.deliveries import (
     lock_key,
     retry_delay,
 )
-from shared.webhooks.secrets import get_secret
+from shared.webhooks.secrets import signing_secrets
 from shared.webhooks.url_policy import ForbiddenAddress, delivery_session
 from worker.celery_app import app
 from worker.context import worker_services
@@ -121,14 +123,21 @@ def _drain(response: requests.Response) -> None:
         pass  # the status line already decided the outcome
 
 
-def send_webhook(delivery: Delivery, secret: str, settings: Settings) -> SendResult:
-    """POST the delivery's body, signed per Standard Webhooks, and report what came back."""
+def send_webhook(delivery: Delivery, secret: str | Sequence[str], settings: Settings
+                 ) -> SendResult:
+    """POST the delivery's body, signed per Standard Webhooks, and report what came back.
+
+    With several secrets (a rotation's grace period) the ``webhook-signature`` header
+    carries one ``v1,<signature>`` per secret, space-separated, as the scheme allows.
+    """
     moment = datetime.now(UTC)
+    keys = [secret] if isinstance(secret, str) else list(secret)
     headers = {
         "Content-Type": "application/json",
         "webhook-id": delivery.webhook_id,
         "webhook-timestamp": str(int(moment.timestamp())),
-        "webhook-signature": Webhook(secret).sign(delivery.webhook_id, moment, delivery.payload),
+        "webhook-signature": " ".join(
+            Webhook(key).sign(delivery.webhook_id, moment, delivery.payload) for key in keys),
     }
     timeout = (settings.callback_connect_timeout, settings.callback_read_timeout)
     started = time.monotonic()
@@ -198,8 +207,7 @@ def run_attempt(r: redis.Redis, settings: Settings, tenant: str, model_id: str,
 
 
 def _attempt(r: redis.Redis, settings: Settings, delivery: Delivery) -> Outcome:
-    secret = get_secret(r, delivery.tenant)
-    result = send_webhook(delivery, secret, settings)
+    result = send_webhook(delivery, signing_secrets(r, delivery.tenant), settings)
     outcome = classify(result)
     number = delivery.attempts + 1
     finished = time.time()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shlex
 import shutil
 import socket
 import subprocess
@@ -222,9 +223,27 @@ def run_demo(
     seconds = time.monotonic() - started
     out.rule(f"Done in {seconds:.0f} s")
     if keep_hint:
-        out.print(f"Try: recsys recommend {MODEL_ID} --source {shop.user_ids[active[0]]}   "
-                  f"recsys status {MODEL_ID}")
+        recsys = recsys_command()
+        out.print(f"Try: {recsys} recommend {MODEL_ID} --source {shop.user_ids[active[0]]}",
+                  soft_wrap=True)
+        out.print(f"     {recsys} status {MODEL_ID}", soft_wrap=True)
     return DemoResult(status, per_user, new_rows, share, seconds)
+
+
+def recsys_command() -> str:
+    """The ``recsys`` command as it works when typed here: the script beside this Python
+    (``.venv/bin/recsys``, relative when under the working directory), since the venv's
+    ``bin`` is on PATH only once it is activated."""
+    script = Path(sys.executable).parent / "recsys"
+    if not script.exists():  # not installed as a script beside this Python
+        if shutil.which("recsys"):
+            return "recsys"
+        return f"{shlex.quote(sys.executable)} -c 'from shared.client.cli import main; main()'"
+    try:
+        shown = str(script.relative_to(Path.cwd()))
+    except ValueError:
+        return shlex.quote(str(script))
+    return shlex.quote(shown if "/" in shown else f"./{shown}")
 
 
 def _free_port() -> int:

@@ -39,6 +39,12 @@ __all__ = ["Condition", "DataSpec", "SelectedData", "count_interactions", "filte
 log = logging.getLogger(__name__)
 
 
+#: Largest ``maximum_interaction_age_days`` a request may give (100 years).
+MAX_INTERACTION_AGE_DAYS = 36_500
+#: Most ``data_tags`` a request may give.
+MAX_DATA_TAGS = 1000
+
+
 @dataclass(frozen=True)
 class DataSpec:
     """What data a run uses, validated from a request body."""
@@ -56,8 +62,10 @@ class DataSpec:
         errors: dict[str, Any] = {}
         tags = _tags(body.get("data_tags"), errors)
         age = body.get("maximum_interaction_age_days")
-        if age is not None and (isinstance(age, bool) or not isinstance(age, int) or age < 1):
-            errors["maximum_interaction_age_days"] = "must be a positive integer"
+        if age is not None and (isinstance(age, bool) or not isinstance(age, int)
+                                or not 1 <= age <= MAX_INTERACTION_AGE_DAYS):
+            errors["maximum_interaction_age_days"] = (
+                f"must be a whole number of days from 1 to {MAX_INTERACTION_AGE_DAYS}")
             age = None
         entity_filters: tuple[Condition, ...] = ()
         interaction_filters: tuple[Condition, ...] = ()
@@ -110,6 +118,9 @@ def _tags(raw: Any, errors: dict[str, Any]) -> tuple[str, ...] | None:
         return None
     if not raw:  # would select nothing; almost certainly not what was meant
         errors["data_tags"] = "must not be empty; leave it out to use every batch"
+        return None
+    if len(raw) > MAX_DATA_TAGS:
+        errors["data_tags"] = f"at most {MAX_DATA_TAGS} tags"
         return None
     return tuple(dict.fromkeys(t.strip() for t in raw))
 
@@ -189,12 +200,22 @@ def _entities(storage: Storage, tenant: str, metas: Sequence[BatchMeta], spec: D
     return _Entities(entities, described, removed)
 
 
+def _cutoff(now: datetime, days: int | None) -> datetime | None:
+    """The oldest moment kept, or None when nothing is cut (no age, or one past year 1)."""
+    if days is None:
+        return None
+    try:
+        return now - timedelta(days=days)
+    except OverflowError:  # older than datetime can say: every interaction is young enough
+        return None
+
+
 def _keep_interactions(table: pa.Table, spec: DataSpec, now: datetime,
                        entities: _Entities) -> pa.Table:
     """The rows of one interaction batch the selection keeps."""
-    if spec.maximum_interaction_age_days is not None and table.num_rows:
-        cutoff = pa.scalar(now - timedelta(days=spec.maximum_interaction_age_days),
-                           TIMESTAMP_TYPE)
+    cut = _cutoff(now, spec.maximum_interaction_age_days)
+    if cut is not None and table.num_rows:
+        cutoff = pa.scalar(cut, TIMESTAMP_TYPE)
         ts = table.column("timestamp")
         keep = pc.or_(pc.is_null(ts), pc.fill_null(pc.greater_equal(ts, cutoff), False))
         table = table.filter(keep)

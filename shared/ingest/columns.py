@@ -78,11 +78,18 @@ MAX_FIELD_BYTES = 1 << 20
 MAX_UNIX_SECONDS = 1e11
 #: How many problems a conversion reports at most.
 MAX_PROBLEMS = 20
+#: Longest id by default, in characters (``RECSYS_MAX_ID_LENGTH``): numpy's fixed-width
+#: strings size every element to the longest id, so one huge id would blow up training.
+DEFAULT_MAX_ID_LENGTH = 256
+#: Control characters (C0, DEL, C1; NUL included), refused in ids: ids travel in URLs,
+#: CSV and logs, where they would be cut or misread.
+_CONTROL_RE = r"[\x00-\x1f\x7f-\x9f]"
 
 _NUMERIC_RE = r"^\s*[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?\s*$"
 _OFFSET_RE = r"[T ][0-9:.,]+(Z|z|[+-][0-9]{2}(:?[0-9]{2})?)$"
 _NUMERIC_PY = re.compile(_NUMERIC_RE)
-_OFFSET_PY = re.compile(_OFFSET_RE)
+# Python's "$" also matches before a final newline; "\Z" only at the very end.
+_OFFSET_PY = re.compile(_OFFSET_RE[:-1] + r"\Z")
 
 
 @dataclass(frozen=True, order=True)
@@ -279,6 +286,23 @@ def _oversized(name: str, col: pa.Array) -> list[Problem]:
     return [Problem(r, name, f"the cell is larger than {MAX_FIELD_BYTES} bytes") for r in rows]
 
 
+def _bad_ids(name: str, col: pa.Array, max_length: int) -> list[Problem]:
+    """Ids longer than ``max_length`` characters, or holding a control character."""
+    problems: list[Problem] = []
+    lengths = pc.utf8_length(col)
+    if len(col) and pc.max(lengths).as_py() > max_length:
+        for row in _first_rows(pc.greater(lengths, max_length)):
+            problems.append(Problem(row, name, f"{name} is {lengths[row].as_py()} characters "
+                                    f"long; ids are at most {max_length} characters"))
+    control = pc.match_substring_regex(col, _CONTROL_RE)
+    if pc.any(control).as_py():
+        problems.extend(
+            Problem(row, name, f"{name} contains a control character (such as NUL, tab or "
+                    "a line break); ids may not")
+            for row in _first_rows(control))
+    return problems
+
+
 def _timestamps(col: pa.Array) -> tuple[pa.Array, list[Problem]]:
     """The timestamp column as ``timestamp[us, UTC]``: text is parsed, a naive one is UTC."""
     if pa.types.is_timestamp(col.type):
@@ -293,11 +317,13 @@ def _empty_to_null(col: pa.Array) -> pa.Array:
     return pc.if_else(empty, pa.scalar(None, pa.string()), col)
 
 
-def convert(kind: Kind, text: pa.Table) -> tuple[pa.Table, list[Problem]]:
+def convert(kind: Kind, text: pa.Table, max_id_length: int = DEFAULT_MAX_ID_LENGTH
+            ) -> tuple[pa.Table, list[Problem]]:
     """Columns of ``COLUMNS[kind]`` as text ("" for empty) to :data:`WRITE_SCHEMAS`.
 
     ``type`` and ``metadata`` may also come as dictionaries of text, and ``timestamp`` as
-    timestamps already parsed (naive ones are UTC).
+    timestamps already parsed (naive ones are UTC). Ids longer than ``max_id_length``
+    characters, or holding control characters, are problems.
     """
     if any(pa.types.is_dictionary(text.schema.field(n).type) for n in DICTIONARY_COLUMNS):
         text = text.unify_dictionaries()
@@ -314,6 +340,7 @@ def convert(kind: Kind, text: pa.Table) -> tuple[pa.Table, list[Problem]]:
     for name in ID_COLUMNS[kind]:
         rows = _first_rows(pc.equal(cols[name], ""))
         problems.extend(Problem(r, name, f"{name} may not be empty") for r in rows)
+        problems.extend(_bad_ids(name, cols[name], max_id_length))
     cols["type"] = _default_type(cols["type"])
     cols["metadata"], meta_problems = _normalise_metadata(cols["metadata"])
     problems.extend(meta_problems)
@@ -338,7 +365,7 @@ def empty_table(kind: Kind) -> pa.Table:
 
 def is_numeric_text(text: str) -> bool:
     """True when ``text`` reads as a number (Unix seconds) rather than an ISO-8601 string."""
-    return bool(_NUMERIC_PY.match(text))
+    return bool(_NUMERIC_PY.fullmatch(text))
 
 
 def is_offset_text(text: str) -> bool:

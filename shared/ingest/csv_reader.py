@@ -111,15 +111,16 @@ class _Chunks:
     blocks of the CSV overlaps with converting and writing the previous ones.
     """
 
-    def __init__(self, kind: Kind, out: Path) -> None:
+    def __init__(self, kind: Kind, out: Path, max_id_length: int) -> None:
         self.kind = kind
+        self.max_id_length = max_id_length
         self.writer = parquet_writer(out, kind)
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest")
         self.pending: list[Future[list[Problem]]] = []
         self.problems: list[Problem] = []
 
     def _convert(self, batches: list[pa.RecordBatch], offset: int) -> list[Problem]:
-        table, found = convert(self.kind, pa.Table.from_batches(batches))
+        table, found = convert(self.kind, pa.Table.from_batches(batches), self.max_id_length)
         if found:
             return [Problem(p.row + offset, p.column, p.message) for p in found]
         if not self.problems:
@@ -175,8 +176,8 @@ def _last_text(table: pa.Table, position: int) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _convert_piece(piece: memoryview, kind: Kind, options: dict[str, Any], last: str
-                   ) -> _Piece:
+def _convert_piece(piece: memoryview, kind: Kind, options: dict[str, Any], last: str,
+                   max_id_length: int) -> _Piece:
     """Parse and convert one piece of a file (in a pool thread)."""
     try:
         table = pv.read_csv(pa.BufferReader(pa.py_buffer(piece)), **options)
@@ -187,7 +188,7 @@ def _convert_piece(piece: memoryview, kind: Kind, options: dict[str, Any], last:
     rows = table.num_rows
     if rows and ends_inside_value(_last_text(table, table.schema.get_field_index(last))):
         return _Piece(rows, cut_inside=True)
-    converted, problems = convert(kind, table.select(list(COLUMNS[kind])))
+    converted, problems = convert(kind, table.select(list(COLUMNS[kind])), max_id_length)
     return _Piece(rows, None if problems else converted, problems)
 
 
@@ -203,7 +204,8 @@ def _convert_pieces(stream: IO[bytes], names: list[str], kind: Kind, out: Path,
     rows = 0
     problems: list[Problem] = []
     with parquet_writer(out, kind) as writer:
-        pieces = map_segments(stream, lambda p: _convert_piece(p, kind, options, last))
+        pieces = map_segments(stream, lambda p: _convert_piece(p, kind, options, last,
+                                                               settings.max_id_length))
         try:
             for piece in pieces:
                 if piece.cut_inside:
@@ -231,7 +233,7 @@ def _convert_blocks(stream: IO[bytes], names: list[str], kind: Kind, out: Path, 
     rows = 0
     chunk: list[pa.RecordBatch] = []
     chunk_rows = 0
-    chunks = _Chunks(kind, out)
+    chunks = _Chunks(kind, out, settings.max_id_length)
     try:
         try:
             for batch in pv.open_csv(stream, **_options(names, kind, None, block_size, True)):

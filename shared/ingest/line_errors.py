@@ -21,6 +21,9 @@ from pathlib import Path
 from shared.ingest.columns import MAX_FIELD_BYTES, MAX_PROBLEMS
 
 BOM = b"\xef\xbb\xbf"
+#: Largest cell this pass reads: above the largest record pyarrow's last way parses (64 MiB),
+#: so a row pyarrow parsed (a cell past MAX_FIELD_BYTES, say) always gets its line.
+MAX_CELL_CHARS = 128 << 20
 #: Bytes that are not UTF-8 come back from ``errors="surrogateescape"`` as these code points.
 _UNDECODABLE = re.compile("[\udc80-\udcff]")
 
@@ -57,7 +60,7 @@ def scan(
     limit: int = MAX_PROBLEMS,
 ) -> ScanResult:
     """Find structural problems (when ``want_rows`` is None) or the start lines of ``want_rows``."""
-    csv.field_size_limit(max(csv.field_size_limit(), 4 * MAX_FIELD_BYTES))
+    csv.field_size_limit(max(csv.field_size_limit(), MAX_CELL_CHARS))
     result = ScanResult()
     wanted = set(want_rows or ())
     last_wanted = max(wanted) if wanted else -1
@@ -73,6 +76,8 @@ def scan(
             except csv.Error as exc:
                 if want_rows is None:
                     result.problems.append((start, None, f"the record cannot be read: {exc}"))
+                elif row + 1 in wanted:  # the record that failed is the next row
+                    result.lines[row + 1] = start
                 break
             if start == 1 or not record:
                 continue  # the header; a blank line (pyarrow skips those too)

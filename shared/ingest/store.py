@@ -192,7 +192,7 @@ def prepare_json(
                 code="too_many_rows", details={"max_file_rows": settings.max_file_rows},
             )
         text, type_errors = _json_table(kind, items)
-        table, problems = convert(kind, text)
+        table, problems = convert(kind, text, settings.max_id_length)
         found = type_errors + [
             {"file": kind, "line": None, "index": p.row, "column": p.column, "message": p.message}
             for p in problems

@@ -94,7 +94,7 @@ def literal_address(host: str) -> IPAddress | None:
         return ipaddress.ip_address(host)
     except ValueError:
         pass
-    if _NUMERIC_HOST.match(host.lower()):
+    if _NUMERIC_HOST.fullmatch(host.lower()):
         # inet_aton takes what resolvers take: 0x7f000001, 2130706433, 0177.1, 127.1.
         try:
             return ipaddress.IPv4Address(socket.inet_aton(host))

@@ -23,10 +23,17 @@ HEADERS = {
     "entity_count": "entities",
     "interaction_count": "interactions",
     "serving_version": "serving",
-    "precision_at_k": "precision@k",
+    "progress": "%",
+    "precision_at_k": "p@k",
     "end_timestamp": "ended",
+    "created_at": "created",
 }
+#: Columns of names and ids: kept on one line, shortened with "…" when the terminal is narrow.
+ONE_LINE_COLUMNS = {"tenant", "name"}
+#: Words up to this long are never broken across lines (statuses, numbers, dates).
+WHOLE_WORD = 20
 _ISO = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)\.\d+(Z|[+-]\d\d:\d\d)?$")
+_SHORT_ISO = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(Z|[+-]\d\d:\d\d)?")
 
 
 def cell(value: Any) -> str:
@@ -42,7 +49,7 @@ def cell(value: Any) -> str:
     if isinstance(value, dict):
         return json.dumps(value, separators=(",", ":"), default=str)
     text = str(value)
-    match = _ISO.match(text)
+    match = _ISO.fullmatch(text)
     return match.group(1) + (match.group(2) or "") if match else text
 
 
@@ -66,13 +73,52 @@ def table(
     else:
         present = {key for row in rows for key in row}
         columns = [c for c in columns if c in present]
-    grid = Table(title=title, header_style="bold", box=box.SIMPLE_HEAD)
-    for name in columns:
-        # Everything folds rather than being cut: a narrow terminal never hides digits.
-        grid.add_column(HEADERS.get(name, name), overflow="fold")
-    for row in rows:
-        grid.add_row(*(cell(row.get(name)) for name in columns))
+    grid = Table(title=title, header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False,
+                 collapse_padding=True)
+    cells = [[_spaced(cell(row.get(name))) for name in columns] for row in rows]
+    headers = [HEADERS.get(name, name) for name in columns]
+    ids = {i for i, name in enumerate(columns) if name.endswith("id") or name in ONE_LINE_COLUMNS}
+    for i, width in enumerate(_widths(cells, headers, ids, out.width)):
+        # ids stay on one line; other text wraps between words; what still does not fit
+        # ends in "…" (never folded mid-word: "complet/ed"); --json shows everything
+        grid.add_column(headers[i], width=width, overflow="ellipsis", no_wrap=i in ids)
+    for row_cells in cells:
+        grid.add_row(*row_cells)
     out.print(grid)
+
+
+def _widths(cells: list[list[str]], headers: list[str], ids: set[int], total: int
+            ) -> list[int]:
+    """Column widths that fit ``total`` characters, computed here rather than by rich.
+
+    rich shrinks the widest columns first and folds words to do so; here a column gives
+    way only down to its longest word (at most :data:`WHOLE_WORD`), ids last, and an id
+    gives way only when nothing else can.
+    """
+    count = len(headers)
+    natural = [max([len(line) for r in cells for line in r[i].splitlines() or [""]]
+                   + [len(headers[i])]) for i in range(count)]
+    words = [max([len(w) for r in cells for w in r[i].split()] + [len(headers[i])])
+             for i in range(count)]
+    least = [len(headers[i]) if i in ids else min(words[i], WHOLE_WORD) for i in range(count)]
+    widths = list(natural)
+    excess = sum(widths) + 2 * count + 1 - total  # padding and edges: 2 per column, plus 1
+    for group in ([i for i in range(count) if i not in ids], sorted(ids)):
+        while excess > 0:
+            surplus = [(widths[i] - least[i], i) for i in group if widths[i] > least[i]]
+            if not surplus:
+                break
+            _, widest = max(surplus)
+            widths[widest] -= 1
+            excess -= 1
+    return widths
+
+
+def _spaced(text: str) -> str:
+    """An ISO timestamp with a space for its ``T``, so a narrow column wraps it at the time."""
+    if _SHORT_ISO.fullmatch(text):
+        return text.replace("T", " ", 1)
+    return text
 
 
 def flatten(value: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:

@@ -27,7 +27,8 @@ from shared.ingest.store import Prepared, prepare_json, workspace
 # Any text a spreadsheet could hold (no NUL, no lone surrogates: neither survives UTF-8 CSV).
 cell = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
                max_size=12)
-ident = cell.filter(lambda s: s != "")
+# Ids: no control characters (category Cc), which uploads refuse.
+ident = st.text(st.characters(blacklist_categories=("Cs", "Cc")), min_size=1, max_size=12)
 json_scalar = st.none() | st.booleans() | st.integers(-10**9, 10**9) | cell | st.floats(
     allow_nan=False, allow_infinity=False, width=32)
 metadata = st.dictionaries(cell, json_scalar | st.lists(cell, max_size=3), max_size=4)
