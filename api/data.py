@@ -19,7 +19,8 @@ from api.context import services
 from api.parsing import Blueprint, load_json_body
 from shared.config import Settings
 from shared.data.batches import BatchMeta, forget_batches, list_batches, validate_tags
-from shared.data.selection import MAX_INTERACTION_AGE_DAYS, DataSpec, summarise_data
+from shared.data.selection import MAX_INTERACTION_AGE_DAYS, DataSpec
+from shared.data.summary import summarise_data
 from shared.errors import (
     BadRequest,
     DependencyUnavailable,

@@ -35,7 +35,8 @@ from pathlib import Path
 sys.path.insert(0, sys.argv[1])
 import fakeredis, pyarrow.parquet as pq
 from shared.data.batches import BatchMeta, record_batches
-from shared.data.selection import DataSpec, summarise_data
+from shared.data.selection import DataSpec
+from shared.data.summary import summarise_data
 from shared.storage import batch_path, open_storage
 
 def peak_mb():

@@ -29,7 +29,8 @@ from shared.data.assembly import (
     build_dataset,
     dataset_options,
 )
-from shared.data.selection import DataSpec, SelectedData, count_interactions, select_data
+from shared.data.selection import DataSpec, SelectedData, select_data
+from shared.data.summary import count_interactions
 from shared.errors import ServiceError
 from shared.models.artifact import ModelArtifact, delete_version, save_artifact
 from shared.runs.records import now_iso

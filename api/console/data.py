@@ -18,7 +18,8 @@ import pyarrow.parquet as pq
 
 from api.context import services
 from shared.data.batches import BatchMeta, list_batches
-from shared.data.selection import DataSpec, summarise_data
+from shared.data.selection import DataSpec
+from shared.data.summary import summarise_data
 from shared.storage import batch_path
 
 #: Label of the group of batches uploaded without tags.

@@ -12,4 +12,5 @@ __all__ = [
     "features",
     "filters",
     "selection",
+    "summary",
 ]

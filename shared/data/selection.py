@@ -33,8 +33,8 @@ from shared.errors import DependencyUnavailable, ValidationFailed
 from shared.ingest.columns import TIMESTAMP_TYPE, empty_table
 from shared.storage import Storage, batch_path
 
-__all__ = ["Condition", "DataSpec", "SelectedData", "count_interactions", "filter_mask",
-           "latest_entity", "select_data", "summarise_data"]
+__all__ = ["Condition", "DataSpec", "SelectedData", "SelectedEntities", "filter_mask",
+           "implied_count", "latest_entity", "select_data", "selected_batches"]
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +170,7 @@ def _newest_per_id(tables: list[pa.Table]) -> pa.Table:
 
 
 @dataclass
-class _Entities:
+class SelectedEntities:
     """The entity side of a selection, and what it means for interactions."""
 
     #: Newest version of each id, entity filters applied.
@@ -182,7 +182,7 @@ class _Entities:
 
 
 def _entities(storage: Storage, tenant: str, metas: Sequence[BatchMeta], spec: DataSpec,
-              vanished: set[str]) -> _Entities:
+              vanished: set[str]) -> SelectedEntities:
     tables = []
     for meta in metas:
         table = _read(storage, tenant, meta)
@@ -197,7 +197,7 @@ def _entities(storage: Storage, tenant: str, metas: Sequence[BatchMeta], spec: D
         kept = filter_mask(entities, spec.entity_filters)
         removed = as_array(entities.filter(pc.invert(kept)).column("id"))
         entities = entities.filter(kept)
-    return _Entities(entities, described, removed)
+    return SelectedEntities(entities, described, removed)
 
 
 def _cutoff(now: datetime, days: int | None) -> datetime | None:
@@ -211,7 +211,7 @@ def _cutoff(now: datetime, days: int | None) -> datetime | None:
 
 
 def _keep_interactions(table: pa.Table, spec: DataSpec, now: datetime,
-                       entities: _Entities) -> pa.Table:
+                       entities: SelectedEntities) -> pa.Table:
     """The rows of one interaction batch the selection keeps."""
     cut = _cutoff(now, spec.maximum_interaction_age_days)
     if cut is not None and table.num_rows:
@@ -242,10 +242,10 @@ def _keep_interactions(table: pa.Table, spec: DataSpec, now: datetime,
     return table
 
 
-def _selection(
+def selected_batches(
     storage: Storage, r: redis.Redis, tenant: str, spec: DataSpec, now: datetime,
     columns: Sequence[str] | None = None,
-) -> tuple[list[BatchMeta], _Entities, Iterator[pa.Table], set[str]]:
+) -> tuple[list[BatchMeta], SelectedEntities, Iterator[pa.Table], set[str]]:
     """The batches of ``spec``, its entities, and its interactions batch by batch.
 
     The iterator reads one batch at a time (``columns`` only) and yields what the
@@ -269,7 +269,7 @@ def _selection(
     return metas, entities, interactions(), vanished
 
 
-def _implied(ids: pa.Array | pa.ChunkedArray, described: pa.Array) -> int:
+def implied_count(ids: pa.Array | pa.ChunkedArray, described: pa.Array) -> int:
     """How many of the distinct ``ids`` no entity batch describes."""
     return int(pc.sum(pc.invert(pc.is_in(ids, value_set=described))).as_py() or 0)
 
@@ -282,14 +282,14 @@ def select_data(
 
     ``count_implied=False`` leaves ``implied`` empty (training does not use it).
     """
-    metas, entities, batches, vanished = _selection(storage, r, tenant, spec, now)
+    metas, entities, batches, vanished = selected_batches(storage, r, tenant, spec, now)
     tables = list(batches)
     interactions = (pa.concat_tables(tables).combine_chunks() if tables
                     else empty_table("interactions"))
     del tables
     implied: dict[str, int] = {}
     for role in ("source_id", "target_id") if count_implied else ():
-        implied[role] = _implied(pc.unique(interactions.column(role)), entities.described)
+        implied[role] = implied_count(pc.unique(interactions.column(role)), entities.described)
     used = [m for m in metas if m.batch_id not in vanished]
     return SelectedData(
         batch_ids=[m.batch_id for m in used],
@@ -298,100 +298,6 @@ def select_data(
         batch_bytes=sum(m.bytes for m in used),
         implied=implied,
     )
-
-
-def _counts_by_type(table: pa.Table) -> dict[str, int]:
-    if table.num_rows == 0:
-        return {}
-    counts = pc.value_counts(table.column("type"))
-    pairs = zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist(),
-                strict=True)
-    return dict(sorted(pairs))
-
-
-def _iso(value: datetime | None) -> str | None:
-    if value is None:
-        return None
-    return value.isoformat().replace("+00:00", "Z")
-
-
-class _Totals:
-    """The /dataset figures of interactions, added up batch by batch."""
-
-    def __init__(self) -> None:
-        self.rows = 0
-        self.by_type: dict[str, int] = {}
-        self.ids = {"source_id": pa.array([], pa.string()), "target_id": pa.array([], pa.string())}
-        self.first: datetime | None = None
-        self.last: datetime | None = None
-        self.without_timestamp = 0
-
-    def add(self, table: pa.Table) -> None:
-        """Count the rows of ``table`` in."""
-        if not table.num_rows:
-            return
-        self.rows += table.num_rows
-        for kind, count in _counts_by_type(table).items():
-            self.by_type[kind] = self.by_type.get(kind, 0) + count
-        for role, seen in self.ids.items():
-            both = pa.chunked_array([seen, pc.unique(table.column(role))], pa.string())
-            self.ids[role] = as_array(pc.unique(both))
-        ts = table.column("timestamp")
-        bounds = pc.min_max(ts)
-        for name, value in (("first", bounds["min"].as_py()), ("last", bounds["max"].as_py())):
-            current = getattr(self, name)
-            if value is not None and (current is None or (value < current if name == "first"
-                                                          else value > current)):
-                setattr(self, name, value)
-        self.without_timestamp += ts.null_count
-
-    def summary(self, metas: Sequence[BatchMeta], entities: _Entities) -> dict[str, Any]:
-        """The /dataset body."""
-        return {
-            "batch_count": len(metas),
-            "bytes": sum(m.bytes for m in metas),
-            "batch_ids": [m.batch_id for m in metas],
-            "entities": {"total": entities.table.num_rows,
-                         "by_type": _counts_by_type(entities.table)},
-            "interactions": {"total": self.rows, "by_type": dict(sorted(self.by_type.items()))},
-            "sources": len(self.ids["source_id"]),
-            "targets": len(self.ids["target_id"]),
-            "implied_entities": {
-                "sources": _implied(self.ids["source_id"], entities.described),
-                "targets": _implied(self.ids["target_id"], entities.described),
-            },
-            "timestamps": {
-                "min": _iso(self.first),
-                "max": _iso(self.last),
-                "without_timestamp": self.without_timestamp,
-            },
-        }
-
-
-#: Interaction columns a summary reads when no interaction filter needs the others.
-_SUMMARY_COLUMNS = ("type", "source_id", "target_id", "timestamp")
-
-
-def count_interactions(storage: Storage, r: redis.Redis, tenant: str, spec: DataSpec,
-                       now: datetime) -> int:
-    """How many interactions a run with ``spec`` would use (read batch by batch)."""
-    columns = None if spec.interaction_filters else _SUMMARY_COLUMNS
-    _, _, batches, _ = _selection(storage, r, tenant, spec, now, columns)
-    return sum(table.num_rows for table in batches)
-
-
-def summarise_data(storage: Storage, r: redis.Redis, tenant: str, spec: DataSpec,
-                   now: datetime) -> dict[str, Any]:
-    """The /dataset body: totals of what a run with the same selection would use.
-
-    Reads interaction batches one at a time, and only the columns it needs.
-    """
-    columns = None if spec.interaction_filters else _SUMMARY_COLUMNS
-    metas, entities, batches, vanished = _selection(storage, r, tenant, spec, now, columns)
-    totals = _Totals()
-    for table in batches:
-        totals.add(table)
-    return totals.summary([m for m in metas if m.batch_id not in vanished], entities)
 
 
 def latest_entity(

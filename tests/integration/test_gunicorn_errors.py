@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from shared.stack.embedded import EmbeddedServer
-from tests.servers import running_gunicorn
+from tests.helpers.servers import running_gunicorn
 
 
 @pytest.fixture(scope="module")

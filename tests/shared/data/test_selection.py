@@ -16,8 +16,8 @@ from shared.data.selection import (
     DataSpec,
     latest_entity,
     select_data,
-    summarise_data,
 )
+from shared.data.summary import summarise_data
 from shared.errors import ValidationFailed
 from shared.ingest.store import prepare_json, store, workspace
 from shared.storage import Storage

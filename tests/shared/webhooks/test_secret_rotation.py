@@ -15,7 +15,7 @@ from shared.config import Settings
 from shared.contracts import RunStatus
 from shared.webhooks.deliveries import schedule_for_run
 from shared.webhooks.secrets import get_secret, rotate, signing_secrets
-from tests.callback_receiver import Receiver, receiving
+from tests.helpers.callback_receiver import Receiver, receiving
 from worker.callbacks import run_attempt
 
 
