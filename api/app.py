@@ -19,6 +19,7 @@ from api import (
     reqlog,
     swagger_assets,
     training,
+    tune,
     webhooks,
 )
 from api.console import views as console_views
@@ -111,6 +112,7 @@ def _blueprints() -> list[tuple[Blueprint, str]]:
         (ops.blp, ""),
         (data.blp, API_PREFIX),
         (training.blp, API_PREFIX),
+        (tune.blp, API_PREFIX),
         (recommendations.blp, API_PREFIX),
         (webhooks.blp, API_PREFIX),
         (keys.blp, API_PREFIX),
