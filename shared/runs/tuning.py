@@ -26,6 +26,7 @@ caller ends the run with :meth:`~shared.runs.service.Runs.finish`.
 from __future__ import annotations
 
 import logging
+import os
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -99,7 +100,7 @@ def begin(r: redis.Redis, ref: RunRef, owner: str) -> list[int] | None:
         if state is None or state.get("_started"):
             first = None
             return None
-        state["_started"] = True
+        state["_started"], state["_sent_at"] = True, time.time()
         first = [] if rec.get("cancel_requested") else list(range(state["_enqueued"]))
         total = state["trials_total"]
         changes = {"owner": owner, "heartbeat": str(time.time()), "tuning": dump(state),
@@ -135,8 +136,9 @@ def claim(r: redis.Redis, ref: RunRef, index: int, token: str, worker: str) -> s
         if state is None or state["trials"][index]["state"] != "queued":
             answer = "skip"
             return None
-        trial = dict(state["trials"][index], worker=worker, _owner=token,
-                     _heartbeat=time.time())
+        now = time.time()
+        trial = dict(state["trials"][index], worker=worker, _owner=token, _heartbeat=now,
+                     _started=now, _pid=os.getpid())
         answer = "cancelled" if rec.get("cancel_requested") else "run"
         trial["state"] = "running" if answer == "run" else "queued"
         state["trials"] = [*state["trials"][:index], trial, *state["trials"][index + 1:]]
@@ -184,6 +186,7 @@ def _settle(rec: dict[str, Any], state: dict[str, Any], follow: Followup) -> dic
             state.get("_parallelism") or total):
         follow.enqueue.append(state["_enqueued"])
         state["_enqueued"] += 1
+        state["_sent_at"] = time.time()
         queued_now += 1
     progress = max(int(rec["progress"]), SEARCH_PROGRESS * done // total)
     best = state["best"]
@@ -237,7 +240,8 @@ def record(r: redis.Redis, ref: RunRef, index: int, token: str, *, state: str,
         if trial.get("_owner") != token or trial["state"] in TRIAL_FINAL:
             return None
         ended = {**trial, "state": state, "value": value, "epochs": epochs,
-                 "seconds": None if seconds is None else round(seconds, 3)}
+                 "seconds": None if seconds is None else round(seconds, 3),
+                 "_ended": time.time()}
         if params is not None:
             ended["params"] = params
         if message:
@@ -269,7 +273,7 @@ def mark_lost(r: redis.Redis, ref: RunRef, stale_after: float,
         changed, numbers, trials = False, [], []
         for trial in search["trials"]:
             if trial["state"] == "running" and moment - trial["_heartbeat"] > stale_after:
-                trial = {**trial, "state": "failed", "message": lost_message}
+                trial = {**trial, "state": "failed", "message": lost_message, "_ended": moment}
                 if trial.get("_number") is not None:
                     numbers.append(int(trial["_number"]))
                 changed = True
@@ -301,6 +305,32 @@ def note_trial(r: redis.Redis, ref: RunRef, index: int, token: str,
         return {"tuning": dump(search)}
 
     transact(r, ref.key, update)
+
+
+def stranded(r: redis.Redis, ref: RunRef, older_than: float,
+             now: float | None = None) -> list[int]:
+    """Trials sent but still queued after ``older_than`` seconds: their message may have
+    been lost with a broker or held by a worker that died; they are sent again (a
+    duplicate is harmless, :func:`claim` lets one through). Their send time is renewed."""
+    moment = time.time() if now is None else now
+    again: list[int] = []
+
+    def update(rec: dict[str, Any]) -> dict[str, str] | None:
+        again.clear()
+        state = _searching(rec)
+        if state is None or not state.get("_started"):
+            return None
+        sent_at = float(state.get("_sent_at") or rec.get("heartbeat") or moment)
+        waiting = [t["trial"] for t in state["trials"][:state["_enqueued"]]
+                   if t["state"] == "queued"]
+        if not waiting or moment - sent_at < older_than:
+            return None
+        again.extend(waiting)
+        state["_sent_at"] = moment
+        return {"tuning": dump(state)}
+
+    transact(r, ref.key, update)
+    return again
 
 
 def waiting_since(rec: dict[str, Any]) -> float | None:

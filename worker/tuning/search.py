@@ -253,6 +253,8 @@ def check(svc: WorkerServices, now: float | None = None) -> dict[str, int]:
                 continue
             follow = tuning.mark_lost(svc.redis, ref, svc.settings.heartbeat_stale_after, now)
             follow_up(svc, ref, follow)
+            enqueue_trials(svc, ref, tuning.stranded(svc.redis, ref,
+                                                     svc.settings.visibility_timeout, now))
             outcome["ended"] += follow.ended is not None
         except (ServiceError, ValueError):
             log.exception("could not check the search %s; the next pass retries", member)
