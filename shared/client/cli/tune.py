@@ -19,9 +19,9 @@ from rich.table import Table
 from shared.client.cli.data import parse_json_option
 from shared.client.cli.main import EXIT_INTERRUPTED, EXIT_RUN_FAILED, CliState
 from shared.client.cli.output import print_json
-from shared.client.cli.progress import FINAL_STATES, POLL_INTERVAL
+from shared.client.cli.progress import FINAL_STATES, OUTAGE_GRACE, POLL_INTERVAL, _transient
 from shared.client.cli.training import build_train_body, show_status
-from shared.client.http import RecsysClient
+from shared.client.http import ApiError, ConnectionFailed, RecsysClient
 
 STATE_STYLE = {"complete": "green", "running": "cyan", "failed": "red", "cancelled": "yellow",
                "queued": "dim"}
@@ -70,11 +70,18 @@ def trials_table(status: dict[str, Any]) -> Table:
 def watch_search(client: RecsysClient, model_id: str, console: Console,
                  first: dict[str, Any], poll_interval: float = POLL_INTERVAL) -> dict[str, Any]:
     """Redraw the trials table until the run ends; its final status."""
-    status = first
+    status, failing_since = first, None
     with Live(trials_table(status), console=console, refresh_per_second=4) as live:
         while status.get("status") not in FINAL_STATES:
             time.sleep(poll_interval)
-            status = client.status(model_id)
+            try:
+                status = client.status(model_id)
+            except (ApiError, ConnectionFailed) as exc:  # wait out a restart or a 429
+                failing_since = failing_since or time.monotonic()
+                if not _transient(exc) or time.monotonic() - failing_since > OUTAGE_GRACE:
+                    raise
+                continue
+            failing_since = None
             live.update(trials_table(status))
     return status
 
