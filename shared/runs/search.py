@@ -57,6 +57,8 @@ def _check_range(name: str, dim: Dimension, values: list[Any]) -> str | None:
     if len(values) != 2 or not all(
             isinstance(v, int | float) and not isinstance(v, bool) for v in values):
         return f"{name} takes a range: [low, high] numbers"
+    if not all(abs(v) < 1e300 for v in values):
+        return f"{name}: the bounds are out of range"
     low, high = float(values[0]), float(values[1])
     if dim.kind == "int" and not all(float(v).is_integer() for v in values):
         return f"{name} takes whole numbers"

@@ -20,6 +20,12 @@ def test_ranges_and_choices_are_checked_against_the_training_limits() -> None:
                            "use_metadata_features", "epochs"}
 
 
+def test_absurd_bounds_are_refused_not_crashed_on() -> None:
+    errors = space_errors({"no_components": [1, 10**400], "learning_rate": [float("nan"), 0.1],
+                           "max_sampled": [True, 5], "item_alpha": [{"a": 1}, 0.1]})
+    assert set(errors) == {"no_components", "learning_rate", "max_sampled", "item_alpha"}
+
+
 def test_the_first_trial_is_the_requests_own_parameters_inside_the_space() -> None:
     params = {"hyperparameters": {"no_components": 32, "learning_rate": 0.5},
               "use_metadata_features": True}

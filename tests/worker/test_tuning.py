@@ -203,3 +203,31 @@ def test_the_default_space_is_searched_when_none_is_given(svc: WorkerServices) -
     record = get_run(svc.redis, T, "m", ref.version)
     assert record is not None
     assert set(record["tuning"]["trials"][0]["params"]) == set(DEFAULT_SPACE)
+
+
+def test_trials_whose_messages_were_lost_are_sent_again_after_the_visibility_timeout(
+        svc: WorkerServices) -> None:
+    import time
+
+    submit(svc, trials=2)
+    run_next(svc)  # the parent sends trials 0 and 1 ...
+    queue: QueueCelery = svc.celery  # type: ignore[assignment]
+    queue.sent.clear()  # ... and the broker loses them
+    search.check(svc)
+    assert queue.sent == []  # not yet: they may still be waiting for a busy worker
+    search.check(svc, now=time.time() + svc.settings.visibility_timeout + 1)
+    assert sorted(kw["trial"] for _, kw in queue.sent) == [0, 1]
+    drain(svc)
+    assert get_status(svc.redis, T, "m")["status"] == "completed"
+
+
+def test_a_lost_parent_message_is_sent_again(svc: WorkerServices) -> None:
+    import time
+
+    submit(svc, trials=1)
+    queue: QueueCelery = svc.celery  # type: ignore[assignment]
+    queue.sent.clear()
+    search.check(svc, now=time.time() + svc.settings.visibility_timeout + 1)
+    assert [name for name, _ in queue.sent] == [TASK_TUNE]
+    drain(svc)
+    assert get_status(svc.redis, T, "m")["status"] == "completed"
