@@ -20,6 +20,7 @@ from api import (
     similar,
     swagger_assets,
     training,
+    tune,
     webhooks,
 )
 from api.console import views as console_views
@@ -112,6 +113,7 @@ def _blueprints() -> list[tuple[Blueprint, str]]:
         (ops.blp, ""),
         (data.blp, API_PREFIX),
         (training.blp, API_PREFIX),
+        (tune.blp, API_PREFIX),
         (recommendations.blp, API_PREFIX),
         (similar.blp, API_PREFIX),
         (webhooks.blp, API_PREFIX),

@@ -169,6 +169,8 @@ class StatusSchema(ma.Schema):
     counts = ma.fields.Nested(CountsSchema, allow_none=True)
     metrics = ma.fields.Nested(MetricsSchema, allow_none=True)
     callback = ma.fields.Nested(CallbackSchema, allow_none=True)
+    tuning = ma.fields.Dict(allow_none=True, metadata={
+        "description": "a search's trials and best so far (POST /tune); null otherwise"})
 
 
 class DryRunSchema(ma.Schema):

@@ -32,6 +32,10 @@ TASK_TRAIN = "recsys.train"
 TASK_DELIVER_CALLBACK = "recsys.deliver_callback"
 TASK_SCAN_CALLBACKS = "recsys.scan_callbacks"
 TASK_RECONCILE_RUNS = "recsys.reconcile_runs"
+#: Tuning (docs/tuning.md): the search's parent, one trial, and the beat-driven check.
+TASK_TUNE = "recsys.tune"
+TASK_TUNE_TRIAL = "recsys.tune_trial"
+TASK_TUNE_CHECK = "recsys.tune_check"
 #: A trivial task that walks through PROGRESS states; proves the queue end to end.
 TASK_PROGRESS_PROBE = "recsys.progress_probe"
 
@@ -53,7 +57,8 @@ HYPERPARAMETER_DEFAULTS: dict[str, Any] = {
 EVALUATION_DEFAULTS: dict[str, Any] = {"holdout": 0.1, "max_sources": 10_000, "k": 10}
 
 Phase = Literal[
-    "queued", "loading_data", "training", "evaluating", "saving", "done", "failed", "cancelled"
+    "queued", "loading_data", "training", "evaluating", "saving", "done", "failed", "cancelled",
+    "tuning",
 ]
 RunState = Literal["running", "completed", "error"]
 CallbackDeliveryState = Literal["pending", "delivered", "failed"]
@@ -111,3 +116,5 @@ class RunStatus(TypedDict):
     counts: Counts | None
     metrics: Metrics | None
     callback: CallbackStatus | None
+    #: A search's trials and best so far (docs/tuning.md); None for a plain training run.
+    tuning: dict[str, Any] | None

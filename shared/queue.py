@@ -23,6 +23,9 @@ from shared.contracts import (
     TASK_RECONCILE_RUNS,
     TASK_SCAN_CALLBACKS,
     TASK_TRAIN,
+    TASK_TUNE,
+    TASK_TUNE_CHECK,
+    TASK_TUNE_TRIAL,
 )
 from shared.logs import connect_celery_signals
 
@@ -57,6 +60,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             TASK_DELIVER_CALLBACK: {"queue": QUEUE_CALLBACKS},
             TASK_SCAN_CALLBACKS: {"queue": QUEUE_CALLBACKS},
             TASK_RECONCILE_RUNS: {"queue": QUEUE_CALLBACKS},
+            TASK_TUNE: {"queue": QUEUE_TRAIN},
+            TASK_TUNE_TRIAL: {"queue": QUEUE_TRAIN},
+            TASK_TUNE_CHECK: {"queue": QUEUE_CALLBACKS},
         },
         "worker_prefetch_multiplier": 1,
         "worker_send_task_events": True,
@@ -67,6 +73,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "beat_schedule": {
             "reconcile-runs": {
                 "task": TASK_RECONCILE_RUNS,
+                "schedule": settings.reconcile_interval,
+                "options": {"expires": settings.reconcile_interval},
+            },
+            "check-searches": {  # lost tuning trials (worker/tuning/search.py)
+                "task": TASK_TUNE_CHECK,
                 "schedule": settings.reconcile_interval,
                 "options": {"expires": settings.reconcile_interval},
             },

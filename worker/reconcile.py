@@ -60,6 +60,8 @@ def reconcile(svc: WorkerServices, now: float | None = None) -> dict[str, int]:
                 runs.enqueue(ref, int(record["attempts"]) + 1)
                 outcome["requeued"] += 1
             continue
+        if record["phase"] == "tuning":
+            continue  # a search's trials are watched by worker/tuning/search.py's check
         age = moment - float(record["heartbeat"])
         if age < runs.settings.heartbeat_stale_after:
             continue

@@ -10,5 +10,7 @@ __all__ = [
     "lock",
     "records",
     "ref",
+    "search",
     "service",
+    "tuning",
 ]

@@ -29,7 +29,7 @@ from shared.errors import Conflict, NotFound
 from shared.registry import global_key, redis_guard, tenant_key
 
 FINAL_STATES: frozenset[str] = frozenset({"completed", "error"})
-_JSON_FIELDS = ("data_batch_ids", "counts", "metrics", "params")
+_JSON_FIELDS = ("data_batch_ids", "counts", "metrics", "params", "tuning")
 
 
 def now_iso(now: datetime | None = None) -> str:
@@ -176,7 +176,18 @@ def status_of(record: dict[str, Any]) -> RunStatus:
         "counts": cast(Counts | None, record.get("counts")),
         "metrics": cast(Metrics | None, record.get("metrics")),
         "callback": None,
+        "tuning": public_tuning(record.get("tuning")),
     }
+
+
+def public_tuning(state: Any) -> dict[str, Any] | None:
+    """A search's state as the status shows it: keys starting with '_' are internal."""
+    if not isinstance(state, dict):
+        return None
+    view = {k: v for k, v in state.items() if not k.startswith("_")}
+    view["trials"] = [{k: v for k, v in trial.items() if not k.startswith("_")}
+                      for trial in state.get("trials", [])]
+    return view
 
 
 def get_status(

@@ -1,0 +1,13 @@
+"""Tuning: a hyperparameter search whose trials are tasks on the training queue.
+
+Submodules are imported by name; this package imports none of them itself.
+"""
+
+__all__ = [
+    "search",
+    "slots",
+    "space",
+    "study",
+    "tasks",
+    "trial",
+]
