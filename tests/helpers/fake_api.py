@@ -113,3 +113,11 @@ def running_fake_api() -> Iterator[FakeApi]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def status(phase: str, progress: int, state: str = "running", **extra: Any) -> dict[str, Any]:
+    """A status object as the API returns it."""
+    return {"model_id": "m1", "version": 2, "start_timestamp": None, "end_timestamp": None,
+            "status": state, "phase": phase, "message": f"{phase} now", "progress": progress,
+            "data_batch_ids": ["b1"], "counts": None, "metrics": None, "callback": None,
+            **extra}

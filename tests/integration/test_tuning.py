@@ -16,12 +16,12 @@ from shared.queue import make_producer
 from shared.registry import connect
 from shared.runs.records import get_run
 from shared.storage import open_storage
-from tests.integration.conftest import Stack
+from tests.helpers.stack import Stack
 from tests.integration.training_helpers import status, upload_clustered
 from worker.context import WorkerServices
 from worker.tuning.search import check
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.own_stack]  # kills a pool process
 
 #: Trials long enough (a second or more each) to be seen running side by side.
 SLOW = {"hyperparameters": {"epochs": 25, "no_components": 32},

@@ -9,6 +9,7 @@ from typing import Any
 import fakeredis
 import pytest
 
+from bench._data import write_batch
 from shared.config import Settings
 from shared.contracts import TASK_TRAIN, TASK_TUNE, TASK_TUNE_TRIAL
 from shared.models.artifact import load_artifact
@@ -17,8 +18,7 @@ from shared.runs.records import get_model, get_run, get_status
 from shared.runs.ref import RunRef
 from shared.runs.search import DEFAULT_SPACE
 from shared.storage import Storage
-from tests.worker.batches import write_batch
-from tests.worker.synthetic import clustered
+from tests.helpers.synthetic import clustered
 from worker.context import WorkerServices
 from worker.runner import execute_run
 from worker.tuning import search, study

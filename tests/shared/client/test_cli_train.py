@@ -5,18 +5,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from tests.helpers.fake_api import FakeApi, Seen, run
+from tests.helpers.fake_api import FakeApi, Seen, run, status
 
 METRICS = {"k": 10, "precision_at_k": 0.12, "recall_at_k": 0.3, "auc": 0.91,
            "baseline_precision_at_k": 0.04, "evaluated_sources": 200}
-
-
-def status(phase: str, progress: int, state: str = "running", **extra: Any) -> dict[str, Any]:
-    """A status object as the API returns it."""
-    return {"model_id": "m1", "version": 2, "start_timestamp": None, "end_timestamp": None,
-            "status": state, "phase": phase, "message": f"{phase} now", "progress": progress,
-            "data_batch_ids": ["b1"], "counts": None, "metrics": None, "callback": None,
-            **extra}
 
 
 def test_every_train_flag_lands_in_the_body(fake_api: FakeApi) -> None:

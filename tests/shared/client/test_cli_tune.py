@@ -4,10 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.shared.test_cli import FakeApi, Seen, fake_api, fake_api_server, run
-from tests.shared.test_cli_train import status
-
-__all__ = ["fake_api", "fake_api_server"]
+from tests.helpers.fake_api import FakeApi, Seen, run, status
 
 
 def tuning(states: list[str], best: dict[str, Any] | None = None) -> dict[str, Any]:
