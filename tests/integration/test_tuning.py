@@ -17,7 +17,7 @@ from shared.registry import connect
 from shared.runs.records import get_run
 from shared.storage import open_storage
 from tests.helpers.stack import Stack
-from tests.integration.training_helpers import status, upload_clustered
+from tests.helpers.training import status, upload_clustered
 from worker.context import WorkerServices
 from worker.tuning.search import check
 
