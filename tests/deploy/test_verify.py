@@ -1,0 +1,31 @@
+"""The deployment, for real: deploy/verify.sh builds the image and runs the compose stack.
+
+Slow (minutes) and needs root, Debian's archive and PyPI: it runs only when
+``RECSYS_TEST_DEPLOY=1`` is set (``make verify-deploy`` runs the script directly).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+VERIFY = Path(__file__).resolve().parents[2] / "deploy" / "verify.sh"
+
+pytestmark = pytest.mark.skipif(
+    os.environ.get("RECSYS_TEST_DEPLOY") != "1",
+    reason="set RECSYS_TEST_DEPLOY=1 to build and run the container stack (needs root)",
+)
+
+
+@pytest.mark.timeout(2400)
+def test_verify_script_passes() -> None:
+    done = subprocess.run(["bash", str(VERIFY)], capture_output=True, text=True, timeout=2300)
+    tail = (done.stdout + done.stderr)[-6000:]
+    assert done.returncode == 0, tail
+    # The tour's own checks, as a user would notice them.
+    for line in ("callback delivered", "landed on", "Flower without a login -> 401",
+                 "after down/up", "exited on SIGTERM", "trained on host B's worker", "PASS"):
+        assert line in done.stderr, f"{line!r} missing from:\n{tail}"
