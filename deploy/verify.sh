@@ -19,7 +19,7 @@
 #
 # Settings: RECSYS_VERIFY_DIR (state and cache, default /var/tmp/recsys-verify),
 # RECSYS_VERIFY_API_PORT (default 18000), RECSYS_VERIFY_FLOWER_PORT (18555),
-# RECSYS_VERIFY_RECEIVER_PORT (18099), RECSYS_VERIFY_TWOHOST_PORT (18001),
+# RECSYS_VERIFY_RECEIVER_PORT (18099),
 # RECSYS_VERIFY_SKIP_TWOHOST=1, RECSYS_VERIFY_KEEP_CACHE=0 (drop the image cache too).
 set -euo pipefail
 
@@ -31,7 +31,6 @@ PROJECT=recsys-verify
 API_PORT=${RECSYS_VERIFY_API_PORT:-18000}
 FLOWER_PORT=${RECSYS_VERIFY_FLOWER_PORT:-18555}
 RECEIVER_PORT=${RECSYS_VERIFY_RECEIVER_PORT:-18099}
-TWOHOST_PORT=${RECSYS_VERIFY_TWOHOST_PORT:-18001}
 RUN=/run/recsys-verify
 SOCK=$RUN/docker.sock
 T0=$(date +%s)
@@ -76,7 +75,6 @@ compose() {
 start_dockerd() {
   mkdir -p "$RUN" "$WORK/docker-data"
   iptables-save >"$WORK/iptables.before"
-  ip6tables-save >"$WORK/ip6tables.before" 2>/dev/null || true
   sysctl -n net.ipv4.ip_forward >"$WORK/ip_forward.before"
   ip link show docker0 >/dev/null 2>&1 && echo yes >"$WORK/docker0.before" || rm -f "$WORK/docker0.before"
   log "starting dockerd (socket $SOCK, data $WORK/docker-data)"
@@ -90,6 +88,24 @@ start_dockerd() {
     sleep 0.5
   done
   die "dockerd did not answer within 60 s"
+}
+
+# Puts the filter and nat tables back as they were before dockerd (its DOCKER chains, the
+# FORWARD policy it sets to DROP, the MASQUERADE rule). A table that did not exist before is
+# emptied and, with the nf_tables backend, removed.
+restore_iptables() {
+  local t
+  for t in filter nat; do
+    if grep -q "^\*$t\$" "$WORK/iptables.before"; then
+      iptables-restore --table="$t" <"$WORK/iptables.before"
+    elif iptables -t "$t" -S >/dev/null 2>&1; then
+      iptables -t "$t" -F && iptables -t "$t" -X
+      [ "$t" != filter ] || iptables -P FORWARD ACCEPT
+      if iptables --version | grep -q nf_tables && command -v nft >/dev/null; then
+        nft delete table ip "$t" 2>/dev/null || true
+      fi
+    fi
+  done
 }
 
 teardown() {
@@ -113,11 +129,10 @@ teardown() {
   fi
   if [ -f "$WORK/iptables.before" ]; then
     log "teardown: iptables, docker0, ip_forward, netns mounts"
-    iptables-restore <"$WORK/iptables.before"
-    [ -s "$WORK/ip6tables.before" ] && ip6tables-restore <"$WORK/ip6tables.before"
+    restore_iptables
     [ -f "$WORK/docker0.before" ] || ip link delete docker0 2>/dev/null
     sysctl -q -w net.ipv4.ip_forward="$(cat "$WORK/ip_forward.before")"
-    rm -f "$WORK/iptables.before" "$WORK/ip6tables.before" "$WORK/ip_forward.before"
+    rm -f "$WORK/iptables.before" "$WORK/ip_forward.before"
   fi
   local m
   for m in $(awk -v run="$RUN" 'index($2, run) == 1 {print $2}' /proc/mounts | sort -r); do
@@ -198,7 +213,12 @@ services:
       args:
         BASE_IMAGE: $base
 EOF
-  echo "$moto" >"$WORK/moto-image"
+  # For twohost.yml and the tour: the same images, and no registry traffic with local ones.
+  cat >>"$WORK/verify.env" <<EOF
+RECSYS_VERIFY_REDIS_IMAGE=$redis
+RECSYS_VERIFY_MOTO_IMAGE=$moto
+RECSYS_VERIFY_PULL=$([ "$IMAGES" = local ] && echo never || echo missing)
+EOF
   log "building the project image recsys-verify:latest (compose build, once)"
   local t=$SECONDS
   compose build api >"$WORK/build.log" 2>&1 || { tail -30 "$WORK/build.log" >&2; die "image build failed"; }
@@ -241,8 +261,6 @@ main() {
   start_dockerd
   write_env
   build_images
-  export RECSYS_VERIFY_MOTO_IMAGE RECSYS_VERIFY_TWOHOST_PORT=$TWOHOST_PORT
-  RECSYS_VERIFY_MOTO_IMAGE=$(cat "$WORK/moto-image")
   log "smoke tour"
   VERIFY_ENV="$WORK/verify.env" API_PORT=$API_PORT FLOWER_PORT=$FLOWER_PORT RECEIVER_PORT=$RECEIVER_PORT \
     python3 "$HERE/verify/tour.py" single "$HERE/verify.sh"
