@@ -74,9 +74,15 @@ compose() {
 # --- 2. our own dockerd, and everything it changes on the host -------------------------------
 start_dockerd() {
   mkdir -p "$RUN" "$WORK/docker-data"
-  iptables-save >"$WORK/iptables.before"
-  sysctl -n net.ipv4.ip_forward >"$WORK/ip_forward.before"
-  ip link show docker0 >/dev/null 2>&1 && echo yes >"$WORK/docker0.before" || rm -f "$WORK/docker0.before"
+  if [ -f "$RUN/dockerd.pid" ] && kill -0 "$(cat "$RUN/dockerd.pid")" 2>/dev/null; then
+    die "a dockerd of an earlier verify.sh still runs (pid $(cat "$RUN/dockerd.pid")); stop it first"
+  fi
+  # The host as it was, unless an interrupted run already saved it (then it holds dockerd's).
+  if [ ! -f "$WORK/iptables.before" ]; then
+    ip link show docker0 >/dev/null 2>&1 && echo yes >"$WORK/docker0.before" || rm -f "$WORK/docker0.before"
+    sysctl -n net.ipv4.ip_forward >"$WORK/ip_forward.before"
+    iptables-save >"$WORK/iptables.before"
+  fi
   log "starting dockerd (socket $SOCK, data $WORK/docker-data)"
   /usr/sbin/dockerd --host "unix://$SOCK" --pidfile "$RUN/dockerd.pid" --exec-root "$RUN/exec" \
     --data-root "$WORK/docker-data" --ip6tables=false >"$WORK/dockerd.log" 2>&1 &
@@ -132,7 +138,7 @@ teardown() {
     restore_iptables
     [ -f "$WORK/docker0.before" ] || ip link delete docker0 2>/dev/null
     sysctl -q -w net.ipv4.ip_forward="$(cat "$WORK/ip_forward.before")"
-    rm -f "$WORK/iptables.before" "$WORK/ip_forward.before"
+    rm -f "$WORK/iptables.before" "$WORK/ip_forward.before" "$WORK/docker0.before"
   fi
   local m
   for m in $(awk -v run="$RUN" 'index($2, run) == 1 {print $2}' /proc/mounts | sort -r); do
