@@ -84,7 +84,8 @@ start_dockerd() {
     iptables-save >"$WORK/iptables.before"
   fi
   log "starting dockerd (socket $SOCK, data $WORK/docker-data)"
-  /usr/sbin/dockerd --host "unix://$SOCK" --pidfile "$RUN/dockerd.pid" --exec-root "$RUN/exec" \
+  # Its own session: a Ctrl-C meant for this script must not stop dockerd before teardown.
+  setsid /usr/sbin/dockerd --host "unix://$SOCK" --pidfile "$RUN/dockerd.pid" --exec-root "$RUN/exec" \
     --data-root "$WORK/docker-data" --ip6tables=false >"$WORK/dockerd.log" 2>&1 &
   DOCKERD_PID=$!
   local i
