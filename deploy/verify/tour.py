@@ -190,6 +190,8 @@ def check_stopped(verify_sh: str, ids: list[str], began: float) -> None:
 
 
 def single(verify_sh: str) -> None:
+    # One tour, step after step on the same stack (each step needs the state the last left):
+    # longer than the house's 60 lines, read top to bottom like the README's list.
     def compose(*args: str) -> str:
         return run(verify_sh, "compose", *args)
 
