@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: run test lint demo bench clean-venv
+.PHONY: run test lint demo bench clean-venv verify-deploy
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "recsys needs Python 3.11 or newer (set PYTHON=...)")'
@@ -35,3 +35,8 @@ clean-venv:
 ## stack from `make run` at RECSYS_URL, or starts a private one in the background)
 demo: $(STAMP)
 	@$(PY) -m shared.client.demo
+
+## verify-deploy: build the image and run the compose stack for real, a smoke tour and two
+## simulated hosts (root on Debian bookworm; installs docker.io, debootstrap; deploy/README.md)
+verify-deploy:
+	bash deploy/verify.sh
