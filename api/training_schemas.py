@@ -132,7 +132,7 @@ class TrainRequestSchema(ma.Schema):
             validate.Range(min=0, max=1e6)]),
     )
     hyperparameters = ma.fields.Nested(HyperparametersSchema)
-    use_metadata_features = AutoOr(ma.fields.Boolean(), metadata={
+    use_metadata_features = AutoOr(ma.fields.Boolean(truthy={True}, falsy={False}), metadata={
         "description": '"auto" (default): keep metadata features only when they do not lower '
                        'the holdout precision_at_k; or true / false',
         "oneOf": [{"type": "boolean"}, {"type": "string", "enum": ["auto"]}]})
