@@ -204,6 +204,11 @@ def cost(n_interactions: int, threads: int) -> None:
     print(f"  bare LightFM fit, {trained.epochs} epochs:                  {bare:.1f} s")
     print(f"  ratio: {service / bare:.2f}x (target <= 2.5x); of which scoring "
           f"{trained.scoring_seconds:.1f} s, evaluation fits {trained.evaluation_seconds:.1f} s")
+    if len(trained.candidate_seconds) == 2:
+        parallel = service - sum(trained.candidate_seconds) + max(trained.candidate_seconds)
+        print(f"  evaluation fits {', '.join(f'{s:.1f} s' for s in trained.candidate_seconds)}"
+              f"; as two tasks on two free workers the run would take {parallel:.1f} s: "
+              f"{parallel / bare:.2f}x")
     print(f"  curve: {[(p['epoch'], p['precision_at_k']) for p in trained.curve]}")
 
 

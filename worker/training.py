@@ -92,6 +92,9 @@ class TrainedModel:
     metadata_features: bool = False  # whether the served fit used metadata features
     curve: list[CurvePoint] = field(default_factory=list)  # of the chosen evaluation fit
     candidates: Candidates | None = None  # only when "auto" compared with and without
+    #: Wall seconds of each evaluation fit (with its scoring), in the order they ran: as
+    #: separate tasks they would run at once, so the longest is what a run waits for.
+    candidate_seconds: tuple[float, ...] = ()
 
     def training_choice(self) -> TrainingChoice:
         """The status object's ``training`` field (API.md, "Choices made from the data")."""
@@ -262,9 +265,11 @@ def train(
         data = dataset if choice.metadata_features else dataset.without_metadata()
         snapshot, epoch_seconds = _served(data, hp, choice.epochs, params.threads,
                                           lambda f: on_progress("training", f), should_cancel)
-        return _trained(snapshot, choice.metrics, epoch_seconds, evaluation_seconds,
-                        choice.scoring_seconds, choice.epochs, choice.metadata_features,
-                        choice.curve, choice.candidates)
+        return replace(
+            _trained(snapshot, choice.metrics, epoch_seconds, evaluation_seconds,
+                     choice.scoring_seconds, choice.epochs, choice.metadata_features,
+                     choice.curve, choice.candidates),
+            candidate_seconds=tuple(r.seconds for r in choice.results))
     epochs = hp.epochs
     if params.epochs_auto:  # no holdout to stop on (API.md): a fixed count
         epochs = AUTO_EPOCHS_WITHOUT_HOLDOUT
