@@ -66,6 +66,8 @@ def test_auto_epochs_trains_the_served_model_for_the_peak_of_the_holdout_curve(
         return _peaked(6, len(calls))
 
     monkeypatch.setattr(selection, "holdout_precision", scripted)
+    # score after every epoch however the timings of a busy machine compare
+    monkeypatch.setattr(selection, "SCORING_BUDGET", 1e9)
     params = TrainParams(hyperparameters=Hyperparameters(no_components=8), epochs_auto=True,
                          max_epochs=50, metadata=False, threads=1)
     seen: list[tuple[str, float]] = []
@@ -146,3 +148,22 @@ def test_fixed_settings_report_the_curve_without_candidates() -> None:
     assert model.curve[-1]["epoch"] == 4
     assert model.metrics is not None
     assert model.metrics["precision_at_k"] == model.curve[-1]["precision_at_k"]
+
+
+@pytest.mark.parametrize("variant, keeps_metadata", [("signal", True), ("noise", False)])
+def test_auto_metadata_picks_the_right_side_on_both_synthetic_variants(
+    variant: str, keeps_metadata: bool
+) -> None:
+    # Given sparse users and a long tail, with metadata that explains taste or is noise
+    from bench.quality import generate
+
+    entities, interactions = generate(8_000, 4_000, 40_000, variant, seed=3)
+    dataset = build_dataset(entities, interactions, DatasetOptions(use_metadata_features="auto"))
+    params = TrainParams(hyperparameters=Hyperparameters(epochs=15), metadata="auto",
+                         evaluation=EvaluationSettings(holdout=0.2), threads=1)
+    # When "auto" compares the two on the holdout
+    model = train(dataset, params, lambda p, f: None, lambda: False)
+    # Then it keeps metadata where it carries signal and drops it where it is noise
+    assert model.candidates is not None
+    assert model.metadata_features is keeps_metadata, model.candidates
+    assert (model.source_feature_embeddings is not None) is keeps_metadata
