@@ -18,11 +18,9 @@ Rules (API.md, "Training"):
   user's chosen range (a pair seen 500 times would otherwise take 500-fold
   gradient steps);
 - with ``use_metadata_features`` each side gets a feature matrix of its
-  identity features (weight 1) followed by its metadata features at
-  ``METADATA_WEIGHT`` (:mod:`shared.data.features`, no row normalisation); a side
-  without any metadata feature gets none (LightFM's implicit identity, the same
-  model, faster). ``"auto"`` builds the features too; training decides on the
-  holdout whether to use them (:func:`Dataset.without_metadata`).
+  identity features (weight 1), then its metadata features at ``METADATA_WEIGHT``
+  (:mod:`shared.data.features`); a side without metadata features gets none (LightFM's
+  implicit identity); ``"auto"`` builds them and training decides whether to use them.
 """
 
 from __future__ import annotations
@@ -171,12 +169,9 @@ def _index(values: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _sort_order(keys: np.ndarray) -> np.ndarray:
-    """A sorting permutation of non-negative int64 ``keys``.
-
-    NumPy's value sort is SIMD-accelerated and about twice as fast as
-    ``argsort``: when key and position fit in 63 bits together, sort
-    ``key << bits | position`` and keep the positions.
-    """
+    """A sorting permutation of non-negative int64 ``keys``: when key and position fit in
+    63 bits, sort ``key << bits | position`` (NumPy's SIMD value sort is about twice as
+    fast as ``argsort``) and keep the positions."""
     n = keys.size
     bits = max(1, int(n - 1).bit_length())
     top = int(keys.max()) if n else 0
@@ -393,16 +388,12 @@ def describe(dataset: Dataset) -> dict[str, Any]:
 
 
 def dataset_options(params: Mapping[str, Any]) -> DatasetOptions:
-    """What of the selected data becomes model input."""
+    """What of the selected data becomes model input ("auto" metadata is the default)."""
+    metadata = params.get("use_metadata_features", "auto")
     return DatasetOptions(
         source_type=str(params.get("source_type") or "user"),
         target_type=str(params.get("target_type") or "item"),
         interaction_weights={str(k): float(v)
                              for k, v in (params.get("interaction_weights") or {}).items()},
-        use_metadata_features=_metadata_option(params.get("use_metadata_features", "auto")),
+        use_metadata_features="auto" if metadata == "auto" else bool(metadata),
     )
-
-
-def _metadata_option(value: Any) -> bool | Literal["auto"]:
-    """``use_metadata_features`` as stored: true, false or "auto" (the default)."""
-    return "auto" if value == "auto" else bool(value)
