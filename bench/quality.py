@@ -218,8 +218,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="small datasets only")
     parser.add_argument("--skip-cost", action="store_true")
+    parser.add_argument("--cost-only", action="store_true")
     parser.add_argument("--cost-interactions", type=int, default=1_000_000)
     args = parser.parse_args()
+    if args.cost_only:
+        cost(args.cost_interactions, args.threads)
+        return
     scale = 0.25 if args.quick else 1.0
     datasets = [
         ("metadata explains taste", 20_000, 5_000, 300_000, "signal"),
