@@ -13,7 +13,12 @@ import marshmallow as ma
 from marshmallow import validate
 
 from api.parsing import model_id_field
-from shared.contracts import EVALUATION_DEFAULTS, HYPERPARAMETER_DEFAULTS
+from shared.contracts import (
+    AUTO_EPOCHS_WITHOUT_HOLDOUT,
+    EVALUATION_DEFAULTS,
+    HYPERPARAMETER_DEFAULTS,
+    METADATA_FEATURES_DEFAULT,
+)
 from shared.data.selection import MAX_DATA_TAGS, MAX_INTERACTION_AGE_DAYS
 
 LOSSES = ("warp", "bpr", "warp-kos")
@@ -23,16 +28,50 @@ MAX_SEED = 2**32 - 1
 MAX_VERSION = 2**31 - 1
 
 
+class AutoOr(ma.fields.Field):  # type: ignore[type-arg]
+    """The string ``"auto"``, or a value of the wrapped field (an integer, a boolean)."""
+
+    def __init__(self, inner: ma.fields.Field, **kwargs: Any) -> None:  # type: ignore[type-arg]
+        super().__init__(**kwargs)
+        self.inner = inner
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        if value == "auto":
+            return "auto"
+        try:
+            return self.inner.deserialize(value, attr, data, **kwargs)
+        except ma.ValidationError as exc:
+            raise ma.ValidationError(
+                f"must be \"auto\" or {_describe(self.inner)}.") from exc
+
+    def _serialize(self, value: Any, attr: str | None, obj: Any, **kwargs: Any) -> Any:
+        return value
+
+
+def _describe(inner: ma.fields.Field) -> str:  # type: ignore[type-arg]
+    if isinstance(inner, ma.fields.Boolean):
+        return "true or false"
+    bounds = [v for v in inner.validators if isinstance(v, validate.Range)]
+    if bounds:
+        return f"an integer from {bounds[0].min} to {bounds[0].max}"
+    return "an integer"
+
 
 class HyperparametersSchema(ma.Schema):
-    """LightFM's knobs; defaults: warp, 32 components, 10 epochs, 0.05, 0, 0, 10, 42."""
+    """LightFM's knobs; defaults: warp, 32 components, "auto" epochs (at most 100), 0.05, 0,
+    0, 10, 42."""
 
     class Meta:
         unknown = ma.RAISE
 
     loss = ma.fields.String(validate=validate.OneOf(LOSSES))
     no_components = ma.fields.Integer(strict=True, validate=validate.Range(1, 512))
-    epochs = ma.fields.Integer(strict=True, validate=validate.Range(1, 1000))
+    epochs = AutoOr(ma.fields.Integer(strict=True, validate=validate.Range(1, 1000)), metadata={
+        "description": '"auto" (default): stop on the holdout metric; or a fixed count 1-1000',
+        "oneOf": [{"type": "integer", "minimum": 1, "maximum": 1000},
+                  {"type": "string", "enum": ["auto"]}]})
+    max_epochs = ma.fields.Integer(strict=True, validate=validate.Range(1, 1000), metadata={
+        "description": 'the most epochs "auto" may choose (default 100)'})
     learning_rate = ma.fields.Float(
         allow_nan=False, validate=validate.Range(0, 1, min_inclusive=False))
     item_alpha = ma.fields.Float(
@@ -97,7 +136,10 @@ class TrainRequestSchema(ma.Schema):
             validate.Range(min=0, max=1e6)]),
     )
     hyperparameters = ma.fields.Nested(HyperparametersSchema)
-    use_metadata_features = ma.fields.Boolean()
+    use_metadata_features = AutoOr(ma.fields.Boolean(truthy={True}, falsy={False}), metadata={
+        "description": '"auto" (default): keep metadata features only when they do not lower '
+                       'the holdout precision_at_k; or true / false',
+        "oneOf": [{"type": "boolean"}, {"type": "string", "enum": ["auto"]}]})
     evaluation = ma.fields.Nested(EvaluationSchema)
     dry_run = ma.fields.Boolean()
 
@@ -110,8 +152,21 @@ class TrainRequestSchema(ma.Schema):
                 "warp or bpr.", field_name="interaction_weights")
 
 
+def resolve_hyperparameters(given: dict[str, Any], holdout: float) -> dict[str, Any]:
+    """Hyperparameters with defaults; ``epochs: "auto"`` is stored as ``epochs_auto`` true
+    with ``epochs`` the most it may train (``max_epochs``, or 20 without a holdout), so the
+    stored ``epochs`` is always a number every reader can use for estimates."""
+    hp = {**HYPERPARAMETER_DEFAULTS, **given}
+    auto = hp["epochs"] == "auto"
+    if auto:
+        hp["epochs"] = hp["max_epochs"] if holdout > 0 else AUTO_EPOCHS_WITHOUT_HOLDOUT
+    hp["epochs_auto"] = auto
+    return hp
+
+
 def resolve_params(body: dict[str, Any]) -> dict[str, Any]:
     """The run's parameters with every default filled in (stored in the run record)."""
+    evaluation = {**EVALUATION_DEFAULTS, **(body.get("evaluation") or {})}
     return {
         "source_type": body.get("source_type", "user"),
         "target_type": body.get("target_type", "item"),
@@ -119,9 +174,10 @@ def resolve_params(body: dict[str, Any]) -> dict[str, Any]:
         "maximum_interaction_age_days": body.get("maximum_interaction_age_days"),
         "data_filters": body.get("data_filters"),
         "interaction_weights": dict(body.get("interaction_weights") or {}),
-        "use_metadata_features": body.get("use_metadata_features", True),
-        "hyperparameters": {**HYPERPARAMETER_DEFAULTS, **(body.get("hyperparameters") or {})},
-        "evaluation": {**EVALUATION_DEFAULTS, **(body.get("evaluation") or {})},
+        "use_metadata_features": body.get("use_metadata_features", METADATA_FEATURES_DEFAULT),
+        "hyperparameters": resolve_hyperparameters(dict(body.get("hyperparameters") or {}),
+                                                   float(evaluation["holdout"])),
+        "evaluation": evaluation,
     }
 
 
@@ -141,8 +197,44 @@ class MetricsSchema(ma.Schema):
     precision_at_k = ma.fields.Float()
     recall_at_k = ma.fields.Float()
     auc = ma.fields.Float()
+    ndcg_at_k = ma.fields.Float(metadata={"description": "binary-relevance NDCG@k"})
+    map_at_k = ma.fields.Float(metadata={
+        "description": "mean over sources of average precision@k (divided by min(k, held out))"})
+    coverage = ma.fields.Float(metadata={
+        "description": "share of targets in at least one evaluated source's top k"})
     baseline_precision_at_k = ma.fields.Float()
+    baseline_ndcg_at_k = ma.fields.Float()
+    baseline_map_at_k = ma.fields.Float()
+    baseline_coverage = ma.fields.Float()
     evaluated_sources = ma.fields.Integer()
+
+
+class CurvePointSchema(ma.Schema):
+    """The holdout precision after ``epoch`` epochs of the evaluation fit."""
+
+    epoch = ma.fields.Integer()
+    precision_at_k = ma.fields.Float()
+
+
+class CandidatesSchema(ma.Schema):
+    """Holdout precision@k with and without metadata features."""
+
+    with_metadata = ma.fields.Float()
+    without_metadata = ma.fields.Float()
+
+
+class TrainingChoiceSchema(ma.Schema):
+    """What was chosen from the data (API.md, "Choices made from the data")."""
+
+    epochs = ma.fields.Integer(metadata={"description": "epochs the served model trained"})
+    metadata_features = ma.fields.Boolean(metadata={
+        "description": "whether the served model uses metadata features"})
+    curve = ma.fields.List(ma.fields.Nested(CurvePointSchema), metadata={
+        "description": "validation curve of the chosen setting's evaluation fit"})
+    candidates = ma.fields.Nested(CandidatesSchema, metadata={
+        "description": 'only when use_metadata_features "auto" compared the two'})
+    parent_version = ma.fields.Integer(allow_none=True, metadata={
+        "description": "the version a warm start continued from"})
 
 
 class CallbackSchema(ma.Schema):
@@ -168,6 +260,8 @@ class StatusSchema(ma.Schema):
     data_batch_ids = ma.fields.List(ma.fields.String())
     counts = ma.fields.Nested(CountsSchema, allow_none=True)
     metrics = ma.fields.Nested(MetricsSchema, allow_none=True)
+    training = ma.fields.Nested(TrainingChoiceSchema, allow_none=True, metadata={
+        "description": "null until known: epochs, metadata choice, curve, candidates"})
     callback = ma.fields.Nested(CallbackSchema, allow_none=True)
     tuning = ma.fields.Dict(allow_none=True, metadata={
         "description": "a search's trials and best so far (POST /tune); null otherwise"})

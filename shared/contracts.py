@@ -47,7 +47,8 @@ PROGRESS_STATE = "PROGRESS"
 HYPERPARAMETER_DEFAULTS: dict[str, Any] = {
     "loss": "warp",
     "no_components": 32,
-    "epochs": 10,
+    "epochs": "auto",
+    "max_epochs": 100,
     "learning_rate": 0.05,
     "item_alpha": 0.0,
     "user_alpha": 0.0,
@@ -55,6 +56,10 @@ HYPERPARAMETER_DEFAULTS: dict[str, Any] = {
     "random_state": 42,
 }
 EVALUATION_DEFAULTS: dict[str, Any] = {"holdout": 0.1, "max_sources": 10_000, "k": 10}
+#: ``use_metadata_features`` default: compare with and without on the holdout.
+METADATA_FEATURES_DEFAULT: bool | Literal["auto"] = "auto"
+#: What ``epochs: "auto"`` trains when there is no holdout to stop on (``{"holdout": 0}``).
+AUTO_EPOCHS_WITHOUT_HOLDOUT = 20
 
 Phase = Literal[
     "queued", "loading_data", "training", "evaluating", "saving", "done", "failed", "cancelled",
@@ -91,14 +96,51 @@ class Counts(TypedDict):
 
 
 class Metrics(TypedDict):
-    """Holdout metrics of a run, with the most-popular baseline's precision."""
+    """Holdout metrics of a run, each ranking metric beside the most-popular baseline's."""
 
     k: int
     precision_at_k: float
     recall_at_k: float
     auc: float
+    ndcg_at_k: float
+    map_at_k: float
+    coverage: float
     baseline_precision_at_k: float
+    baseline_ndcg_at_k: float
+    baseline_map_at_k: float
+    baseline_coverage: float
     evaluated_sources: int
+
+
+class CurvePoint(TypedDict):
+    """One point of the validation curve: the holdout precision after ``epoch`` epochs."""
+
+    epoch: int
+    precision_at_k: float
+
+
+class Candidates(TypedDict):
+    """Holdout precision@k of the two settings ``use_metadata_features: "auto"`` compared."""
+
+    with_metadata: float
+    without_metadata: float
+
+
+class _TrainingChoiceBase(TypedDict):
+    epochs: int
+    metadata_features: bool
+    curve: list[CurvePoint]
+
+
+class TrainingChoice(_TrainingChoiceBase, total=False):
+    """The status object's ``training`` field: what was chosen from the data (API.md).
+
+    ``candidates`` only when ``"auto"`` compared them; ``parent_version`` only for a
+    warm start (set by whoever runs it).
+    """
+
+    candidates: Candidates
+    parent_version: int | None
 
 
 class RunStatus(TypedDict):
@@ -118,3 +160,5 @@ class RunStatus(TypedDict):
     callback: CallbackStatus | None
     #: A search's trials and best so far (docs/tuning.md); None for a plain training run.
     tuning: dict[str, Any] | None
+    #: What was chosen from the data (epochs, metadata features, curve); None until known.
+    training: TrainingChoice | None

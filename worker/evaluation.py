@@ -3,12 +3,12 @@
 ``lightfm.evaluation`` scores every target for every source once per metric
 (DESIGN.md, "Known pitfalls"). Here the scores of at most ``max_sources``
 sampled sources are computed once, chunk by chunk, as one matrix product,
-and precision@k, recall@k, AUC and the most-popular baseline's precision@k
-all come from that pass. Training pairs are excluded from the ranking, as
-LightFM's own metrics do with ``train_interactions``. The most-popular
-baseline needs no scores at all: a held-out target's rank follows from its
-popularity position and the source's seen targets (sparse), so no dense
-matrix is built for it.
+and precision@k, recall@k, AUC, NDCG@k, MAP@k and coverage all come from
+that pass; the most-popular baseline's figures come from the same ranking
+code over its (popularity) scores. Training pairs are excluded from the
+ranking, as LightFM's own metrics do with ``train_interactions``. The
+validation curve of ``epochs: "auto"`` needs precision@k alone after each
+epoch: :func:`holdout_precision` on a :class:`Holdout` prepared once per fit.
 """
 
 from __future__ import annotations
@@ -95,27 +95,6 @@ def _greater_counts(scores: np.ndarray, pos_rows: np.ndarray, pos_cols: np.ndarr
     return greater
 
 
-def _popularity_hits(train: sp.csr_matrix, test: sp.csr_matrix, pop_pos: np.ndarray,
-                     k: int) -> np.ndarray:
-    """Held-out targets per row that the most-popular list (minus seen targets) puts in the top k.
-
-    A held-out target at popularity position ``p`` (0 = most popular) is
-    outranked by the ``p`` targets before it, less the row's seen targets
-    among them; counted with one sorted key array, no dense matrix.
-    """
-    n_rows = train.shape[0]
-    span = np.int64(pop_pos.size + 1)
-    train_rows = np.repeat(np.arange(n_rows, dtype=np.int64), np.diff(train.indptr))
-    seen_keys = np.sort(train_rows * span + pop_pos[train.indices])
-    test_rows = np.repeat(np.arange(n_rows, dtype=np.int64), np.diff(test.indptr))
-    positions = pop_pos[test.indices]
-    seen_before = (np.searchsorted(seen_keys, test_rows * span + positions)
-                   - np.searchsorted(seen_keys, test_rows * span))
-    hits: np.ndarray = np.bincount(test_rows, weights=(positions - seen_before) < k,
-                                   minlength=n_rows)
-    return hits
-
-
 def _auc(values: np.ndarray, greater: np.ndarray, pos_rows: np.ndarray, n_rows: int,
          n_neg: np.ndarray) -> np.ndarray:
     """Per-row AUC of the positives against every target neither train nor test."""
@@ -134,6 +113,117 @@ def _auc(values: np.ndarray, greater: np.ndarray, pos_rows: np.ndarray, n_rows: 
     return auc
 
 
+@dataclass(frozen=True)
+class Holdout:
+    """A holdout prepared once per evaluation fit: the sampled sources' seen and held-out pairs.
+
+    Row ``i`` of ``train`` and ``test`` is source ``candidates[i]``.
+    """
+
+    candidates: np.ndarray  # (n,) int64 source rows, sorted
+    train: sp.csr_matrix  # (n, n_targets) pairs the fit saw: excluded from the ranking
+    test: sp.csr_matrix  # (n, n_targets) held-out pairs: the relevant targets
+    pop_pos: np.ndarray  # (n_targets,) int64 popularity position on the train pairs, 0 = top
+    k: int  # settings.k clipped to the number of targets
+    settings_k: int
+
+
+def prepare_holdout(dataset: Dataset, test_mask: np.ndarray, settings: EvaluationSettings,
+                    seed: int) -> Holdout:
+    """Sample at most ``max_sources`` sources with held-out pairs and slice their rows."""
+    train_mask = ~test_mask
+    train, test = _csr(dataset, train_mask), _csr(dataset, test_mask)
+    candidates = np.flatnonzero(np.diff(test.indptr) > 0)
+    rng = np.random.default_rng(seed)
+    if candidates.size > settings.max_sources:
+        candidates = np.sort(rng.choice(candidates, settings.max_sources, replace=False))
+    n_targets = dataset.n_targets
+    # most popular first, ties by index (as a stable sort orders them)
+    popularity = np.bincount(dataset.cols[train_mask], minlength=n_targets)
+    pop_pos = np.empty(n_targets, dtype=np.int64)
+    pop_pos[np.argsort(-popularity, kind="stable")] = np.arange(n_targets)
+    return Holdout(candidates=candidates, train=train[candidates], test=test[candidates],
+                   pop_pos=pop_pos, k=max(1, min(settings.k, n_targets)),
+                   settings_k=settings.k)
+
+
+@dataclass
+class _Sums:
+    """Per-source sums of one ranking (model or baseline) over the chunks."""
+
+    hits: np.ndarray
+    ndcg: np.ndarray
+    ap: np.ndarray
+    covered: np.ndarray  # (n_targets,) bool
+
+
+def _top_k_cols(scores: np.ndarray, k: int, covered: np.ndarray) -> None:
+    """Mark the targets in each row's top k (finite scores only), in row blocks."""
+    n_rows, n_cols = scores.shape
+    step = max(1, (CHUNK_CELLS >> 4) // max(n_cols, 1))  # argpartition copies as int64
+    for start in range(0, n_rows, step):
+        block = scores[start:start + step]
+        top = np.argpartition(block, n_cols - k, axis=1)[:, n_cols - k:]
+        finite = np.isfinite(np.take_along_axis(block, top, axis=1))
+        covered[top[finite]] = True
+
+
+def _rank_sums(scores: np.ndarray, held: sp.csr_matrix, k: int, sums: _Sums,
+               rows: slice) -> tuple[np.ndarray, np.ndarray]:
+    """Add one chunk's hits, NDCG@k and AP@k to ``sums``; returns (greater, pos_rows).
+
+    A held-out target's rank is 1 + the number of targets scored strictly
+    higher (seen targets score -inf); it is a hit when that rank is at most k.
+    AP@k sums, over the hits, the share of hits at or above each hit's rank,
+    divided by min(k, held-out count); NDCG@k uses binary relevance.
+    """
+    n = scores.shape[0]
+    pos_rows = np.repeat(np.arange(n), np.diff(held.indptr))
+    greater = _greater_counts(scores, pos_rows, held.indices, held.indptr)
+    in_top = greater < k
+    n_test = np.diff(held.indptr)
+    ideal = np.cumsum(1.0 / np.log2(np.arange(k) + 2.0))[np.minimum(n_test, k) - 1]
+    gain = np.where(in_top, 1.0 / np.log2(greater + 2.0), 0.0)
+    order = np.lexsort((greater, pos_rows))
+    sorted_rows = pos_rows[order]
+    nth = np.arange(order.size) - np.searchsorted(sorted_rows, sorted_rows, side="left")
+    sorted_greater = greater[order]
+    precision_at_hit = np.where(sorted_greater < k, (nth + 1) / (sorted_greater + 1.0), 0.0)
+    sums.hits[rows] = np.bincount(pos_rows, weights=in_top, minlength=n)
+    sums.ndcg[rows] = np.bincount(pos_rows, weights=gain, minlength=n) / ideal
+    sums.ap[rows] = (np.bincount(sorted_rows, weights=precision_at_hit, minlength=n)
+                     / np.minimum(n_test, k))
+    _top_k_cols(scores, k, sums.covered)
+    return greater, pos_rows
+
+
+def _chunks(holdout: Holdout, n_targets: int) -> list[slice]:
+    step = max(1, CHUNK_CELLS // max(n_targets, 1))  # per chunk of sources: bounded memory
+    n = holdout.candidates.size
+    return [slice(start, min(start + step, n)) for start in range(0, n, step)]
+
+
+def _masked(scores: np.ndarray, seen: sp.csr_matrix) -> np.ndarray:
+    scores[np.repeat(np.arange(scores.shape[0]), np.diff(seen.indptr)), seen.indices] = -np.inf
+    return scores
+
+
+def holdout_precision(holdout: Holdout, source_repr: np.ndarray,
+                      target_repr: np.ndarray) -> float:
+    """precision@k alone (the validation curve's figure), from one scoring pass."""
+    if holdout.candidates.size == 0:
+        return 0.0
+    hits = 0.0
+    for rows in _chunks(holdout, target_repr.shape[0]):
+        held = holdout.test[rows]
+        scores = _masked(source_repr[holdout.candidates[rows]] @ target_repr.T,
+                         holdout.train[rows])
+        pos_rows = np.repeat(np.arange(scores.shape[0]), np.diff(held.indptr))
+        greater = _greater_counts(scores, pos_rows, held.indices, held.indptr)
+        hits += float(np.count_nonzero(greater < holdout.k))
+    return round(hits / holdout.settings_k / holdout.candidates.size, 6)
+
+
 def evaluate(
     dataset: Dataset,
     test_mask: np.ndarray,
@@ -143,45 +233,59 @@ def evaluate(
     seed: int,
 ) -> Metrics:
     """Score the sampled held-out sources once; every metric comes from that pass."""
-    train_mask = ~test_mask
-    train, test = _csr(dataset, train_mask), _csr(dataset, test_mask)
-    candidates = np.flatnonzero(np.diff(test.indptr) > 0)
-    rng = np.random.default_rng(seed)
-    if candidates.size > settings.max_sources:
-        candidates = np.sort(rng.choice(candidates, settings.max_sources, replace=False))
-    if candidates.size == 0:
-        return {"k": settings.k, "precision_at_k": 0.0, "recall_at_k": 0.0, "auc": 0.0,
-                "baseline_precision_at_k": 0.0, "evaluated_sources": 0}
-    n_targets = dataset.n_targets
-    k = max(1, min(settings.k, n_targets))
-    train, test = train[candidates], test[candidates]  # row i = candidates[i]
-    # most popular first, ties by index (as a stable sort orders them)
-    popularity = np.bincount(dataset.cols[train_mask], minlength=n_targets)
-    pop_pos = np.empty(n_targets, dtype=np.int64)
-    pop_pos[np.argsort(-popularity, kind="stable")] = np.arange(n_targets)
-    baseline = _popularity_hits(train, test, pop_pos, k) / settings.k
-    n_seen, n_test = np.diff(train.indptr), np.diff(test.indptr)
-    hits = np.zeros(candidates.size)
-    auc = np.zeros(candidates.size)
-    step = max(1, CHUNK_CELLS // max(n_targets, 1))
-    for start in range(0, candidates.size, step):  # per chunk of sources: bounded memory
-        stop = min(start + step, candidates.size)
-        seen, held = train[start:stop], test[start:stop]
-        scores = source_repr[candidates[start:stop]] @ target_repr.T
-        scores[np.repeat(np.arange(stop - start), np.diff(seen.indptr)), seen.indices] = -np.inf
-        pos_rows = np.repeat(np.arange(stop - start), np.diff(held.indptr))
-        greater = _greater_counts(scores, pos_rows, held.indices, held.indptr)
-        # a held-out target is in the top k when fewer than k targets score higher
-        hits[start:stop] = np.bincount(pos_rows, weights=greater < k, minlength=stop - start)
-        n_neg = n_targets - n_seen[start:stop] - n_test[start:stop]
-        auc[start:stop] = _auc(scores[pos_rows, held.indices], greater, pos_rows,
-                               stop - start, n_neg)
-    precision, recall = hits / settings.k, hits / n_test
+    return evaluate_holdout(prepare_holdout(dataset, test_mask, settings, seed),
+                            source_repr, target_repr)
+
+
+def _empty(k: int) -> Metrics:
+    return {"k": k, "precision_at_k": 0.0, "recall_at_k": 0.0, "auc": 0.0, "ndcg_at_k": 0.0,
+            "map_at_k": 0.0, "coverage": 0.0, "baseline_precision_at_k": 0.0,
+            "baseline_ndcg_at_k": 0.0, "baseline_map_at_k": 0.0, "baseline_coverage": 0.0,
+            "evaluated_sources": 0}
+
+
+def evaluate_holdout(holdout: Holdout, source_repr: np.ndarray,
+                     target_repr: np.ndarray) -> Metrics:
+    """Every metric of the model and of the most-popular baseline on a prepared holdout.
+
+    The baseline ranks unseen targets by popularity on the training pairs
+    (ties by index); its scores are built per chunk like the model's, so both
+    go through the same ranking code.
+    """
+    n = holdout.candidates.size
+    if n == 0:
+        return _empty(holdout.settings_k)
+    n_targets, k = target_repr.shape[0], holdout.k
+    model, base = (_Sums(np.zeros(n), np.zeros(n), np.zeros(n), np.zeros(n_targets, bool))
+                   for _ in range(2))
+    auc = np.zeros(n)
+    n_seen, n_test = np.diff(holdout.train.indptr), np.diff(holdout.test.indptr)
+    popularity_scores = -holdout.pop_pos.astype(np.float32)
+    for rows in _chunks(holdout, n_targets):
+        seen, held = holdout.train[rows], holdout.test[rows]
+        scores = _masked(source_repr[holdout.candidates[rows]] @ target_repr.T, seen)
+        greater, pos_rows = _rank_sums(scores, held, k, model, rows)
+        n_neg = n_targets - n_seen[rows] - n_test[rows]
+        auc[rows] = _auc(scores[pos_rows, held.indices], greater, pos_rows,
+                         scores.shape[0], n_neg)
+        del scores
+        baseline = _masked(np.tile(popularity_scores, (held.shape[0], 1)), seen)
+        _rank_sums(baseline, held, k, base, rows)
     return {
-        "k": settings.k,
-        "precision_at_k": round(float(precision.mean()), 6),
-        "recall_at_k": round(float(recall.mean()), 6),
+        "k": holdout.settings_k,
+        "precision_at_k": _mean(model.hits / holdout.settings_k),
+        "recall_at_k": _mean(model.hits / n_test),
         "auc": round(float(np.nanmean(auc)) if np.isfinite(auc).any() else 0.0, 6),
-        "baseline_precision_at_k": round(float(baseline.mean()), 6),
-        "evaluated_sources": int(candidates.size),
+        "ndcg_at_k": _mean(model.ndcg),
+        "map_at_k": _mean(model.ap),
+        "coverage": round(float(model.covered.mean()), 6),
+        "baseline_precision_at_k": _mean(base.hits / holdout.settings_k),
+        "baseline_ndcg_at_k": _mean(base.ndcg),
+        "baseline_map_at_k": _mean(base.ap),
+        "baseline_coverage": round(float(base.covered.mean()), 6),
+        "evaluated_sources": int(n),
     }
+
+
+def _mean(values: np.ndarray) -> float:
+    return round(float(values.mean()), 6)

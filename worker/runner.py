@@ -47,6 +47,8 @@ Report = Callable[[ProgressMeta], None]
 #: Overall progress at which each phase starts (evaluation on / off).
 WITH_EVAL = {"loading_data": 1, "training": 10, "evaluating": 55, "saving": 95}
 WITHOUT_EVAL = {"loading_data": 1, "training": 10, "evaluating": 95, "saving": 95}
+#: With "auto" choices the evaluation fits come first, then the served fit.
+CHOOSING_FIRST = {"loading_data": 1, "evaluating": 10, "training": 65, "saving": 95}
 
 
 class Heartbeat:
@@ -82,13 +84,14 @@ class Progress:
     """Maps phase fractions onto the run's 0-100 scale; writes the record and reports."""
 
     def __init__(self, runs: Runs, ref: RunRef, owner: str, report: Report,
-                 evaluation: bool) -> None:
+                 evaluation: bool, choosing_first: bool = False) -> None:
         self.runs, self.ref, self.owner, self.report = runs, ref, owner, report
-        self.starts = WITH_EVAL if evaluation else WITHOUT_EVAL
+        self.starts = (CHOOSING_FIRST if evaluation and choosing_first
+                       else WITH_EVAL if evaluation else WITHOUT_EVAL)
         self.last = -1
 
     def _span(self, phase: str) -> tuple[int, int]:
-        order = ["loading_data", "training", "evaluating", "saving"]
+        order = sorted(self.starts, key=lambda p: (self.starts[p], p != "saving"))
         start = self.starts[phase]
         following = [self.starts[p] for p in order[order.index(phase) + 1:]] or [99]
         return start, max(following[0], start)
@@ -124,6 +127,8 @@ def _artifact(dataset: Dataset, trained: TrainedModel, manifest: dict[str, Any])
         target_popularity=(popularity / total).astype(np.float32),
         source_feature_embeddings=trained.source_feature_embeddings,
         source_feature_biases=trained.source_feature_biases,
+        target_feature_embeddings=trained.target_feature_embeddings,
+        target_feature_biases=trained.target_feature_biases,
     )
 
 
@@ -228,7 +233,11 @@ class Attempt:
         self.params: dict[str, Any] = record.get("params") or {}
         self.options: DatasetOptions = dataset_options(self.params)
         self.tp = train_params(self.params, svc.settings.train_threads)
-        self.progress = Progress(svc.runs, ref, owner, report, self.tp.evaluation.holdout > 0)
+        #: "auto" epochs or metadata: the holdout fits choose first, then the served fit
+        self.choosing = self.tp.evaluation.holdout > 0 and (
+            self.tp.epochs_auto or self.tp.metadata == "auto")
+        self.progress = Progress(svc.runs, ref, owner, report, self.tp.evaluation.holdout > 0,
+                                 self.choosing)
         started = record.get("start_timestamp") or now_iso()
         self.now = datetime.fromisoformat(started.replace("Z", "+00:00")).astimezone(UTC)
         #: seconds of each step, for logs and bench/train.py
@@ -286,9 +295,15 @@ class Attempt:
         epochs = self.tp.hyperparameters.epochs
 
         def on_progress(phase: str, fraction: float) -> None:
-            if phase == "training":
+            if phase == "training" and self.choosing:
+                self.progress("training", fraction, "Training on all the data with the chosen "
+                              f"epochs and features: {round(100 * fraction)}%.")
+            elif phase == "training":
                 done = round(fraction * epochs)
                 self.progress("training", fraction, f"Training: epoch {done} of {epochs}.")
+            elif self.choosing:
+                self.progress("evaluating", fraction, "Choosing epochs and metadata features: "
+                              "fitting on the holdout split.")
             else:
                 self.progress("evaluating", fraction,
                               "Evaluating: fitting a second model on the holdout split.")
@@ -310,7 +325,7 @@ class Attempt:
             ref, owner=self.owner, message=message,
             model_fields={"source_type": self.options.source_type,
                           "target_type": self.options.target_type},
-            fields={"metrics": trained.metrics},
+            fields={"metrics": trained.metrics, "training": trained.training_choice()},
         )
         if status is None:  # ended elsewhere (cancelled, reconciled) while saving
             delete_version(svc.storage, ref.tenant, ref.model_id, ref.version)
@@ -324,15 +339,18 @@ class Attempt:
 def record_manifest(batch_ids: list[str], params: dict[str, Any], dataset: Dataset,
                     trained: TrainedModel) -> dict[str, Any]:
     """The manifest.json of a version (see :mod:`shared.models.artifact`)."""
-    features = dataset.source_features
+    features = dataset.source_features if trained.metadata_features else None
+    targets = dataset.target_features if trained.metadata_features else None
+    hyperparameters = {**params.get("hyperparameters", {}), "epochs": trained.epochs}
     return {
         "created_at": now_iso(),
         "source_type": params.get("source_type", "user"),
         "target_type": params.get("target_type", "item"),
-        "hyperparameters": params.get("hyperparameters", {}),
+        "hyperparameters": hyperparameters,
         "evaluation": params.get("evaluation", {}),
         "interaction_weights": params.get("interaction_weights", {}),
-        "use_metadata_features": bool(params.get("use_metadata_features", True)),
+        "use_metadata_features": trained.metadata_features,
+        "training": trained.training_choice(),
         "no_components": int(trained.source_repr.shape[1] - 2),
         "n_sources": dataset.n_sources,
         "n_targets": dataset.n_targets,
@@ -341,5 +359,9 @@ def record_manifest(batch_ids: list[str], params: dict[str, Any], dataset: Datas
         "data_hash": dataset.data_hash(),
         "metrics": trained.metrics,
         "source_features": None if features is None else {
-            "names": features.names, "numeric_scales": features.numeric_scales},
+            "names": features.names, "numeric_scales": features.numeric_scales,
+            "metadata_weight": features.metadata_weight},
+        "target_features": None if targets is None else {
+            "names": targets.names, "numeric_scales": targets.numeric_scales,
+            "metadata_weight": targets.metadata_weight},
     }

@@ -1,26 +1,35 @@
 """The pure training function: LightFM fit one epoch at a time, with progress and cancel hooks.
 
-No Celery here. :func:`train` fits the served model on every pair, then (when
-evaluation is on) a second model on the holdout split and scores it with
-:mod:`worker.evaluation`. It reports ``on_progress(phase, fraction)`` after
-each epoch and asks ``should_cancel()`` between epochs. LightFM is imported
-inside the functions, so importing this module in a prefork parent never
-touches OpenMP (see DESIGN.md, "Known pitfalls").
+No Celery here. :func:`train` fits the served model on every pair and (when
+evaluation is on) a second model on the holdout split, scored with
+:mod:`worker.evaluation`; with ``epochs: "auto"`` or ``use_metadata_features:
+"auto"`` the evaluation fits come first and choose (:mod:`worker.selection`).
+It reports ``on_progress(phase, fraction)`` after each epoch and asks
+``should_cancel()`` between epochs. LightFM is imported inside the
+functions, so importing this module in a prefork parent never touches
+OpenMP (see DESIGN.md, "Known pitfalls").
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import scipy.sparse as sp
 
-from shared.contracts import HYPERPARAMETER_DEFAULTS, Metrics
+from shared.contracts import (
+    AUTO_EPOCHS_WITHOUT_HOLDOUT,
+    HYPERPARAMETER_DEFAULTS,
+    Candidates,
+    CurvePoint,
+    Metrics,
+    TrainingChoice,
+)
 from shared.data.assembly import Dataset
 from shared.errors import ServiceError, TrainingFailed
-from worker.evaluation import EvaluationSettings, evaluate, holdout_split
+from worker.evaluation import EvaluationSettings, holdout_split
 
 if TYPE_CHECKING:
     from lightfm import LightFM
@@ -32,11 +41,15 @@ CancelHook = Callable[[], bool]
 
 @dataclass(frozen=True)
 class Hyperparameters:
-    """LightFM's knobs (docs/api.md table); defaults are the documented ones."""
+    """LightFM's knobs (docs/api.md table); defaults are the documented ones, except ``epochs``.
+
+    ``epochs`` is a fixed count here; the service's default ``"auto"`` is
+    :attr:`TrainParams.epochs_auto` (the stored ``epochs`` is then its bound).
+    """
 
     loss: str = HYPERPARAMETER_DEFAULTS["loss"]
     no_components: int = HYPERPARAMETER_DEFAULTS["no_components"]
-    epochs: int = HYPERPARAMETER_DEFAULTS["epochs"]
+    epochs: int = 10
     learning_rate: float = HYPERPARAMETER_DEFAULTS["learning_rate"]
     item_alpha: float = HYPERPARAMETER_DEFAULTS["item_alpha"]
     user_alpha: float = HYPERPARAMETER_DEFAULTS["user_alpha"]
@@ -46,11 +59,21 @@ class Hyperparameters:
 
 @dataclass(frozen=True)
 class TrainParams:
-    """Everything :func:`train` needs besides the data."""
+    """Everything :func:`train` needs besides the data.
+
+    The defaults here are a fixed setting (LightFM called directly); the
+    service's defaults (``"auto"`` for both choices) come from
+    :func:`worker.params.train_params`.
+    """
 
     hyperparameters: Hyperparameters = field(default_factory=Hyperparameters)
     evaluation: EvaluationSettings = field(default_factory=EvaluationSettings)
     threads: int = 1
+    #: Stop on the holdout (API.md ``epochs: "auto"``), at most ``max_epochs``.
+    epochs_auto: bool = False
+    max_epochs: int = HYPERPARAMETER_DEFAULTS["max_epochs"]
+    #: True, False, or "auto": compare both on the holdout, keep metadata unless it loses.
+    metadata: bool | Literal["auto"] = True
 
 
 @dataclass(frozen=True)
@@ -63,8 +86,27 @@ class TrainedModel:
     source_feature_biases: np.ndarray | None  # (n_meta,) float32
     metrics: Metrics | None
     epoch_seconds: float
-    evaluation_seconds: float = 0.0  # split, second fit and scoring together
+    #: Metadata-feature rows of the target side (new targets, similar items of unseen ones).
+    target_feature_embeddings: np.ndarray | None = None  # (n_target_meta, k) float32
+    target_feature_biases: np.ndarray | None = None  # (n_target_meta,) float32
+    evaluation_seconds: float = 0.0  # split, evaluation fits and scoring together
     scoring_seconds: float = 0.0
+    epochs: int = 0  # epochs the served fit trained
+    metadata_features: bool = False  # whether the served fit used metadata features
+    curve: list[CurvePoint] = field(default_factory=list)  # of the chosen evaluation fit
+    candidates: Candidates | None = None  # only when "auto" compared with and without
+    #: Wall seconds of each evaluation fit (with its scoring), in the order they ran: as
+    #: separate tasks they would run at once, so the longest is what a run waits for.
+    candidate_seconds: tuple[float, ...] = ()
+
+    def training_choice(self) -> TrainingChoice:
+        """The status object's ``training`` field (API.md, "Choices made from the data")."""
+        choice: TrainingChoice = {"epochs": self.epochs,
+                                  "metadata_features": self.metadata_features,
+                                  "curve": list(self.curve)}
+        if self.candidates is not None:
+            choice["candidates"] = self.candidates
+        return choice
 
 
 class TrainingCancelled(ServiceError):
@@ -99,6 +141,53 @@ def representations(model: LightFM, dataset: Dataset) -> tuple[np.ndarray, np.nd
     return source_repr, target_repr
 
 
+def new_model(hp: Hyperparameters) -> LightFM:
+    """An untrained LightFM model with the run's hyperparameters."""
+    from lightfm import LightFM
+
+    return LightFM(
+        no_components=hp.no_components, loss=hp.loss, learning_rate=hp.learning_rate,
+        item_alpha=hp.item_alpha, user_alpha=hp.user_alpha, max_sampled=hp.max_sampled,
+        random_state=hp.random_state,
+    )
+
+
+def fit_inputs(dataset: Dataset, hp: Hyperparameters,
+               mask: np.ndarray | None) -> tuple[sp.coo_matrix, sp.coo_matrix | None]:
+    """(interactions, sample weights or None) of the pairs (or the ``mask`` subset)."""
+    weights = None if hp.loss == "warp-kos" or dataset.uniform_weights else (
+        dataset.weight_matrix(mask))
+    return dataset.matrix(mask), weights
+
+
+def fit_epoch(model: LightFM, dataset: Dataset, interactions: sp.coo_matrix,
+              weights: sp.coo_matrix | None, threads: int, should_cancel: CancelHook) -> None:
+    """One epoch of ``fit_partial``; cancel is checked before it, LightFM errors mapped."""
+    if should_cancel():
+        raise TrainingCancelled("The run was cancelled.")
+    try:
+        model.fit_partial(
+            interactions, user_features=_side(dataset.source_features),
+            item_features=_side(dataset.target_features), sample_weight=weights,
+            epochs=1, num_threads=threads,
+        )
+    except ValueError as exc:
+        raise TrainingFailed(
+            f"LightFM could not fit the model: {exc}. A lower learning_rate, or "
+            "item_alpha/user_alpha closer to 0, usually helps.",
+            code="training_diverged",
+        ) from exc
+
+
+def check_finite(model: LightFM) -> None:
+    """TrainingFailed when the parameters are no longer finite."""
+    if not (np.isfinite(model.user_embeddings).all() and np.isfinite(model.item_embeddings).all()):
+        raise TrainingFailed(
+            "The model diverged (its parameters are not finite); lower learning_rate.",
+            code="training_diverged",
+        )
+
+
 def fit(
     dataset: Dataset,
     hp: Hyperparameters,
@@ -108,38 +197,50 @@ def fit(
     mask: np.ndarray | None = None,
 ) -> LightFM:
     """Fit a LightFM model on the dataset's pairs (or the ``mask`` subset), epoch by epoch."""
-    from lightfm import LightFM
-
-    model = LightFM(
-        no_components=hp.no_components, loss=hp.loss, learning_rate=hp.learning_rate,
-        item_alpha=hp.item_alpha, user_alpha=hp.user_alpha, max_sampled=hp.max_sampled,
-        random_state=hp.random_state,
-    )
-    interactions = dataset.matrix(mask)
-    weights = None if hp.loss == "warp-kos" or dataset.uniform_weights else (
-        dataset.weight_matrix(mask))
+    model = new_model(hp)
+    interactions, weights = fit_inputs(dataset, hp, mask)
     for epoch in range(hp.epochs):
-        if should_cancel():
-            raise TrainingCancelled("The run was cancelled.")
-        try:
-            model.fit_partial(
-                interactions, user_features=_side(dataset.source_features),
-                item_features=_side(dataset.target_features), sample_weight=weights,
-                epochs=1, num_threads=threads,
-            )
-        except ValueError as exc:
-            raise TrainingFailed(
-                f"LightFM could not fit the model: {exc}. A lower learning_rate, or "
-                "item_alpha/user_alpha closer to 0, usually helps.",
-                code="training_diverged",
-            ) from exc
+        fit_epoch(model, dataset, interactions, weights, threads, should_cancel)
         on_epoch(epoch + 1)
-    if not (np.isfinite(model.user_embeddings).all() and np.isfinite(model.item_embeddings).all()):
-        raise TrainingFailed(
-            "The model diverged (its parameters are not finite); lower learning_rate.",
-            code="training_diverged",
-        )
+    check_finite(model)
     return model
+
+
+def _snapshot(model: LightFM, dataset: Dataset) -> _Snapshot:
+    source_repr, target_repr = representations(model, dataset)
+    feature_emb = feature_bias = target_emb = target_bias = None
+    if dataset.source_features is not None:
+        n = dataset.n_sources
+        feature_emb = np.ascontiguousarray(model.user_embeddings[n:], dtype=np.float32)
+        feature_bias = np.ascontiguousarray(model.user_biases[n:], dtype=np.float32)
+    if dataset.target_features is not None:
+        n = dataset.n_targets
+        target_emb = np.ascontiguousarray(model.item_embeddings[n:], dtype=np.float32)
+        target_bias = np.ascontiguousarray(model.item_biases[n:], dtype=np.float32)
+    return _Snapshot(source_repr, target_repr, feature_emb, feature_bias, target_emb,
+                     target_bias)
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    source_repr: np.ndarray
+    target_repr: np.ndarray
+    feature_embeddings: np.ndarray | None
+    feature_biases: np.ndarray | None
+    target_feature_embeddings: np.ndarray | None = None
+    target_feature_biases: np.ndarray | None = None
+
+
+def _served(dataset: Dataset, hp: Hyperparameters, epochs: int, threads: int,
+            on_progress: Callable[[float], None],
+            should_cancel: CancelHook) -> tuple[_Snapshot, float]:
+    """The served fit on all pairs: (its representations, seconds per epoch)."""
+    import time
+
+    started = time.perf_counter()
+    model = fit(dataset, replace(hp, epochs=epochs), threads,
+                lambda epoch: on_progress(epoch / epochs), should_cancel)
+    return _snapshot(model, dataset), (time.perf_counter() - started) / epochs
 
 
 def train(
@@ -148,40 +249,67 @@ def train(
     on_progress: ProgressHook,
     should_cancel: CancelHook,
 ) -> TrainedModel:
-    """Fit the served model on all pairs; then, unless holdout is 0, evaluate a split fit."""
+    """Fit the served model on all pairs; unless holdout is 0, evaluate on a split fit.
+
+    With ``epochs_auto`` or ``metadata == "auto"`` (and a holdout), the
+    evaluation fits come first (:func:`worker.selection.choose`) and the served
+    fit then trains the chosen epochs with the chosen features. Otherwise the
+    served fit comes first and one evaluation fit of the same epochs follows.
+    """
     import time
 
+    from worker.selection import choose, evaluation_fit
+
     hp = params.hyperparameters
-    started = time.perf_counter()
-    model = fit(dataset, hp, params.threads,
-                lambda epoch: on_progress("training", epoch / hp.epochs), should_cancel)
-    epoch_seconds = (time.perf_counter() - started) / hp.epochs
-    source_repr, target_repr = representations(model, dataset)
-    feature_emb = feature_bias = None
-    if dataset.source_features is not None:
-        n = dataset.n_sources
-        feature_emb = np.ascontiguousarray(model.user_embeddings[n:], dtype=np.float32)
-        feature_bias = np.ascontiguousarray(model.user_biases[n:], dtype=np.float32)
-    metrics: Metrics | None = None
+    use_metadata = params.metadata is not False and dataset.has_metadata
+    data = dataset if use_metadata else dataset.without_metadata()
+    holdout = params.evaluation.holdout
+    test_mask = holdout_split(dataset, holdout) if holdout > 0 else None
+    has_test = test_mask is not None and bool(test_mask.any())
+    auto = has_test and (params.epochs_auto or (params.metadata == "auto" and use_metadata))
     evaluation_started = time.perf_counter()
+    if auto and test_mask is not None:
+        choice = choose(dataset, params, test_mask,
+                        lambda f: on_progress("evaluating", f), should_cancel)
+        evaluation_seconds = time.perf_counter() - evaluation_started
+        data = dataset if choice.metadata_features else dataset.without_metadata()
+        snapshot, epoch_seconds = _served(data, hp, choice.epochs, params.threads,
+                                          lambda f: on_progress("training", f), should_cancel)
+        return replace(
+            _trained(snapshot, choice.metrics, epoch_seconds, evaluation_seconds,
+                     choice.scoring_seconds, choice.epochs, choice.metadata_features,
+                     choice.curve, choice.candidates),
+            candidate_seconds=tuple(r.seconds for r in choice.results))
+    epochs = hp.epochs
+    if params.epochs_auto:  # no holdout to stop on (API.md): a fixed count
+        epochs = AUTO_EPOCHS_WITHOUT_HOLDOUT
+    snapshot, epoch_seconds = _served(data, hp, epochs, params.threads,
+                                      lambda f: on_progress("training", f), should_cancel)
+    evaluation_started = time.perf_counter()
+    metrics: Metrics | None = None
+    curve: list[CurvePoint] = []
     scoring_seconds = 0.0
-    if params.evaluation.holdout > 0:
-        test_mask = holdout_split(dataset, params.evaluation.holdout)
-        if test_mask.any():
-            # the scoring pass is ~1 epoch's worth of work; count it as one more step
-            steps = hp.epochs + 1
-            split_model = fit(dataset, hp, params.threads,
-                              lambda epoch: on_progress("evaluating", epoch / steps),
-                              should_cancel, mask=~test_mask)
-            split_source, split_target = representations(split_model, dataset)
-            scoring_started = time.perf_counter()
-            metrics = evaluate(dataset, test_mask, split_source, split_target,
-                               params.evaluation, hp.random_state)
-            scoring_seconds = time.perf_counter() - scoring_started
-            on_progress("evaluating", 1.0)
-    return TrainedModel(source_repr=source_repr, target_repr=target_repr,
-                        source_feature_embeddings=feature_emb,
-                        source_feature_biases=feature_bias, metrics=metrics,
-                        epoch_seconds=epoch_seconds,
-                        evaluation_seconds=time.perf_counter() - evaluation_started,
-                        scoring_seconds=scoring_seconds)
+    if has_test and test_mask is not None:
+        steps = epochs + 1  # the scoring pass is ~1 epoch's worth of work
+        result = evaluation_fit(data, params, test_mask, epochs, early_stopping=False,
+                                on_epoch=lambda e: on_progress("evaluating", e / steps),
+                                should_cancel=should_cancel)
+        metrics, curve, scoring_seconds = result.metrics, result.curve, result.scoring_seconds
+        on_progress("evaluating", 1.0)
+    return _trained(snapshot, metrics, epoch_seconds, time.perf_counter() - evaluation_started,
+                    scoring_seconds, epochs, use_metadata, curve, None)
+
+
+def _trained(snapshot: _Snapshot, metrics: Metrics | None, epoch_seconds: float,
+             evaluation_seconds: float, scoring_seconds: float, epochs: int,
+             metadata_features: bool, curve: list[CurvePoint],
+             candidates: Candidates | None) -> TrainedModel:
+    return TrainedModel(
+        source_repr=snapshot.source_repr, target_repr=snapshot.target_repr,
+        source_feature_embeddings=snapshot.feature_embeddings,
+        source_feature_biases=snapshot.feature_biases, metrics=metrics,
+        target_feature_embeddings=snapshot.target_feature_embeddings,
+        target_feature_biases=snapshot.target_feature_biases,
+        epoch_seconds=epoch_seconds, evaluation_seconds=evaluation_seconds,
+        scoring_seconds=scoring_seconds, epochs=epochs, metadata_features=metadata_features,
+        curve=curve, candidates=candidates)

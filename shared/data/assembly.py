@@ -18,9 +18,9 @@ Rules (docs/api.md, "Training"):
   user's chosen range (a pair seen 500 times would otherwise take 500-fold
   gradient steps);
 - with ``use_metadata_features`` each side gets a feature matrix of its
-  identity features followed by its metadata features (:mod:`shared.data.features`),
-  every row normalised to an absolute sum of 1; a side without any metadata
-  feature gets none (LightFM's implicit identity, the same model, faster).
+  identity features (weight 1), then its metadata features at ``METADATA_WEIGHT``
+  (:mod:`shared.data.features`); a side without metadata features gets none (LightFM's
+  implicit identity); ``"auto"`` builds them and training decides whether to use them.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from __future__ import annotations
 import hashlib
 import io
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
 
 import numpy as np
 import orjson
@@ -39,7 +39,7 @@ import pyarrow.json as pajson
 import scipy.sparse as sp
 
 from shared.contracts import Counts
-from shared.data.features import entity_features, numeric_scales_of
+from shared.data.features import METADATA_WEIGHT, entity_features, numeric_scales_of
 from shared.errors import TrainingFailed
 
 #: Timestamp of a pair without one: older than any real timestamp.
@@ -53,16 +53,17 @@ class DatasetOptions:
     source_type: str = "user"
     target_type: str = "item"
     interaction_weights: Mapping[str, float] = field(default_factory=dict)
-    use_metadata_features: bool = True
+    use_metadata_features: bool | Literal["auto"] = True
 
 
 @dataclass(frozen=True)
 class SideFeatures:
     """One side's feature matrix: identity columns first, then ``names`` (metadata)."""
 
-    matrix: sp.csr_matrix  # (n_entities, n_entities + len(names)) float32, rows abs-sum 1
+    matrix: sp.csr_matrix  # (n_entities, n_entities + len(names)) float32, identity 1
     names: list[str]
     numeric_scales: dict[str, float]
+    metadata_weight: float = METADATA_WEIGHT  # what cold start must multiply by
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,15 @@ class Dataset:
     def n_targets(self) -> int:
         """Number of targets (columns)."""
         return int(self.target_ids.shape[0])
+
+    @property
+    def has_metadata(self) -> bool:
+        """True when either side carries metadata features."""
+        return self.source_features is not None or self.target_features is not None
+
+    def without_metadata(self) -> Dataset:
+        """The same pairs without feature matrices (LightFM's implicit identity)."""
+        return replace(self, source_features=None, target_features=None)
 
     @property
     def uniform_weights(self) -> bool:
@@ -164,12 +174,9 @@ def _index(values: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _sort_order(keys: np.ndarray) -> np.ndarray:
-    """A sorting permutation of non-negative int64 ``keys``.
-
-    NumPy's value sort is SIMD-accelerated and about twice as fast as
-    ``argsort``: when key and position fit in 63 bits together, sort
-    ``key << bits | position`` and keep the positions.
-    """
+    """A sorting permutation of non-negative int64 ``keys``: when key and position fit in
+    63 bits, sort ``key << bits | position`` (NumPy's SIMD value sort is about twice as
+    fast as ``argsort``) and keep the positions."""
     n = keys.size
     bits = max(1, int(n - 1).bit_length())
     top = int(keys.max()) if n else 0
@@ -322,12 +329,10 @@ def side_features(entities: pa.Table, own_type: str, ids: np.ndarray) -> SideFea
     n = ids.shape[0]
     all_rows = np.concatenate([np.arange(n, dtype=np.int64), meta_rows])
     all_cols = np.concatenate([np.arange(n, dtype=np.int64), n + feature_cols])
-    all_w = np.concatenate([np.ones(n, dtype=np.float32), meta_w])
+    all_w = np.concatenate([np.ones(n, dtype=np.float32), meta_w * METADATA_WEIGHT])
     matrix = sp.coo_matrix((all_w, (all_rows, all_cols)),
                            shape=(n, n + len(feature_names))).tocsr()
     matrix.sum_duplicates()
-    row_sums = np.asarray(abs(matrix).sum(axis=1)).ravel()
-    matrix = sp.diags((1.0 / np.maximum(row_sums, 1e-12)).astype(np.float32)) @ matrix
     return SideFeatures(matrix=matrix.astype(np.float32).tocsr(), names=feature_names,
                         numeric_scales=scales)
 
@@ -390,11 +395,12 @@ def describe(dataset: Dataset) -> dict[str, Any]:
 
 
 def dataset_options(params: Mapping[str, Any]) -> DatasetOptions:
-    """What of the selected data becomes model input."""
+    """What of the selected data becomes model input ("auto" metadata is the default)."""
+    metadata = params.get("use_metadata_features", "auto")
     return DatasetOptions(
         source_type=str(params.get("source_type") or "user"),
         target_type=str(params.get("target_type") or "item"),
         interaction_weights={str(k): float(v)
                              for k, v in (params.get("interaction_weights") or {}).items()},
-        use_metadata_features=bool(params.get("use_metadata_features", True)),
+        use_metadata_features="auto" if metadata == "auto" else bool(metadata),
     )

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import redis
 
-from shared.data.features import cold_start_row
+from shared.data.features import METADATA_WEIGHT, cold_start_row
 from shared.errors import Conflict, DependencyUnavailable, NotFound
 from shared.models import scoring
 from shared.models.artifact import CACHE_SUBDIR, ModelArtifact, load_artifact
@@ -51,6 +51,7 @@ class LoadedModel:
     pop_order: np.ndarray = field(init=False)
     feature_index: dict[str, int] | None = field(init=False)
     numeric_scales: dict[str, float] = field(init=False)
+    metadata_weight: float = field(init=False)
 
     def __post_init__(self) -> None:
         # Only the permutation is kept: lookups search the memory-mapped ids through it.
@@ -65,6 +66,8 @@ class LoadedModel:
         else:
             self.feature_index = None
             self.numeric_scales = {}
+        # the weight training gave metadata features (shared.data.features); absent: the default
+        self.metadata_weight = float((spec or {}).get("metadata_weight", METADATA_WEIGHT))
 
     @property
     def source_type(self) -> str:
@@ -108,7 +111,8 @@ class LoadedModel:
             return None
         if art.source_feature_biases is None:
             return None
-        idx, weights = cold_start_row(metadata, self.feature_index, self.numeric_scales)
+        idx, weights = cold_start_row(metadata, self.feature_index, self.numeric_scales,
+                                      self.metadata_weight)
         if len(idx) == 0:
             return None
         return scoring.cold_start_repr(

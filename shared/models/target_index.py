@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 import redis
 
 from shared.data.batches import batch_ids_newest_first
-from shared.data.features import cold_start_row
+from shared.data.features import METADATA_WEIGHT, cold_start_row
 from shared.data.filters import (
     METADATA_PREFIX,
     Condition,
@@ -100,7 +100,8 @@ def target_repr_from_metadata(model: LoadedModel, metadata: Mapping[str, Any]
     art = model.artifact
     if spec is None or art.target_feature_embeddings is None or art.target_feature_biases is None:
         return None
-    idx, weights = cold_start_row(metadata, spec[0], spec[1])
+    weight = float(art.manifest["target_features"].get("metadata_weight", METADATA_WEIGHT))
+    idx, weights = cold_start_row(metadata, spec[0], spec[1], weight)
     if len(idx) == 0:
         return None
     emb = np.asarray(art.target_feature_embeddings, dtype=np.float32)[idx]

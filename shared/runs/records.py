@@ -24,12 +24,12 @@ from typing import Any, cast
 
 import redis
 
-from shared.contracts import Counts, Metrics, Phase, RunState, RunStatus
+from shared.contracts import Counts, Metrics, Phase, RunState, RunStatus, TrainingChoice
 from shared.errors import Conflict, NotFound
 from shared.registry import global_key, redis_guard, tenant_key
 
 FINAL_STATES: frozenset[str] = frozenset({"completed", "error"})
-_JSON_FIELDS = ("data_batch_ids", "counts", "metrics", "params", "tuning")
+_JSON_FIELDS = ("data_batch_ids", "counts", "metrics", "params", "tuning", "training")
 
 
 def now_iso(now: datetime | None = None) -> str:
@@ -177,6 +177,7 @@ def status_of(record: dict[str, Any]) -> RunStatus:
         "metrics": cast(Metrics | None, record.get("metrics")),
         "callback": None,
         "tuning": public_tuning(record.get("tuning")),
+        "training": cast(TrainingChoice | None, record.get("training")),
     }
 
 

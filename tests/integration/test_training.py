@@ -176,7 +176,9 @@ def test_the_soft_time_limit_ends_a_run_as_error_with_a_clear_message(
 def test_a_trained_model_serves_recommendations_and_cold_start(
     stack: Stack, http: requests.Session, data: int
 ) -> None:
-    body = {"model_id": "m-serve", "data_tags": ["clusters"],
+    # metadata on explicitly: "auto" (the default) may drop it when it does not help the
+    # holdout, and this test is about cold start from metadata
+    body = {"model_id": "m-serve", "data_tags": ["clusters"], "use_metadata_features": True,
             "hyperparameters": {"epochs": 20, "no_components": 16}}
     assert http.post(stack.url("/train"), json=body, headers=stack.headers(),
                      timeout=10).status_code == 202

@@ -14,6 +14,7 @@ on a worker: the parent task only enqueues, and returns.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -103,7 +104,9 @@ def _dataset(svc: WorkerServices, ref: RunRef, record: dict[str, Any],
     """The run's data as of its start, with or without metadata features (cached)."""
     started = record.get("start_timestamp") or now_iso()
     options = dataset_options(params)
-    key = (ref.key, started, options.use_metadata_features)
+    if not isinstance(options.use_metadata_features, bool):  # "auto" outside the space: keep
+        options = dataclasses.replace(options, use_metadata_features=True)
+    key = (ref.key, started, bool(options.use_metadata_features))
     if key not in _dataset_cache:
         _dataset_cache.clear()
         now = datetime.fromisoformat(started.replace("Z", "+00:00")).astimezone(UTC)

@@ -12,8 +12,9 @@ from typing import Any
 
 from shared.data.assembly import Dataset
 from shared.errors import TrainingFailed
-from worker.evaluation import evaluate, holdout_split
-from worker.training import CancelHook, TrainParams, fit, representations
+from worker.evaluation import holdout_split
+from worker.selection import evaluation_fit
+from worker.training import CancelHook, TrainParams
 
 
 @dataclass(frozen=True)
@@ -34,15 +35,11 @@ def run_trial(dataset: Dataset, params: TrainParams, metric: str,
         raise TrainingFailed("No source has 2 or more interactions to hold out, so a trial "
                              "has nothing to score; a search needs more data per source.",
                              code="nothing_to_evaluate")
-    hp = params.hyperparameters
-    # TODO(#13, branch ``quality``): choose the epochs as ``epochs: "auto"`` does, by early
-    # stopping on this holdout inside worker.training.train, and return the chosen count
-    # from TrainedModel instead of the request's fixed epochs.
-    model = fit(dataset, hp, params.threads, lambda _epoch: None, should_cancel,
-                mask=~test_mask)
-    source_repr, target_repr = representations(model, dataset)
-    metrics = evaluate(dataset, test_mask, source_repr, target_repr, params.evaluation,
-                       hp.random_state)
-    raw: Any = dict(metrics).get(metric)  # ndcg_at_k, map_at_k: reported once #13 lands
+    # Epochs as ``"auto"`` chooses them: early stopping on this holdout, bounded by the
+    # request's epochs (its ``max_epochs`` under "auto"); the metrics are the best epoch's.
+    result = evaluation_fit(dataset, params, test_mask, params.hyperparameters.epochs,
+                            params.epochs_auto, lambda _epoch: None, should_cancel)
+    raw: Any = dict(result.metrics).get(metric)
     value = None if raw is None else float(raw)
-    return TrialResult(value=value, epochs=hp.epochs, seconds=time.perf_counter() - started)
+    return TrialResult(value=value, epochs=result.epochs,
+                       seconds=time.perf_counter() - started)

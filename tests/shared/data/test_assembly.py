@@ -12,7 +12,7 @@ import pytest
 
 import shared.data.assembly as ds
 from shared.data.assembly import DatasetOptions, EmptyData, build_dataset
-from shared.data.features import entity_features
+from shared.data.features import METADATA_WEIGHT, entity_features
 
 
 def _entities(rows: list[tuple[str, str, dict[str, Any]]]) -> pa.Table:
@@ -80,7 +80,7 @@ def test_no_interactions_at_all_is_an_empty_data_error() -> None:
         build_dataset(NO_ENTITIES, _interactions([]), DatasetOptions())
 
 
-def test_metadata_features_follow_the_rule_with_rows_normalised() -> None:
+def test_metadata_features_follow_the_rule_identity_at_full_weight() -> None:
     entities = _entities([
         ("u1", "user", {"age": 30, "country": "fr", "tags": ["a", "b"], "vip": True}),
         ("u2", "user", {"age": -60, "since": "2020-01-01"}),
@@ -92,15 +92,14 @@ def test_metadata_features_follow_the_rule_with_rows_normalised() -> None:
     side = dataset.source_features
     assert side is not None and side.numeric_scales == {"age": 60.0}
     dense = side.matrix.toarray()
-    np.testing.assert_allclose(np.abs(dense).sum(axis=1), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(np.diag(dense[:, :dataset.n_sources]), 1.0)  # no normalising
     u1 = dataset.source_ids.tolist().index("u1")
     row = {name: dense[u1, dataset.n_sources + j] for j, name in enumerate(side.names)
            if dense[u1, dataset.n_sources + j] != 0}
-    total = 1 + 0.5 + 1 + 1 + 1 + 1
-    assert row == pytest.approx({"age": 0.5 / total, "country=fr": 1 / total,
-                                 "tags=a": 1 / total, "tags=b": 1 / total,
-                                 "vip=true": 1 / total})
-    assert dense[u1, u1] == pytest.approx(1 / total)
+    w = METADATA_WEIGHT
+    assert row == pytest.approx({"age": 0.5 * w, "country=fr": w, "tags=a": w, "tags=b": w,
+                                 "vip=true": w})
+    assert dense[u1, u1] == 1.0
     assert "since=2020-01-01" in side.names  # a date-like string stays a string
     off = build_dataset(entities, data, DatasetOptions(use_metadata_features=False))
     assert off.source_features is None
@@ -117,10 +116,9 @@ def test_mixed_type_metadata_takes_the_per_entity_path_with_the_same_result() ->
     for i, metadata in enumerate(metas):
         row = dataset.source_ids.tolist().index(f"u{i}")
         expected = entity_features(metadata, side.numeric_scales)
-        total = 1 + sum(abs(w) for w in expected.values())
         got = {name: dense[row, dataset.n_sources + j] for j, name in enumerate(side.names)
                if dense[row, dataset.n_sources + j] != 0}
-        assert got == pytest.approx({k: v / total for k, v in expected.items()})
+        assert got == pytest.approx({k: v * METADATA_WEIGHT for k, v in expected.items()})
 
 
 def _feature_rows(side: ds.SideFeatures, n: int) -> list[dict[str, float]]:
@@ -155,10 +153,10 @@ def test_vectorised_and_per_entity_metadata_paths_agree() -> None:
         assert fast.numeric_scales == pytest.approx(expected_scales)
         for row, metadata in enumerate(metas):
             wanted = entity_features(metadata, expected_scales)
-            total = 1 + sum(abs(w) for w in wanted.values())
             got = _feature_rows(fast, len(metas))[row]
             # float32 matrices drop weights too small to represent (e.g. 1e-130 / 1)
-            expected = {k: v / total for k, v in wanted.items() if np.float32(v / total) != 0}
+            expected = {k: v * METADATA_WEIGHT for k, v in wanted.items()
+                        if np.float32(v * METADATA_WEIGHT) != 0}
             assert got == pytest.approx(expected, abs=1e-6), metas
 
     check()

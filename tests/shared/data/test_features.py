@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from shared.data.features import cold_start_row, entity_features, numeric_scales_of
+from shared.data.features import (
+    METADATA_WEIGHT,
+    cold_start_row,
+    entity_features,
+    numeric_scales_of,
+)
 
 
 def test_each_value_kind_becomes_the_documented_feature() -> None:
@@ -40,14 +45,15 @@ def test_scales_are_the_largest_absolute_value_per_key() -> None:
     assert scales == {"a": 7.5}
 
 
-def test_cold_start_row_keeps_known_features_normalised() -> None:
+def test_cold_start_row_keeps_known_features_at_the_training_weight() -> None:
     index = {"genre=jazz": 3, "price": 0}
     idx, w = cold_start_row({"genre": "jazz", "price": 5, "unknown": "z"}, index, {"price": 10.0})
     assert idx.dtype == np.int32 and w.dtype == np.float32
     assert dict(zip(idx.tolist(), w.tolist(), strict=True)) == {
-        3: np.float32(1 / 1.5), 0: np.float32(0.5 / 1.5)
+        3: np.float32(METADATA_WEIGHT), 0: np.float32(0.5 * METADATA_WEIGHT)
     }
-    assert abs(float(np.abs(w).sum()) - 1.0) < 1e-6
+    _, w2 = cold_start_row({"genre": "jazz"}, index, {}, metadata_weight=0.2)
+    assert w2.tolist() == [np.float32(0.2)]
 
 
 def test_cold_start_row_without_known_features_is_empty() -> None:

@@ -13,6 +13,7 @@ import fakeredis
 import numpy as np
 import pytest
 
+from shared.data.features import METADATA_WEIGHT
 from shared.errors import Conflict, DependencyUnavailable, NotFound
 from shared.models import blocks as serving_blocks
 from shared.models import serving
@@ -79,10 +80,11 @@ def test_unseen_sources_with_metadata_are_scored_from_their_features(
     got = rows_by_source(serving_blocks.recommend_ids(model, ["a", "b", "c"], 5, True, meta.get))
     assert all(f for rows in got.values() for *_, f in rows)
     assert [t for t, *_ in got["a"]] != [t for t, *_ in got["b"]]
-    # "a" has one known feature (weight 1): its score is that feature's repr against targets.
+    # "a" has one known feature, at the weight training gives metadata features: its score
+    # is that feature's repr, so weighted, against targets.
     emb, bias = art.source_feature_embeddings, art.source_feature_biases
     assert emb is not None and bias is not None
-    rep = np.concatenate([emb[0], [bias[0], 1.0]])
+    rep = np.concatenate([METADATA_WEIGHT * emb[0], [METADATA_WEIGHT * bias[0], 1.0]])
     expected = np.argsort(-(rep @ art.target_repr.T.astype(np.float64)), kind="stable")[:5]
     assert [t for t, *_ in got["a"]] == [f"i{c}" for c in expected]
     # "c" has no feature the model knows: most popular instead.
