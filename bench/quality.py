@@ -37,16 +37,16 @@ import pyarrow as pa
 
 from shared.data.assembly import Dataset, DatasetOptions, build_dataset
 from worker.evaluation import EvaluationSettings, evaluate
-from worker.params import train_params
-from worker.training import (
+from worker.fitting import (
     TrainParams,
     check_finite,
     fit_epoch,
     fit_inputs,
     new_model,
     representations,
-    train,
 )
+from worker.params import train_params
+from worker.training import train
 
 GRID_EPOCHS = (5, 10, 20, 30, 50)
 K = 10

@@ -7,7 +7,7 @@ from typing import Any
 
 from shared.contracts import AUTO_EPOCHS_WITHOUT_HOLDOUT, HYPERPARAMETER_DEFAULTS
 from worker.evaluation import EvaluationSettings
-from worker.training import Hyperparameters, TrainParams
+from worker.fitting import Hyperparameters, TrainParams
 
 
 def train_params(params: Mapping[str, Any], threads: int) -> TrainParams:

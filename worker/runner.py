@@ -37,8 +37,9 @@ from shared.runs.records import now_iso
 from shared.runs.ref import RunRef
 from shared.runs.service import Runs
 from worker.context import WorkerServices
+from worker.fitting import TrainingCancelled
 from worker.params import train_params
-from worker.training import TrainedModel, TrainingCancelled, train
+from worker.training import TrainedModel, train
 
 log = logging.getLogger(__name__)
 

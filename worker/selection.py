@@ -26,7 +26,7 @@ import numpy as np
 from shared.contracts import Candidates, CurvePoint, Metrics
 from shared.data.assembly import Dataset
 from worker.evaluation import evaluate_holdout, holdout_precision, prepare_holdout
-from worker.training import (
+from worker.fitting import (
     CancelHook,
     TrainParams,
     check_finite,

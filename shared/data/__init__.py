@@ -9,6 +9,7 @@ __all__ = [
     "assembly",
     "batches",
     "entity_index",
+    "feature_matrix",
     "features",
     "filters",
     "selection",

@@ -111,8 +111,10 @@ def taste_model() -> ModelArtifact:
     src = np.array([[*(jazz if u < 5 else rock), 0.0, 1.0] for u in range(10)], np.float32)
     tgt = np.array([[*((jazz if i < 10 else rock) * 0.5), 1.0, 0.0] for i in range(20)],
                    np.float32)
+    # metadata_weight 1: these hand-made feature rows are scaled like the item rows above
     manifest = {**base.manifest, "target_features": {"names": ["genre=jazz", "genre=rock"],
-                                                     "numeric_scales": {}}}
+                                                     "numeric_scales": {},
+                                                     "metadata_weight": 1.0}}
     return ModelArtifact(**{**base.__dict__, "manifest": manifest, "source_repr": src,
                             "target_repr": tgt,
                             "target_feature_embeddings": np.array([jazz, rock], np.float32),

@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 
 from shared.data.assembly import DatasetOptions, build_dataset
-from tests.worker.synthetic import clustered
+from tests.helpers.synthetic import clustered
 from worker import selection
 from worker.evaluation import EvaluationSettings
+from worker.fitting import Hyperparameters, TrainParams
 from worker.params import train_params
 from worker.selection import EarlyStopping, decide
-from worker.training import Hyperparameters, TrainParams, train
+from worker.training import train
 
 
 def _peaked(peak: int, epoch: int) -> float:

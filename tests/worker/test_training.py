@@ -9,7 +9,8 @@ from shared.data.assembly import DatasetOptions, build_dataset
 from shared.errors import TrainingFailed
 from tests.helpers.synthetic import clustered
 from worker.evaluation import EvaluationSettings
-from worker.training import Hyperparameters, TrainingCancelled, TrainParams, train
+from worker.fitting import Hyperparameters, TrainingCancelled, TrainParams
+from worker.training import train
 
 
 def _params(epochs: int = 10, holdout: float = 0.2, loss: str = "warp") -> TrainParams:
@@ -46,7 +47,7 @@ def test_planted_clusters_beat_the_popularity_baseline(with_metadata: bool) -> N
 def test_representations_reproduce_lightfm_predict() -> None:
     from lightfm import LightFM  # noqa: F401  (the function under test imports it lazily)
 
-    from worker.training import fit, representations
+    from worker.fitting import fit, representations
 
     entities, interactions = clustered(n_users=40, n_items=30, per_user=5)
     dataset = build_dataset(entities, interactions, DatasetOptions())

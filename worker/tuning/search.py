@@ -33,9 +33,9 @@ from shared.runs.records import now_iso
 from shared.runs.ref import RunRef
 from shared.runs.search import default_trial
 from worker.context import WorkerServices
+from worker.fitting import TrainingCancelled
 from worker.params import train_params
 from worker.runner import explain_empty
-from worker.training import TrainingCancelled
 from worker.tuning import study
 from worker.tuning.space import suggest
 from worker.tuning.trial import run_trial

@@ -13,8 +13,8 @@ from typing import Any
 from shared.data.assembly import Dataset
 from shared.errors import TrainingFailed
 from worker.evaluation import holdout_split
+from worker.fitting import CancelHook, TrainParams
 from worker.selection import evaluation_fit
-from worker.training import CancelHook, TrainParams
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,9 @@ import pyarrow as pa
 import pytest
 
 import shared.data.assembly as ds
+import shared.data.feature_matrix as fm
 from shared.data.assembly import DatasetOptions, EmptyData, build_dataset
+from shared.data.feature_matrix import SideFeatures
 from shared.data.features import METADATA_WEIGHT, entity_features
 
 
@@ -121,7 +123,7 @@ def test_mixed_type_metadata_takes_the_per_entity_path_with_the_same_result() ->
         assert got == pytest.approx({k: v * METADATA_WEIGHT for k, v in expected.items()})
 
 
-def _feature_rows(side: ds.SideFeatures, n: int) -> list[dict[str, float]]:
+def _feature_rows(side: SideFeatures, n: int) -> list[dict[str, float]]:
     dense = side.matrix.toarray()
     return [{name: float(dense[row, n + j]) for j, name in enumerate(side.names)
              if dense[row, n + j] != 0} for row in range(n)]
@@ -143,9 +145,9 @@ def test_vectorised_and_per_entity_metadata_paths_agree() -> None:
     def check(metas: list[dict[str, Any]]) -> None:
         entities = _entities([(f"u{i}", "user", m) for i, m in enumerate(metas)])
         ids = np.array([f"u{i}" for i in range(len(metas))])
-        fast = ds.side_features(entities, "user", ids)
-        rows, texts = ds._metadata_rows(entities, "user", ids)
-        slow_parts = ds._python_features(texts, rows)
+        fast = fm.side_features(entities, "user", ids)
+        rows, texts = fm._metadata_rows(entities, "user", ids)
+        slow_parts = fm._python_features(texts, rows)
         expected_scales = slow_parts[3]
         if fast is None:
             assert all(not entity_features(m, expected_scales) for m in metas)

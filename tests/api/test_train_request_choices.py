@@ -8,6 +8,8 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 
+from shared.runs.ref import RunRef
+from shared.runs.service import Runs
 from worker.params import train_params
 
 P = "/v1/recommender"
@@ -17,12 +19,11 @@ P = "/v1/recommender"
 def enqueued(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     calls: list[str] = []
 
-    def fake_enqueue(r: Any, celery: Any, settings: Any, tenant: str, model_id: str,
-                     version: int, attempt: int) -> str:
-        calls.append(model_id)
+    def fake_enqueue(runs: Runs, ref: RunRef, attempt: int) -> str:
+        calls.append(ref.model_id)
         return "task"
 
-    monkeypatch.setattr("api.training.enqueue_run", fake_enqueue)
+    monkeypatch.setattr(Runs, "enqueue", fake_enqueue)
     return calls
 
 
