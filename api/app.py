@@ -11,6 +11,7 @@ from redis import Redis
 from api import (
     data,
     errors,
+    fresh,
     keys,
     metrics,
     ops,
@@ -114,4 +115,5 @@ def _blueprints() -> list[tuple[Blueprint, str]]:
         (recommendations.blp, API_PREFIX),
         (webhooks.blp, API_PREFIX),
         (keys.blp, API_PREFIX),
+        (fresh.blp, API_PREFIX),
     ]

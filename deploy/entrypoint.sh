@@ -18,7 +18,7 @@ case "$role" in
       --concurrency "${RECSYS_WORKER_CONCURRENCY:-1}" --prefetch-multiplier 1 \
       --hostname "${RECSYS_WORKER_NAME:-worker}@%h" --loglevel "${RECSYS_LOG_LEVEL:-INFO}" "$@" ;;
   beat)
-    exec celery -A worker.celery_app beat --scheduler celery.beat:Scheduler \
+    exec celery -A worker.celery_app beat --scheduler redbeat.RedBeatScheduler \
       --schedule "${RECSYS_DATA_DIR:-/var/lib/recsys}/celerybeat-schedule" \
       --loglevel "${RECSYS_LOG_LEVEL:-INFO}" "$@" ;;
   flower)

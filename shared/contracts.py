@@ -32,6 +32,8 @@ TASK_TRAIN = "recsys.train"
 TASK_DELIVER_CALLBACK = "recsys.deliver_callback"
 TASK_SCAN_CALLBACKS = "recsys.scan_callbacks"
 TASK_RECONCILE_RUNS = "recsys.reconcile_runs"
+#: One tick of a model's schedule: decide (new data? training? quota?), then submit a run.
+TASK_SCHEDULE_TICK = "recsys.schedule_tick"
 #: A trivial task that walks through PROGRESS states; proves the queue end to end.
 TASK_PROGRESS_PROBE = "recsys.progress_probe"
 
@@ -111,3 +113,5 @@ class RunStatus(TypedDict):
     counts: Counts | None
     metrics: Metrics | None
     callback: CallbackStatus | None
+    #: what the run chose or continued from, e.g. ``{"parent_version": n}`` (null until known)
+    training: dict[str, Any] | None

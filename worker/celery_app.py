@@ -18,7 +18,7 @@ from shared.queue import configure, make_celery, settings_of
 from worker.warmup import warm_up
 
 #: Modules that define tasks; imported by workers only (never by the API).
-TASK_MODULES = ["worker.tasks", "worker.callbacks"]
+TASK_MODULES = ["worker.tasks", "worker.callbacks", "worker.schedules"]
 
 
 def make_worker_app(settings: Settings) -> Celery:

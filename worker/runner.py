@@ -32,12 +32,14 @@ from shared.data.assembly import (
 from shared.data.selection import DataSpec, SelectedData, count_interactions, select_data
 from shared.errors import ServiceError
 from shared.models.artifact import ModelArtifact, delete_version, save_artifact
+from shared.models.state import save_state
 from shared.runs.records import now_iso
 from shared.runs.ref import RunRef
 from shared.runs.service import Runs
 from worker.context import WorkerServices
 from worker.params import train_params
 from worker.training import TrainedModel, TrainingCancelled, train
+from worker.warm_start import from_parent, parent_version, state_of
 
 log = logging.getLogger(__name__)
 
@@ -286,7 +288,9 @@ class Attempt:
                 self.progress("evaluating", fraction,
                               "Evaluating: fitting a second model on the holdout split.")
 
-        return train(dataset, self.tp, on_progress, self.should_cancel)
+        start = from_parent(self.svc.storage, self.ref, self.params, dataset,
+                            self.tp.hyperparameters)
+        return train(dataset, self.tp, on_progress, self.should_cancel, start=start)
 
     def save_and_complete(self, dataset: Dataset, trained: TrainedModel,
                           batch_ids: list[str]) -> bool:
@@ -295,6 +299,9 @@ class Attempt:
         self.progress("saving", 0.0, "Saving the model.")
         t_save = time.perf_counter()
         manifest = record_manifest(batch_ids, self.params, dataset, trained)
+        manifest["parent_version"] = parent_version(self.params)
+        save_state(svc.storage, ref.tenant, ref.model_id, ref.version,
+                   state_of(trained.model, dataset, self.tp.hyperparameters.loss))
         save_artifact(svc.storage, ref.tenant, ref.model_id, ref.version,
                       _artifact(dataset, trained, manifest))
         self.timings["saving"] = round(time.perf_counter() - t_save, 3)

@@ -65,6 +65,7 @@ class TrainedModel:
     epoch_seconds: float
     evaluation_seconds: float = 0.0  # split, second fit and scoring together
     scoring_seconds: float = 0.0
+    model: Any = None  # the fitted LightFM (its full state goes to storage for warm starts)
 
 
 class TrainingCancelled(ServiceError):
@@ -106,11 +107,15 @@ def fit(
     on_epoch: Callable[[int], None],
     should_cancel: CancelHook,
     mask: np.ndarray | None = None,
+    start: Callable[[], LightFM] | None = None,
 ) -> LightFM:
-    """Fit a LightFM model on the dataset's pairs (or the ``mask`` subset), epoch by epoch."""
+    """Fit a LightFM model on the dataset's pairs (or the ``mask`` subset), epoch by epoch.
+
+    ``start`` makes the model to continue from (a warm start, :mod:`worker.warm_start`).
+    """
     from lightfm import LightFM
 
-    model = LightFM(
+    model = start() if start is not None else LightFM(
         no_components=hp.no_components, loss=hp.loss, learning_rate=hp.learning_rate,
         item_alpha=hp.item_alpha, user_alpha=hp.user_alpha, max_sampled=hp.max_sampled,
         random_state=hp.random_state,
@@ -147,6 +152,7 @@ def train(
     params: TrainParams,
     on_progress: ProgressHook,
     should_cancel: CancelHook,
+    start: Callable[[], LightFM] | None = None,
 ) -> TrainedModel:
     """Fit the served model on all pairs; then, unless holdout is 0, evaluate a split fit."""
     import time
@@ -154,7 +160,8 @@ def train(
     hp = params.hyperparameters
     started = time.perf_counter()
     model = fit(dataset, hp, params.threads,
-                lambda epoch: on_progress("training", epoch / hp.epochs), should_cancel)
+                lambda epoch: on_progress("training", epoch / hp.epochs), should_cancel,
+                start=start)
     epoch_seconds = (time.perf_counter() - started) / hp.epochs
     source_repr, target_repr = representations(model, dataset)
     feature_emb = feature_bias = None
@@ -172,7 +179,7 @@ def train(
             steps = hp.epochs + 1
             split_model = fit(dataset, hp, params.threads,
                               lambda epoch: on_progress("evaluating", epoch / steps),
-                              should_cancel, mask=~test_mask)
+                              should_cancel, mask=~test_mask, start=start)
             split_source, split_target = representations(split_model, dataset)
             scoring_started = time.perf_counter()
             metrics = evaluate(dataset, test_mask, split_source, split_target,
@@ -184,4 +191,4 @@ def train(
                         source_feature_biases=feature_bias, metrics=metrics,
                         epoch_seconds=epoch_seconds,
                         evaluation_seconds=time.perf_counter() - evaluation_started,
-                        scoring_seconds=scoring_seconds)
+                        scoring_seconds=scoring_seconds, model=model)

@@ -29,7 +29,7 @@ from shared.errors import Conflict, NotFound
 from shared.registry import global_key, redis_guard, tenant_key
 
 FINAL_STATES: frozenset[str] = frozenset({"completed", "error"})
-_JSON_FIELDS = ("data_batch_ids", "counts", "metrics", "params")
+_JSON_FIELDS = ("data_batch_ids", "counts", "metrics", "params", "training")
 
 
 def now_iso(now: datetime | None = None) -> str:
@@ -117,6 +117,7 @@ def _model_view(raw: dict[str, str]) -> dict[str, Any]:
         "model_id": raw["model_id"],
         "serving_version": int(serving) if serving else None,
         "versions": json.loads(raw.get("versions") or "[]"),
+        "pinned": bool(raw.get("pinned")),
         "last_version": int(raw.get("last_version") or 0),
         "source_type": raw.get("source_type") or None,
         "target_type": raw.get("target_type") or None,
@@ -176,6 +177,7 @@ def status_of(record: dict[str, Any]) -> RunStatus:
         "counts": cast(Counts | None, record.get("counts")),
         "metrics": cast(Metrics | None, record.get("metrics")),
         "callback": None,
+        "training": record.get("training") or None,
     }
 
 
