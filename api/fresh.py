@@ -38,6 +38,14 @@ blp = Blueprint("fresh", __name__,
                 description="Fresh models: schedules, kept versions and pinning.")
 
 
+class ScheduleTrainSchema(TrainRequestSchema):
+    """A schedule's ``train`` body: ``POST /train`` without what the schedule decides."""
+
+    class Meta:
+        unknown = ma.RAISE
+        exclude = ("model_id", "dry_run", "warm_start")
+
+
 class ScheduleRequestSchema(ma.Schema):
     """``PUT /models/<model_id>/schedule``."""
 
@@ -48,7 +56,7 @@ class ScheduleRequestSchema(ma.Schema):
         min=0, min_inclusive=False, max=366 * 24 * 60))
     cron = ma.fields.String(validate=validate.Length(min=9, max=200), metadata={
         "description": "5 fields, UTC"})
-    train = ma.fields.Nested(TrainRequestSchema(exclude=("model_id", "dry_run", "warm_start")))
+    train = ma.fields.Nested(ScheduleTrainSchema)
     tune = ma.fields.Dict(metadata={"description": "a POST /tune body (not built yet)"})
     warm_start = ma.fields.Boolean(load_default=False)
     only_with_new_data = ma.fields.Boolean(load_default=True)

@@ -72,6 +72,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "beat_scheduler": "redbeat.RedBeatScheduler",
         "redbeat_redis_url": url,
         "redbeat_key_prefix": "recsys:redbeat:",
+        # beat waits out a Redis restart (retrying with backoff) instead of exiting
+        "redbeat_redis_options": {"retry_period": -1, "socket_connect_timeout": 2},
         "beat_max_loop_interval": settings.beat_max_loop_interval,
         "redbeat_lock_timeout": max(30, int(settings.beat_max_loop_interval * 5)),
         "beat_schedule": {
