@@ -23,7 +23,9 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -35,7 +37,10 @@ from shared.data.assembly import Dataset, DatasetOptions, build_dataset  # noqa:
 from shared.ingest.columns import ENTITY_SCHEMA  # noqa: E402
 from worker.evaluation import EvaluationSettings, evaluate, holdout_split  # noqa: E402
 from worker.training import Hyperparameters, fit, representations  # noqa: E402
-from worker.warm_start import starter, state_of  # noqa: E402
+from worker.warm_start import grow, state_of  # noqa: E402
+
+if TYPE_CHECKING:
+    from lightfm import LightFM
 
 T0 = 1_700_000_000_000_000  # µs
 
@@ -104,7 +109,8 @@ def main() -> None:
     parser.add_argument("--interactions", type=int, default=1_000_000)
     parser.add_argument("--growth", type=float, default=0.05)
     parser.add_argument("--full-epochs", type=int, default=10)
-    parser.add_argument("--warm-epochs", type=int, default=2)
+    parser.add_argument("--warm-epochs", default="1,2",
+                        help="comma-separated: one warm start per value")
     parser.add_argument("--components", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=7)
@@ -134,13 +140,21 @@ def main() -> None:
     settings = EvaluationSettings(holdout=0.1, max_sources=20_000, k=10)
 
     rows = []
-    for name, epochs, warm in (("full retrain", args.full_epochs, False),
-                               ("warm start", args.warm_epochs, True)):
+    contenders = [("full retrain", args.full_epochs, False)] + [
+        ("warm start", int(e), True) for e in args.warm_epochs.split(",")]
+    for name, epochs, warm in contenders:
         started = time.perf_counter()
-        start = starter(parent_state, full, hp(epochs)) if warm else None
+        start: Callable[[], LightFM] | None = None
+        growth = 0.0
+        if warm:
+            grown = grow(parent_state, full, hp(epochs))
+            growth = time.perf_counter() - started
+            start = lambda grown=grown: grown  # noqa: E731  (counted in the warm start's time)
         model = fit(full, hp(epochs), args.threads, lambda _: None, lambda: False,
                     mask=~test, start=start)
         seconds = time.perf_counter() - started
+        if warm:
+            print(f"warm start, {epochs} epochs: growing the parent's state took {growth:.2f} s")
         source_repr, target_repr = representations(model, full)
         metrics = evaluate(full, test, source_repr, target_repr, settings, args.seed)
         rows.append((name, epochs, seconds, metrics["precision_at_k"],
@@ -149,14 +163,15 @@ def main() -> None:
     print(f"\n{'':14}{'epochs':>8}{'seconds':>10}{'precision@10':>14}{'most popular':>14}")
     for name, epochs, seconds, precision, baseline in rows:
         print(f"{name:14}{epochs:>8}{seconds:>10.1f}{precision:>14.4f}{baseline:>14.4f}")
-    (_, _, full_s, full_p, _), (_, _, warm_s, warm_p, _) = rows
-    time_ratio, quality = warm_s / full_s, warm_p / full_p if full_p else 0.0
-    print(f"\nwarm start: {time_ratio:.0%} of the full retrain's time (target <= 30%), "
-          f"{quality:.1%} of its precision@10 (target >= 97%)")
-    print("time target: " + ("met" if time_ratio <= 0.30 else
-                             f"MISSED by {time_ratio - 0.30:.0%} of the full retrain's time"))
-    print("quality target: " + ("met" if quality >= 0.97 else
-                                f"MISSED by {0.97 - quality:.1%} of its precision"))
+    _, _, full_s, full_p, _ = rows[0]
+    for _, epochs, warm_s, warm_p, _ in rows[1:]:
+        time_ratio, quality = warm_s / full_s, warm_p / full_p if full_p else 0.0
+        print(f"\nwarm start, {epochs} epochs: {time_ratio:.0%} of the full retrain's time "
+              f"(target <= 30%), {quality:.1%} of its precision@10 (target >= 97%)")
+        print("  time target: " + ("met" if time_ratio <= 0.30 else
+                                   f"MISSED by {time_ratio - 0.30:.0%} of the full time"))
+        print("  quality target: " + ("met" if quality >= 0.97 else
+                                      f"MISSED by {0.97 - quality:.1%} of its precision"))
 
 
 if __name__ == "__main__":
