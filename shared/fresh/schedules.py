@@ -101,9 +101,13 @@ def _entry(celery: Celery, tenant: str, model_id: str,
     from redbeat import RedBeatSchedulerEntry
 
     timing = _timing(definition) if definition is not None else None
+    # a tick not picked up before the next one is due is dropped, not piled up
+    expires = 300.0
+    if definition is not None and not definition.get("cron"):
+        expires = min(expires, float(definition["interval_minutes"]) * 60)
     return RedBeatSchedulerEntry(entry_name(tenant, model_id), TASK_SCHEDULE_TICK, timing,
                                  args=[tenant, model_id],
-                                 options={"expires": 300}, app=celery)
+                                 options={"expires": expires}, app=celery)
 
 
 def put_schedule(r: redis.Redis, celery: Celery, tenant: str, model_id: str,
