@@ -25,7 +25,7 @@ from typing import Any, cast
 
 import redis
 from celery import Celery
-from celery.schedules import crontab, schedule
+from celery.schedules import ParseException, crontab, schedule
 from croniter import croniter
 
 from shared.contracts import TASK_SCHEDULE_TICK
@@ -70,7 +70,7 @@ def parse_cron(expression: str) -> crontab:
     try:
         return crontab(minute=minute, hour=hour, day_of_month=day_of_month,
                        month_of_year=month_of_year, day_of_week=day_of_week)
-    except ValueError as exc:
+    except (ValueError, ParseException) as exc:
         raise ValidationFailed(
             f"The cron expression '{expression[:100]}' cannot be scheduled: {exc}.",
             code="invalid_schedule", details={"fields": {"cron": str(exc)}}) from exc
