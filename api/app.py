@@ -11,6 +11,7 @@ from redis import Redis
 from api import (
     data,
     errors,
+    fresh,
     keys,
     metrics,
     ops,
@@ -118,4 +119,5 @@ def _blueprints() -> list[tuple[Blueprint, str]]:
         (similar.blp, API_PREFIX),
         (webhooks.blp, API_PREFIX),
         (keys.blp, API_PREFIX),
+        (fresh.blp, API_PREFIX),
     ]

@@ -32,6 +32,9 @@ from shared.contracts import is_model_id
 from shared.data.assembly import build_dataset, dataset_options, describe
 from shared.data.selection import DataSpec, select_data
 from shared.errors import NotFound
+from shared.fresh.schedules import bind_redis, delete_schedule
+from shared.fresh.versions import kept_versions
+from shared.fresh.warm import warm_params
 from shared.runs.records import get_model, get_status, list_models
 from shared.storage import model_dir
 from shared.webhooks.url_policy import validate_callback_url
@@ -112,6 +115,9 @@ class Train(MethodView):
             response = jsonify(DryRunSchema().dump(_dry_run(tenant, model_id, spec, params)))
             response.status_code = 200
             return response
+        if body.get("warm_start"):
+            params = warm_params(svc.redis, svc.storage, tenant, model_id,
+                                 body.get("hyperparameters") or {}, params)
         ref = svc.runs.submit(tenant, model_id, params, callback_url)
         return svc.runs.status(ref), 202
 
@@ -179,7 +185,8 @@ class Model(MethodView):
         if model is None:
             raise NotFound(f"There is no model '{model_id}'.", code="model_not_found",
                            details={"model_id": model_id})
-        return _with_status(model, tenant)
+        return {**_with_status(model, tenant),
+                "kept_versions": kept_versions(services().redis, tenant, model)}
 
     @require("train")
     @blp.response(200, ModelSchema)
@@ -190,4 +197,6 @@ class Model(MethodView):
         tenant = current_tenant()
         model = svc.runs.delete_model(tenant, _model_id(model_id))
         svc.storage.delete_tree(model_dir(tenant, model_id))
+        bind_redis(svc.celery, svc.redis)
+        delete_schedule(svc.redis, svc.celery, tenant, model_id, missing_ok=True)
         return {**model, "status": None}

@@ -142,6 +142,7 @@ class TrainRequestSchema(ma.Schema):
         "oneOf": [{"type": "boolean"}, {"type": "string", "enum": ["auto"]}]})
     evaluation = ma.fields.Nested(EvaluationSchema)
     dry_run = ma.fields.Boolean()
+    warm_start = ma.fields.Boolean()
 
     @ma.validates_schema
     def _warp_kos_takes_no_weights(self, data: dict[str, Any], **_: Any) -> None:
@@ -261,7 +262,8 @@ class StatusSchema(ma.Schema):
     counts = ma.fields.Nested(CountsSchema, allow_none=True)
     metrics = ma.fields.Nested(MetricsSchema, allow_none=True)
     training = ma.fields.Nested(TrainingChoiceSchema, allow_none=True, metadata={
-        "description": "null until known: epochs, metadata choice, curve, candidates"})
+        "description": "null until known: epochs, metadata choice, curve, candidates; "
+                       "parent_version for a warm start (known from the start)"})
     callback = ma.fields.Nested(CallbackSchema, allow_none=True)
     tuning = ma.fields.Dict(allow_none=True, metadata={
         "description": "a search's trials and best so far (POST /tune); null otherwise"})
@@ -293,6 +295,10 @@ class ModelSchema(ma.Schema):
     created_at = ma.fields.String(allow_none=True)
     updated_at = ma.fields.String(allow_none=True)
     status = ma.fields.Nested(StatusSchema, allow_none=True)
+    pinned = ma.fields.Boolean(metadata={
+        "description": "true after POST /models/<model_id>/serve: runs no longer replace it"})
+    kept_versions = ma.fields.List(ma.fields.Dict(), metadata={
+        "description": "GET /models/<model_id>: each kept version with its metrics, newest first"})
 
 
 class StatusQuerySchema(ma.Schema):

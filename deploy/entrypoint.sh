@@ -18,7 +18,7 @@ case "$role" in
       --concurrency "${RECSYS_WORKER_CONCURRENCY:-1}" --prefetch-multiplier 1 \
       --hostname "${RECSYS_WORKER_NAME:-worker}@%h" --loglevel "${RECSYS_LOG_LEVEL:-INFO}" "$@" ;;
   beat)
-    # Celery's in-memory scheduler plus a heartbeat file for the healthcheck (beat_heartbeat.py).
+    # redbeat's scheduler (schedules in Redis) plus a heartbeat file for the healthcheck (beat_heartbeat.py).
     export PYTHONPATH="/usr/local/lib/recsys-deploy${PYTHONPATH:+:$PYTHONPATH}"
     exec celery -A worker.celery_app beat --scheduler recsys_beat_heartbeat:HeartbeatScheduler \
       --schedule "${RECSYS_DATA_DIR:-/var/lib/recsys}/celerybeat-schedule" \

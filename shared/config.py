@@ -187,6 +187,8 @@ _ENV_VARS: tuple[tuple[str, str, Callable[[str], object]], ...] = (
     ("RECSYS_MAX_RUN_ATTEMPTS", "max_run_attempts", _positive_int),
     ("RECSYS_RECONCILE_INTERVAL", "reconcile_interval", _positive_float),
     ("RECSYS_KEEP_VERSIONS", "keep_versions", _positive_int),
+    ("RECSYS_SCHEDULE_MIN_INTERVAL_MINUTES", "schedule_min_interval_minutes", _positive_float),
+    ("RECSYS_BEAT_MAX_LOOP_INTERVAL", "beat_max_loop_interval", _positive_float),
     ("RECSYS_MAX_RECOMMEND_SOURCE_IDS", "max_recommend_source_ids", _positive_int),
     ("RECSYS_MAX_COLD_START_LOOKUPS", "max_cold_start_lookups", _positive_int),
     ("RECSYS_SERVE_BLAS_THREADS", "serve_blas_threads", _positive_int),
@@ -244,6 +246,11 @@ class Settings:
     max_run_attempts: int = 3
     reconcile_interval: float = 15.0
     keep_versions: int = 3
+    #: Shortest ``interval_minutes`` a schedule may take (the contract's 1; tests lower it).
+    schedule_min_interval_minutes: float = 1.0
+    #: Longest beat sleeps between looks at the schedules in Redis (a new schedule's
+    #: first tick may be late by up to this).
+    beat_max_loop_interval: float = 5.0
     #: Most source ids one recommendations request may list.
     max_recommend_source_ids: int = 100_000
     #: Unseen sources per recommendations request whose uploaded entity record is read for

@@ -36,6 +36,8 @@ TASK_RECONCILE_RUNS = "recsys.reconcile_runs"
 TASK_TUNE = "recsys.tune"
 TASK_TUNE_TRIAL = "recsys.tune_trial"
 TASK_TUNE_CHECK = "recsys.tune_check"
+#: One tick of a model's schedule: decide (new data? training? quota?), then submit a run.
+TASK_SCHEDULE_TICK = "recsys.schedule_tick"
 #: A trivial task that walks through PROGRESS states; proves the queue end to end.
 TASK_PROGRESS_PROBE = "recsys.progress_probe"
 

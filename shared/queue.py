@@ -22,6 +22,7 @@ from shared.contracts import (
     TASK_PROGRESS_PROBE,
     TASK_RECONCILE_RUNS,
     TASK_SCAN_CALLBACKS,
+    TASK_SCHEDULE_TICK,
     TASK_TRAIN,
     TASK_TUNE,
     TASK_TUNE_CHECK,
@@ -63,6 +64,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             TASK_TUNE: {"queue": QUEUE_TRAIN},
             TASK_TUNE_TRIAL: {"queue": QUEUE_TRAIN},
             TASK_TUNE_CHECK: {"queue": QUEUE_CALLBACKS},
+            TASK_SCHEDULE_TICK: {"queue": QUEUE_CALLBACKS},
         },
         "worker_prefetch_multiplier": 1,
         "worker_send_task_events": True,
@@ -70,6 +72,16 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_cancel_long_running_tasks_on_connection_loss": True,
         "worker_hijack_root_logger": False,
         "worker_max_tasks_per_child": 50,
+        # Beat keeps its schedule in Redis (celery-redbeat): model schedules are added and
+        # removed at run time, one beat holds the lock and fires each tick however many run,
+        # and entries survive restarts. beat_schedule below is loaded into it at start.
+        "beat_scheduler": "redbeat.RedBeatScheduler",
+        "redbeat_redis_url": url,
+        "redbeat_key_prefix": "recsys:redbeat:",
+        # beat waits out a Redis restart (retrying with backoff) instead of exiting
+        "redbeat_redis_options": {"retry_period": -1, "socket_connect_timeout": 2},
+        "beat_max_loop_interval": settings.beat_max_loop_interval,
+        "redbeat_lock_timeout": max(30, int(settings.beat_max_loop_interval * 5)),
         "beat_schedule": {
             "reconcile-runs": {
                 "task": TASK_RECONCILE_RUNS,

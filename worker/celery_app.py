@@ -19,7 +19,7 @@ from worker.flower import no_sent_events_from_beat
 from worker.warmup import warm_up
 
 #: Modules that define tasks; imported by workers only (never by the API).
-TASK_MODULES = ["worker.tasks", "worker.callbacks", "worker.tuning.tasks"]
+TASK_MODULES = ["worker.tasks", "worker.callbacks", "worker.tuning.tasks", "worker.schedules"]
 
 
 def make_worker_app(settings: Settings) -> Celery:

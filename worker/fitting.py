@@ -24,6 +24,9 @@ if TYPE_CHECKING:
     from lightfm import LightFM
 
 CancelHook = Callable[[], bool]
+#: Makes the model a fit continues from, for the dataset it fits (a warm start,
+#: :mod:`worker.warm_start`); None: a fresh model.
+ModelStart = Callable[[Dataset], "LightFM"]
 
 
 @dataclass(frozen=True)
@@ -149,9 +152,10 @@ def fit(
     on_epoch: Callable[[int], None],
     should_cancel: CancelHook,
     mask: np.ndarray | None = None,
+    start: ModelStart | None = None,
 ) -> LightFM:
     """Fit a LightFM model on the dataset's pairs (or the ``mask`` subset), epoch by epoch."""
-    model = new_model(hp)
+    model = start(dataset) if start is not None else new_model(hp)
     interactions, weights = fit_inputs(dataset, hp, mask)
     for epoch in range(hp.epochs):
         fit_epoch(model, dataset, interactions, weights, threads, should_cancel)

@@ -33,6 +33,7 @@ from shared.data.selection import DataSpec, SelectedData, select_data
 from shared.data.summary import count_interactions
 from shared.errors import ServiceError
 from shared.models.artifact import ModelArtifact, delete_version, save_artifact
+from shared.models.state import save_state
 from shared.runs.records import now_iso
 from shared.runs.ref import RunRef
 from shared.runs.service import Runs
@@ -40,6 +41,7 @@ from worker.context import WorkerServices
 from worker.fitting import TrainingCancelled
 from worker.params import train_params
 from worker.training import TrainedModel, train
+from worker.warm_start import from_parent, parent_version, state_of
 
 log = logging.getLogger(__name__)
 
@@ -309,7 +311,8 @@ class Attempt:
                 self.progress("evaluating", fraction,
                               "Evaluating: fitting a second model on the holdout split.")
 
-        return train(dataset, self.tp, on_progress, self.should_cancel)
+        start = from_parent(self.svc.storage, self.ref, self.params, self.tp.hyperparameters)
+        return train(dataset, self.tp, on_progress, self.should_cancel, start=start)
 
     def save_and_complete(self, dataset: Dataset, trained: TrainedModel,
                           batch_ids: list[str]) -> bool:
@@ -318,6 +321,11 @@ class Attempt:
         self.progress("saving", 0.0, "Saving the model.")
         t_save = time.perf_counter()
         manifest = record_manifest(batch_ids, self.params, dataset, trained)
+        parent = parent_version(self.params)
+        manifest["parent_version"] = parent
+        served_data = dataset if trained.metadata_features else dataset.without_metadata()
+        save_state(svc.storage, ref.tenant, ref.model_id, ref.version,
+                   state_of(trained.model, served_data, self.tp.hyperparameters.loss))
         save_artifact(svc.storage, ref.tenant, ref.model_id, ref.version,
                       _artifact(dataset, trained, manifest))
         self.timings["saving"] = round(time.perf_counter() - t_save, 3)
@@ -326,7 +334,8 @@ class Attempt:
             ref, owner=self.owner, message=message,
             model_fields={"source_type": self.options.source_type,
                           "target_type": self.options.target_type},
-            fields={"metrics": trained.metrics, "training": trained.training_choice()},
+            fields={"metrics": trained.metrics,
+                    "training": {**trained.training_choice(), "parent_version": parent}},
         )
         if status is None:  # ended elsewhere (cancelled, reconciled) while saving
             delete_version(svc.storage, ref.tenant, ref.model_id, ref.version)

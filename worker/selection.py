@@ -28,6 +28,7 @@ from shared.data.assembly import Dataset
 from worker.evaluation import evaluate_holdout, holdout_precision, prepare_holdout
 from worker.fitting import (
     CancelHook,
+    ModelStart,
     TrainParams,
     check_finite,
     fit_epoch,
@@ -100,7 +101,7 @@ class Choice:
 
 def evaluation_fit(dataset: Dataset, params: TrainParams, test_mask: np.ndarray,
                    max_epochs: int, early_stopping: bool, on_epoch: Callable[[int], None],
-                   should_cancel: CancelHook) -> CandidateResult:
+                   should_cancel: CancelHook, start: ModelStart | None = None) -> CandidateResult:
     """Fit on the pairs outside ``test_mask`` and score the holdout as it trains.
 
     ``dataset`` decides the features (pass :meth:`Dataset.without_metadata`
@@ -115,7 +116,7 @@ def evaluation_fit(dataset: Dataset, params: TrainParams, test_mask: np.ndarray,
         dataset, test_mask, replace(settings, max_sources=min(settings.max_sources,
                                                               CURVE_MAX_SOURCES)),
         hp.random_state)
-    model = new_model(hp)
+    model = start(dataset) if start is not None else new_model(hp)
     interactions, weights = fit_inputs(dataset, hp, ~test_mask)
     stopper = EarlyStopping(max_epochs)
     curve: list[CurvePoint] = []
@@ -155,7 +156,8 @@ def evaluation_fit(dataset: Dataset, params: TrainParams, test_mask: np.ndarray,
 
 
 def choose(dataset: Dataset, params: TrainParams, test_mask: np.ndarray,
-           on_progress: Callable[[float], None], should_cancel: CancelHook) -> Choice:
+           on_progress: Callable[[float], None], should_cancel: CancelHook,
+           start: ModelStart | None = None) -> Choice:
     """Run the candidates one after the other and keep the better (see module docstring)."""
     if params.metadata == "auto" and dataset.has_metadata:
         variants = [dataset, dataset.without_metadata()]
@@ -170,7 +172,7 @@ def choose(dataset: Dataset, params: TrainParams, test_mask: np.ndarray,
             on_progress((done + epoch / max_epochs) / len(variants))
 
         results.append(evaluation_fit(variant, params, test_mask, max_epochs,
-                                      params.epochs_auto, on_epoch, should_cancel))
+                                      params.epochs_auto, on_epoch, should_cancel, start))
     on_progress(1.0)
     return decide(results)
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -30,6 +30,7 @@ from worker.evaluation import holdout_split
 from worker.fitting import (
     CancelHook,
     Hyperparameters,
+    ModelStart,
     TrainParams,
     fit,
     representations,
@@ -64,6 +65,8 @@ class TrainedModel:
     #: Wall seconds of each evaluation fit (with its scoring), in the order they ran: as
     #: separate tasks they would run at once, so the longest is what a run waits for.
     candidate_seconds: tuple[float, ...] = ()
+    #: the fitted LightFM (its full state goes to storage for warm starts, worker/warm_start.py)
+    model: Any = None
 
     def training_choice(self) -> TrainingChoice:
         """The status object's ``training`` field (API.md, "Choices made from the data")."""
@@ -98,18 +101,19 @@ class _Snapshot:
     feature_biases: np.ndarray | None
     target_feature_embeddings: np.ndarray | None = None
     target_feature_biases: np.ndarray | None = None
+    model: Any = None
 
 
 def _served(dataset: Dataset, hp: Hyperparameters, epochs: int, threads: int,
-            on_progress: Callable[[float], None],
-            should_cancel: CancelHook) -> tuple[_Snapshot, float]:
+            on_progress: Callable[[float], None], should_cancel: CancelHook,
+            start: ModelStart | None = None) -> tuple[_Snapshot, float]:
     """The served fit on all pairs: (its representations, seconds per epoch)."""
     import time
 
     started = time.perf_counter()
     model = fit(dataset, replace(hp, epochs=epochs), threads,
-                lambda epoch: on_progress(epoch / epochs), should_cancel)
-    return _snapshot(model, dataset), (time.perf_counter() - started) / epochs
+                lambda epoch: on_progress(epoch / epochs), should_cancel, start=start)
+    return replace(_snapshot(model, dataset), model=model), (time.perf_counter() - started) / epochs
 
 
 def train(
@@ -117,6 +121,7 @@ def train(
     params: TrainParams,
     on_progress: ProgressHook,
     should_cancel: CancelHook,
+    start: ModelStart | None = None,
 ) -> TrainedModel:
     """Fit the served model on all pairs; unless holdout is 0, evaluate on a split fit.
 
@@ -139,11 +144,12 @@ def train(
     evaluation_started = time.perf_counter()
     if auto and test_mask is not None:
         choice = choose(dataset, params, test_mask,
-                        lambda f: on_progress("evaluating", f), should_cancel)
+                        lambda f: on_progress("evaluating", f), should_cancel, start=start)
         evaluation_seconds = time.perf_counter() - evaluation_started
         data = dataset if choice.metadata_features else dataset.without_metadata()
         snapshot, epoch_seconds = _served(data, hp, choice.epochs, params.threads,
-                                          lambda f: on_progress("training", f), should_cancel)
+                                          lambda f: on_progress("training", f), should_cancel,
+                                          start)
         return replace(
             _trained(snapshot, choice.metrics, epoch_seconds, evaluation_seconds,
                      choice.scoring_seconds, choice.epochs, choice.metadata_features,
@@ -153,7 +159,7 @@ def train(
     if params.epochs_auto:  # no holdout to stop on (API.md): a fixed count
         epochs = AUTO_EPOCHS_WITHOUT_HOLDOUT
     snapshot, epoch_seconds = _served(data, hp, epochs, params.threads,
-                                      lambda f: on_progress("training", f), should_cancel)
+                                      lambda f: on_progress("training", f), should_cancel, start)
     evaluation_started = time.perf_counter()
     metrics: Metrics | None = None
     curve: list[CurvePoint] = []
@@ -162,7 +168,7 @@ def train(
         steps = epochs + 1  # the scoring pass is ~1 epoch's worth of work
         result = evaluation_fit(data, params, test_mask, epochs, early_stopping=False,
                                 on_epoch=lambda e: on_progress("evaluating", e / steps),
-                                should_cancel=should_cancel)
+                                should_cancel=should_cancel, start=start)
         metrics, curve, scoring_seconds = result.metrics, result.curve, result.scoring_seconds
         on_progress("evaluating", 1.0)
     return _trained(snapshot, metrics, epoch_seconds, time.perf_counter() - evaluation_started,
@@ -181,4 +187,4 @@ def _trained(snapshot: _Snapshot, metrics: Metrics | None, epoch_seconds: float,
         target_feature_biases=snapshot.target_feature_biases,
         epoch_seconds=epoch_seconds, evaluation_seconds=evaluation_seconds,
         scoring_seconds=scoring_seconds, epochs=epochs, metadata_features=metadata_features,
-        curve=curve, candidates=candidates)
+        curve=curve, candidates=candidates, model=snapshot.model)

@@ -120,10 +120,21 @@ def finish_run(
     return _after_end(r, celery, ref, record)
 
 
-def _keep(kept: list[int], version: int, keep_versions: int) -> tuple[list[int], list[int]]:
-    """(versions kept, versions dropped) once ``version`` joins the ``kept`` ones."""
+def _keep(kept: list[int], version: int, keep_versions: int,
+          pinned: int | None = None) -> tuple[list[int], list[int]]:
+    """(versions kept, versions dropped) once ``version`` joins the ``kept`` ones.
+
+    A ``pinned`` serving version is always kept, beyond the newest ``keep_versions``.
+    """
     versions = sorted({*kept, version})
-    return versions[-keep_versions:], versions[:-keep_versions]
+    keep = set(versions[-keep_versions:]) | ({pinned} if pinned in versions else set())
+    return sorted(keep), [v for v in versions if v not in keep]
+
+
+def _pinned(pipe: redis.client.Pipeline, mkey: str) -> int | None:
+    """The serving version when an operator pinned it (``POST .../serve``), else None."""
+    pinned, serving = cast(list[str | None], pipe.hmget(mkey, ["pinned", "serving_version"]))
+    return int(serving) if pinned and serving else None
 
 
 def complete_run(
@@ -153,14 +164,20 @@ def complete_run(
                     pipe.unwatch()
                     return None, []
                 kept = json.loads(cast(str | None, pipe.hget(mkey, "versions")) or "[]")
-                versions, dropped = _keep(kept, ref.version, keep_versions)
+                pin = _pinned(pipe, mkey)
+                versions, dropped = _keep(kept, ref.version, keep_versions, pin)
                 changes = {"status": "completed", "phase": "done", "progress": "100",
-                           "message": message, "end_timestamp": now_iso(), "owner": "",
-                           **encode_fields(fields)}
+                           "message": message if pin is None else message + (
+                               f" Kept as version {ref.version}; version {pin} stays serving "
+                               "(pinned with POST /models/<model_id>/serve)."),
+                           "end_timestamp": now_iso(), "owner": "", **encode_fields(fields)}
+                model_changes = {**model_fields, "versions": dump(versions),
+                                 "updated_at": now_iso()}
+                if pin is None:
+                    model_changes["serving_version"] = str(ref.version)
                 pipe.multi()
                 pipe.hset(rkey, mapping=changes)
-                pipe.hset(mkey, mapping={**model_fields, "serving_version": str(ref.version),
-                                         "versions": dump(versions), "updated_at": now_iso()})
+                pipe.hset(mkey, mapping=model_changes)
                 pipe.execute()
                 break
             except redis.WatchError:

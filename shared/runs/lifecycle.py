@@ -74,7 +74,16 @@ def _new_record(model_id: str, version: int, params: Mapping[str, Any],
         "owner": "",
         "cancel_requested": "",
         "task_id": "",
+        "training": _training_field(params),
     }
+
+
+def _training_field(params: Mapping[str, Any]) -> str:
+    """The status's ``training`` as stored: a warm start names its parent from the start."""
+    warm = params.get("warm_start")
+    if isinstance(warm, Mapping) and warm.get("parent_version"):
+        return dump({"parent_version": int(warm["parent_version"])})
+    return ""
 
 
 def create_run(

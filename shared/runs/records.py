@@ -117,6 +117,7 @@ def _model_view(raw: dict[str, str]) -> dict[str, Any]:
         "model_id": raw["model_id"],
         "serving_version": int(serving) if serving else None,
         "versions": json.loads(raw.get("versions") or "[]"),
+        "pinned": bool(raw.get("pinned")),
         "last_version": int(raw.get("last_version") or 0),
         "source_type": raw.get("source_type") or None,
         "target_type": raw.get("target_type") or None,

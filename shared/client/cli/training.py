@@ -102,6 +102,8 @@ def build_train_body(options: dict[str, Any]) -> dict[str, Any]:
         body["evaluation"] = evaluation
     if options.get("dry_run"):
         body["dry_run"] = True
+    if options.get("warm_start"):
+        body["warm_start"] = True
     return body
 
 
@@ -139,6 +141,7 @@ def show_status(state: CliState, status: dict[str, Any]) -> None:
 @click.option("--eval-max-sources", type=int, default=None,
               help="At most this many sources are evaluated.")
 @click.option("--dry-run", is_flag=True, help="Validate and estimate, without training.")
+@click.option("--warm-start", is_flag=True, help="Continue from the serving version.")
 @click.option("--wait", is_flag=True, help="Show live progress until the run ends.")
 @click.option("--poll-interval", type=float, default=1.0, show_default=True, hidden=True)
 @click.pass_obj
