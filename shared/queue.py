@@ -72,6 +72,13 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_cancel_long_running_tasks_on_connection_loss": True,
         "worker_hijack_root_logger": False,
         "worker_max_tasks_per_child": 50,
+        **_beat(settings, url),
+    }
+
+
+def _beat(settings: Settings, url: str) -> dict[str, Any]:
+    """Beat's settings: redbeat (schedules in Redis) and the periodic housekeeping tasks."""
+    return {
         # Beat keeps its schedule in Redis (celery-redbeat): model schedules are added and
         # removed at run time, one beat holds the lock and fires each tick however many run,
         # and entries survive restarts. beat_schedule below is loaded into it at start.

@@ -93,7 +93,7 @@ def test_a_warm_start_gives_new_users_personalised_scores() -> None:
 
     # When a warm start continues for a few epochs on the data with the new users
     trained = train(child_data, _params(epochs=5), lambda *_: None, lambda: False,
-                    start=starter(parent, child_data, _params().hyperparameters))
+                    start=starter(parent, _params().hyperparameters))
 
     # Then the new users' top 10 come mostly from their own cluster (popularity would not)
     _entities, interactions = clustered(with_metadata=False)
