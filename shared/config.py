@@ -144,6 +144,14 @@ _ENV_VARS: tuple[tuple[str, str, Callable[[str], object]], ...] = (
     ("RECSYS_RATE_LIMIT", "rate_limit", _rate_limit),
     ("RECSYS_RATE_LIMIT_RECOMMEND", "rate_limit_recommend", _rate_limit),
     ("RECSYS_S3_ENDPOINT_URL", "s3_endpoint_url", _http_url),
+    ("RECSYS_QUOTA_ACTIVE_RUNS", "quota_active_runs", _positive_int),
+    ("RECSYS_QUOTA_MODELS", "quota_models", _positive_int),
+    ("RECSYS_QUOTA_BATCHES", "quota_batches", _positive_int),
+    ("RECSYS_QUOTA_STORAGE_BYTES", "quota_storage_bytes", _positive_int),
+    ("RECSYS_TENANT_CONCURRENCY", "tenant_concurrency", _positive_int),
+    ("RECSYS_DATA_SUMMARY_TIME_LIMIT", "data_summary_time_limit", _positive_float),
+    ("RECSYS_BODY_READ_TIMEOUT", "body_read_timeout", _positive_float),
+    ("RECSYS_STREAM_WRITE_TIMEOUT", "stream_write_timeout", _positive_float),
 )
 
 
@@ -208,6 +216,22 @@ class Settings:
     rate_limit_recommend: str = "6000 per minute"
     #: An S3-compatible endpoint (MinIO, Ceph, moto), e.g. http://127.0.0.1:9000; unset = AWS.
     s3_endpoint_url: str | None = None
+    #: Per tenant: runs queued or running at once (docs/quotas.md).
+    quota_active_runs: int = 10
+    #: Per tenant: models.
+    quota_models: int = 1000
+    #: Per tenant: stored data batches.
+    quota_batches: int = 100_000
+    #: Per tenant: stored batch bytes (Parquet); None = no limit.
+    quota_storage_bytes: int | None = None
+    #: Training tasks of one tenant running at once; the rest wait in ``queued``.
+    tenant_concurrency: int = 2
+    #: Seconds the API spends on a /dataset summary or a dry run before answering 503.
+    data_summary_time_limit: float = 10.0
+    #: Seconds an upload body may go without a byte arriving before the API cuts it off.
+    body_read_timeout: float = 30.0
+    #: Seconds a streamed response may wait on a reader that does not read.
+    stream_write_timeout: float = 30.0
 
     @property
     def visibility_timeout(self) -> int:

@@ -31,6 +31,8 @@ from typing import Any, Literal, cast
 import orjson
 import redis
 
+from shared import quotas
+from shared.config import Settings
 from shared.errors import ValidationFailed
 from shared.registry import redis_guard, tenant_key
 
@@ -190,20 +192,35 @@ def stale_pending(r: redis.Redis, tenant: str, older_than: float) -> list[str]:
         return cast(list[str], r.zrangebyscore(_pending(tenant), "-inf", older_than))
 
 
-def record_batches(r: redis.Redis, tenant: str, metas: Sequence[BatchMeta]) -> None:
-    """Make the batches visible, all of them or none (one MULTI)."""
+def record_batches(r: redis.Redis, tenant: str, metas: Sequence[BatchMeta],
+                   settings: Settings | None = None) -> None:
+    """Make the batches visible, all of them or none (one MULTI).
+
+    With ``settings``, the tenant's batch and storage quotas are checked in the
+    same transaction (429 ``quota_exceeded``; the caller removes the files).
+    """
     if not metas:
         return
-    with redis_guard("recording uploaded batches"):
-        pipe = r.pipeline(transaction=True)
-        pipe.zrem(_pending(tenant), *[m.batch_id for m in metas])
-        for meta in metas:
-            pipe.hset(_record(tenant, meta.batch_id), mapping=meta.to_hash())
-            for tag in meta.tags:
-                pipe.sadd(_tag_set(tenant, tag), meta.batch_id)
-            pipe.zadd(_index(tenant), {meta.batch_id: _micros(meta)})
-            pipe.zadd(_kind_index(tenant, meta.kind), {meta.batch_id: _micros(meta)})
-        pipe.execute()
+    size = sum(m.bytes for m in metas)
+    with redis_guard("recording uploaded batches"), r.pipeline(transaction=True) as pipe:
+        while True:
+            try:
+                pipe.watch(*quotas.batch_watch_keys(tenant))  # type: ignore[no-untyped-call]
+                if settings is not None:
+                    quotas.check_new_batches(pipe, settings, tenant, len(metas), size)
+                pipe.multi()
+                pipe.zrem(_pending(tenant), *[m.batch_id for m in metas])
+                for meta in metas:
+                    pipe.hset(_record(tenant, meta.batch_id), mapping=meta.to_hash())
+                    for tag in meta.tags:
+                        pipe.sadd(_tag_set(tenant, tag), meta.batch_id)
+                    pipe.zadd(_index(tenant), {meta.batch_id: _micros(meta)})
+                    pipe.zadd(_kind_index(tenant, meta.kind), {meta.batch_id: _micros(meta)})
+                pipe.incrby(quotas.batch_bytes_key(tenant), size)
+                pipe.execute()
+                return
+            except redis.WatchError:
+                continue
 
 
 def _load(r: redis.Redis, tenant: str, batch_ids: Iterable[str]) -> list[BatchMeta]:
@@ -267,4 +284,5 @@ def forget_batches(r: redis.Redis, tenant: str, metas: Sequence[BatchMeta]) -> N
             pipe.zrem(_kind_index(tenant, meta.kind), meta.batch_id)
             for tag in meta.tags:
                 pipe.srem(_tag_set(tenant, tag), meta.batch_id)
+        pipe.decrby(quotas.batch_bytes_key(tenant), sum(m.bytes for m in metas))
         pipe.execute()

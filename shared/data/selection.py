@@ -27,11 +27,14 @@ import pyarrow.parquet as pq
 import redis
 
 from shared.data import entity_index
-from shared.data.batches import BatchMeta, batches_with_any_tag
+from shared.data.batches import MAX_TAG_LENGTH, BatchMeta, batches_with_any_tag
 from shared.data.filters import Condition, as_array, const_mask, filter_mask, parse_conditions
 from shared.errors import DependencyUnavailable, ValidationFailed
 from shared.ingest.columns import TIMESTAMP_TYPE, empty_table
 from shared.storage import Storage, batch_path
+
+#: Most tags one data selection may name.
+MAX_DATA_TAGS = 256
 
 __all__ = ["Condition", "DataSpec", "SelectedData", "count_interactions", "filter_mask",
            "latest_entity", "select_data", "summarise_data"]
@@ -107,6 +110,10 @@ def _tags(raw: Any, errors: dict[str, Any]) -> tuple[str, ...] | None:
         isinstance(t, str) and t.strip() for t in raw
     ):
         errors["data_tags"] = "must be a list of non-empty strings"
+        return None
+    if len(raw) > MAX_DATA_TAGS or any(len(t) > MAX_TAG_LENGTH for t in raw):
+        errors["data_tags"] = (f"at most {MAX_DATA_TAGS} tags of at most {MAX_TAG_LENGTH} "
+                               "characters")
         return None
     if not raw:  # would select nothing; almost certainly not what was meant
         errors["data_tags"] = "must not be empty; leave it out to use every batch"

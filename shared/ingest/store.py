@@ -219,6 +219,7 @@ def store(
     prepared: Sequence[Prepared],
     tags: tuple[str, ...],
     now: datetime,
+    settings: Settings | None = None,
 ) -> list[BatchMeta]:
     """Move the files into storage, then record them in one MULTI; undo everything on failure."""
     ids = new_batch_ids(len(prepared), now)
@@ -241,7 +242,7 @@ def store(
         for meta, p in zip(metas, prepared, strict=True):
             storage.put_file(batch_path(tenant, meta.batch_id), p.path)
             placed.append(meta.batch_id)
-        record_batches(r, tenant, metas)
+        record_batches(r, tenant, metas, settings)  # quotas checked in its transaction
     except BaseException:
         _remove_files(storage, tenant, placed)
         with contextlib.suppress(ServiceError):  # Redis down too: the sweep clears it later

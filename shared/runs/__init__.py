@@ -11,4 +11,5 @@ __all__ = [
     "records",
     "ref",
     "service",
+    "slots",
 ]
