@@ -12,7 +12,10 @@ Under gunicorn (which hands the socket to the app as ``gunicorn.socket``):
   the connection is closed;
 - while the response is written, the socket times out after
   ``RECSYS_STREAM_WRITE_TIMEOUT`` seconds in which the reader took nothing, and
-  gunicorn ends the connection (a streamed answer simply stops).
+  a streamed answer must be taken at :data:`MIN_BODY_RATE` bytes a second on
+  average after those seconds of grace (:class:`PacedOutput`); either way the
+  connection ends before the last chunk, so the client sees an incomplete
+  answer, never a short one that looks whole.
 
 gunicorn sets its sockets back to blocking between requests, so the
 timeouts last for one request. The same rules sit in front of gunicorn in
@@ -22,12 +25,21 @@ the compose deployment, where nginx buffers bodies and answers
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import logging
+import socket
+import struct
+import termios
 import time
-from typing import IO
+from collections.abc import Iterable
+from typing import IO, Any
 
 from flask import Flask, Response, g, request
 
 from shared.errors import ServiceError
+
+log = logging.getLogger(__name__)
 
 #: Bytes a second a request body must average, after the grace of RECSYS_BODY_READ_TIMEOUT.
 MIN_BODY_RATE = 16 * 1024
@@ -61,6 +73,10 @@ class Pace:
                                     "timeout_seconds": self.timeout,
                                     "min_bytes_per_second": self.min_rate})
 
+    def rate(self) -> float:
+        """Bytes a second so far."""
+        return self.received / max(time.monotonic() - self.started, 1e-3)
+
     def add(self, count: int) -> None:
         """Count ``count`` more bytes; BodyTimeout when the average has fallen too low."""
         self.received += count
@@ -76,14 +92,31 @@ class PacedInput:
         self._raw, self._pace = raw, pace
 
     def _count(self, data: bytes) -> bytes:
-        self._pace.add(len(data))
+        try:
+            self._pace.add(len(data))
+        except BodyTimeout:
+            self._give_up()
+            raise
         return data
 
+    def _give_up(self) -> None:
+        # gunicorn then closes the connection instead of draining the rest of the body
+        if hasattr(self._raw, "failed"):
+            self._raw.failed = True
+
     def read(self, size: int = -1) -> bytes:
-        """Read like the stream it wraps."""
+        """Read like the stream it wraps, at most a second's worth at the body's pace.
+
+        gunicorn's ``read(n)`` waits for all ``n`` bytes, so a large read of a slow
+        body would pass its deadline unnoticed: ask for about what arrives in a second.
+        """
+        if size is None or size < 0:
+            return b"".join(iter(lambda: self.read(1 << 20), b""))
+        piece = max(4096, int(self._pace.rate()))
         try:
-            return self._count(self._raw.read(size))
+            return self._count(self._raw.read(min(size, piece)))
         except TimeoutError as exc:
+            self._give_up()
             raise self._pace.error(idle=True) from exc
 
     def readline(self, size: int = -1) -> bytes:
@@ -91,6 +124,7 @@ class PacedInput:
         try:
             return self._count(self._raw.readline(size))
         except TimeoutError as exc:
+            self._give_up()
             raise self._pace.error(idle=True) from exc
 
     def __iter__(self) -> PacedInput:
@@ -103,6 +137,79 @@ class PacedInput:
         return line
 
 
+def unsent(sock: Any) -> int:
+    """Bytes written to ``sock`` that its peer has not acknowledged yet (Linux; else 0).
+
+    The kernel's send buffer grows to megabytes: without this, a reader that takes
+    1 KB a second would look fast for as long as the buffer keeps filling.
+    """
+    try:
+        raw = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+    except (OSError, ValueError, AttributeError, TypeError):
+        return 0
+    return int(struct.unpack("i", raw)[0])
+
+
+class PacedOutput:
+    """A streamed response body that ends the connection when its reader falls behind.
+
+    gunicorn asks for the next chunk only once the previous one is written; the
+    bytes the reader has taken are those written less those still unacknowledged
+    in the kernel's send buffer (:func:`unsent`). Past the grace of
+    ``RECSYS_STREAM_WRITE_TIMEOUT`` seconds, a reader that has taken less than
+    :data:`MIN_BODY_RATE` bytes a second on average is cut off: the socket is
+    shut down before the last chunk, so the client sees an incomplete answer
+    (never a short one that looks whole). A reader that takes nothing at all
+    is stopped by the socket's write timeout instead.
+    """
+
+    def __init__(self, chunks: Iterable[Any], sock: Any, timeout: float,
+                 min_rate: float = MIN_BODY_RATE) -> None:
+        self._chunks, self._sock = iter(chunks), sock
+        self._timeout, self._min_rate = timeout, min_rate
+        self._started = time.monotonic()
+        self.sent = 0
+        self.cut = False
+
+    def __iter__(self) -> PacedOutput:
+        return self
+
+    def __next__(self) -> Any:
+        late = time.monotonic() - self._started - self._timeout
+        if late > 0 and self.sent - unsent(self._sock) < late * self._min_rate:
+            self.cut = True
+            log.warning("ending a streamed answer: its reader took %d bytes in %.0f s",
+                        self.sent, time.monotonic() - self._started)
+            with contextlib.suppress(OSError):
+                self._sock.shutdown(socket.SHUT_RDWR)
+            self.close()
+            raise StopIteration
+        chunk = next(self._chunks)
+        self.sent += len(chunk)
+        return chunk
+
+    def close(self) -> None:
+        """Close the wrapped generator (ends its scoring threads)."""
+        close = getattr(self._chunks, "close", None)
+        if close is not None:
+            close()
+
+
+class _QuietWriteTimeouts(logging.Filter):
+    """gunicorn logs a write timeout as a socket error with a traceback: one line is enough."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Turn a write timeout's traceback into one warning line; pass everything else."""
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, TimeoutError):
+            record.msg = ("a reader took nothing for RECSYS_STREAM_WRITE_TIMEOUT seconds; "
+                          "its answer was ended")
+            record.args = None
+            record.exc_info = None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
 def current_pace() -> Pace | None:
     """The pace of this request's body (None outside gunicorn)."""
     pace: Pace | None = g.get("body_pace")
@@ -112,6 +219,9 @@ def current_pace() -> Pace | None:
 def init_app(app: Flask) -> None:
     """Install the read timeout before each request and the write timeout after it."""
     settings = app.extensions["recsys"].settings
+    gunicorn_log = logging.getLogger("gunicorn.error")
+    if not any(isinstance(f, _QuietWriteTimeouts) for f in gunicorn_log.filters):
+        gunicorn_log.addFilter(_QuietWriteTimeouts())
 
     @app.before_request
     def _read_timeout() -> None:
@@ -129,6 +239,9 @@ def init_app(app: Flask) -> None:
         sock = request.environ.get("gunicorn.socket")
         if sock is not None and hasattr(sock, "settimeout"):
             sock.settimeout(settings.stream_write_timeout)
+            if response.is_streamed:
+                response.response = PacedOutput(response.response, sock,
+                                                 settings.stream_write_timeout)
         if response.status_code == BodyTimeout.status:
             response.headers["Connection"] = "close"  # the rest of the body is never read
         return response
