@@ -15,7 +15,7 @@ Prints the latency of the normal request (median, p95, max), how the slow
 peers were cut off (status and seconds), and the /readyz rate. Loopback only;
 every thread and process it starts ends with it. Usage::
 
-    .venv/bin/python bench/abuse.py [--seconds 60] [--web-threads N] [--worker-class gevent]
+    .venv/bin/python bench/abuse.py [--seconds 60] [--web-threads N]
 """
 
 from __future__ import annotations
@@ -60,8 +60,6 @@ def _start_stack(tmp: Path, args: argparse.Namespace) -> tuple[subprocess.Popen[
            "RECSYS_FLOWER_PORT": str(_free_port()), "RECSYS_BOOTSTRAP_KEY": key}
     if args.web_threads:
         env["RECSYS_WEB_THREADS"] = str(args.web_threads)
-    if args.worker_class:
-        env["RECSYS_WEB_WORKER_CLASS"] = args.worker_class
     log = open(tmp / "stack.log", "wb")  # noqa: SIM115 - closed with the process
     proc = subprocess.Popen([sys.executable, "-m", "shared.stack.launcher"], cwd=ROOT, env=env,
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -284,14 +282,13 @@ def _cuts(name: str, cuts: list[tuple[str, float]]) -> str:
 def main() -> None:
     """Run the bench and print its figures."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--seconds", type=float, default=90.0)
     parser.add_argument("--url", help="a running stack (default: start one)")
     parser.add_argument("--api-key")
-    parser.add_argument("--reader-hold", type=float, default=35.0,
+    parser.add_argument("--reader-hold", type=float, default=40.0,
                         help="seconds a slow reader reads before checking for a cut (a bit "
                              "over RECSYS_STREAM_WRITE_TIMEOUT)")
     parser.add_argument("--web-threads", type=int, help="RECSYS_WEB_THREADS of the stack")
-    parser.add_argument("--worker-class", help="RECSYS_WEB_WORKER_CLASS of the stack")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp_dir:
         proc = None

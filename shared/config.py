@@ -177,7 +177,9 @@ class Settings:
     #: OpenMP threads one LightFM fit uses.
     train_threads: int = 2
     web_workers: int = 2
-    web_threads: int = 4
+    #: Request threads per API process: enough that slow peers never take them all
+    #: (bench/abuse.py: 26 slow peers and 64 probe loops against 2 x 32).
+    web_threads: int = 32
     #: Seconds a gunicorn worker may spend on one request (large uploads stream for minutes).
     web_timeout: int = 3600
     max_file_bytes: int = 1 << 30
