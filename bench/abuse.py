@@ -285,8 +285,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=90.0)
     parser.add_argument("--url", help="a running stack (default: start one)")
     parser.add_argument("--api-key")
-    parser.add_argument("--reader-hold", type=float, default=40.0,
-                        help="seconds a slow reader reads before checking for a cut (a bit "
+    parser.add_argument("--reader-hold", type=float, default=50.0,
+                        help="seconds a slow reader reads before checking for a cut (well "
                              "over RECSYS_STREAM_WRITE_TIMEOUT)")
     parser.add_argument("--web-threads", type=int, help="RECSYS_WEB_THREADS of the stack")
     args = parser.parse_args()
