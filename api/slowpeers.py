@@ -35,7 +35,7 @@ import time
 from collections.abc import Generator, Iterable
 from typing import IO, Any
 
-from flask import Flask, Response, g, request
+from flask import Flask, Response, g, has_app_context, request
 
 from shared.errors import ServiceError
 
@@ -230,6 +230,8 @@ class _QuietWriteTimeouts(logging.Filter):
 
 def current_pace() -> Pace | None:
     """The pace of this request's body (None outside gunicorn)."""
+    if not has_app_context():
+        return None
     pace: Pace | None = g.get("body_pace")
     return pace
 

@@ -34,7 +34,7 @@ def test_readyz_probes_at_most_once_a_second_and_never_waits_on_the_ping(
 
     def slow_probe(svc: Any) -> tuple[bool, dict[str, str]]:
         probes.append(time.monotonic())
-        time.sleep(1.0)  # the worker ping's timeout
+        time.sleep(2.0)  # slower than any worker ping: a call that waited on it shows
         return True, {"redis": "ok", "storage": "ok", "workers": "1 answering"}
 
     monkeypatch.setattr(api.ops, "probe", slow_probe)
@@ -50,9 +50,9 @@ def test_readyz_probes_at_most_once_a_second_and_never_waits_on_the_ping(
 
     started = time.monotonic()
     with ThreadPoolExecutor(16) as pool:
-        durations = list(pool.map(call, range(400)))
+        durations = list(pool.map(call, range(200)))
     elapsed = time.monotonic() - started
-    assert max(durations) < 0.5, f"a /readyz call waited {max(durations):.2f} s"
+    assert max(durations) < 1.5, f"a /readyz call waited {max(durations):.2f} s"
     # one probe at a time, at most one a second
     assert len(probes) <= elapsed + 2
     gaps = [b - a for a, b in itertools.pairwise(probes)]
