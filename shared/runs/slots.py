@@ -33,6 +33,8 @@ from shared.runs.ref import RunRef
 
 log = logging.getLogger(__name__)
 
+#: How the message of a run waiting for a slot starts (the reconciler looks for it).
+WAITING_PREFIX = "Queued (tenant limit):"
 #: Seconds (before jitter) a task without a slot waits, in the broker, before it tries again.
 RETRY_SECONDS = 2.0
 
@@ -90,8 +92,9 @@ def holders(r: redis.Redis, tenant: str, now: float | None = None) -> int:
 
 def note_waiting(r: redis.Redis, ref: RunRef, limit: int) -> bool:
     """Say on the queued run why it waits (and touch its heartbeat); False once it ended."""
-    message = (f"Queued: {limit} training run(s) of this tenant are already running (at most "
-               f"{limit} at once, RECSYS_TENANT_CONCURRENCY); this run starts when one ends.")
+    message = (f"{WAITING_PREFIX} {limit} training run(s) of this tenant are already running "
+               f"(at most {limit} at once, RECSYS_TENANT_CONCURRENCY); this run starts when "
+               "one ends.")
 
     def update(record: dict[str, object]) -> dict[str, str] | None:
         if record["status"] in FINAL_STATES or record["phase"] != "queued":
