@@ -19,6 +19,7 @@ from api import (
     recommendations,
     reqlog,
     similar,
+    slowpeers,
     swagger_assets,
     training,
     tune,
@@ -87,6 +88,7 @@ def create_app(
     # Operations: log context + access log (after the request id exists).
     reqlog.init_app(app)
     metrics.init_app(app)
+    slowpeers.init_app(app)  # socket timeouts for slow bodies and readers (issue #19)
     ratelimit.init_app(app)  # last: its 429s are still timed, logged and carry the request id
     return app
 

@@ -33,6 +33,9 @@ from typing import IO, Any
 from flask import Request
 from werkzeug.exceptions import ClientDisconnected
 
+from api.slowpeers import Pace, current_pace
+from shared.errors import ServiceError
+
 try:
     from gunicorn.http.body import Body, LengthReader
     from gunicorn.http.unreader import SocketUnreader
@@ -85,9 +88,10 @@ def missing_internals(body: Any) -> list[str]:
 class SocketBody(io.RawIOBase):
     """The rest of a gunicorn request body of known length, read from its socket."""
 
-    def __init__(self, body: Any) -> None:
+    def __init__(self, body: Any, pace: Pace | None = None) -> None:
         super().__init__()
         self._body = body
+        self._pace = pace
         self._reader = body.reader
         unreader = self._reader.unreader
         self._unreader = unreader
@@ -119,6 +123,11 @@ class SocketBody(io.RawIOBase):
         else:
             try:
                 got = self._sock.recv_into(target, want)
+            except TimeoutError as exc:  # the read timeout of api.slowpeers
+                self._body.failed = True
+                if self._pace is None:
+                    raise ClientDisconnected() from exc
+                raise self._pace.error(idle=True) from exc
             except OSError as exc:  # reset, or gunicorn's socket timeout: as werkzeug does
                 self._body.failed = True
                 raise ClientDisconnected() from exc
@@ -126,6 +135,12 @@ class SocketBody(io.RawIOBase):
                 self._body.failed = True
                 return 0
         self._reader.length -= got
+        if self._pace is not None:
+            try:
+                self._pace.add(got)
+            except ServiceError:
+                self._body.failed = True
+                raise
         return got
 
     def close(self) -> None:
@@ -154,7 +169,7 @@ def body_stream(request: Request) -> Iterator[IO[bytes]]:
         and not missing_internals(body)
         and body.buf.tell() == 0
     ):
-        with SocketBody(body) as raw:
+        with SocketBody(body, current_pace()) as raw:
             yield raw  # type: ignore[misc]
     else:
         yield request.stream

@@ -15,6 +15,7 @@ from flask.views import MethodView
 
 from api.auth import current_tenant, require
 from api.body import body_stream
+from api.bounded import bounded
 from api.context import services
 from api.parsing import Blueprint, load_json_body
 from shared.config import Settings
@@ -32,6 +33,8 @@ from shared.ingest.multipart_parser import FILE_FIELDS, Received, receive_multip
 from shared.ingest.pipe import StreamingConversion
 from shared.ingest.store import Prepared, delete_files, prepare_json, row_errors, store
 from shared.ingest.store import workspace as upload_workspace
+from shared.quotas import check_new_batches
+from shared.registry import redis_guard
 
 log = logging.getLogger(__name__)
 
@@ -218,7 +221,8 @@ def _upload_multipart(tenant: str) -> list[BatchMeta]:
         if errors:
             raise row_errors(errors)
         converted_at = time.perf_counter()
-        metas = store(svc.storage, svc.redis, tenant, prepared, tags, datetime.now(UTC))
+        metas = store(svc.storage, svc.redis, tenant, prepared, tags, datetime.now(UTC),
+                      settings)
         log.info(
             "upload of %d file(s), %d rows, %d bytes: received %.2f s, converted %.2f s more, "
             "stored %.2f s", len(prepared), sum(p.rows for p in prepared),
@@ -237,7 +241,8 @@ def _upload_json(tenant: str) -> list[BatchMeta]:
     tags = validate_tags(raw_tags, svc.settings.max_tags)
     with upload_workspace(svc.settings) as workdir:
         prepared, _ = prepare_json(body, workdir, svc.settings)
-        return store(svc.storage, svc.redis, tenant, prepared, tags, datetime.now(UTC))
+        return store(svc.storage, svc.redis, tenant, prepared, tags, datetime.now(UTC),
+                     svc.settings)
 
 
 @blp.route("/data_batch")
@@ -259,6 +264,11 @@ class DataBatches(MethodView):
                 "Upload CSV files as multipart/form-data, or rows as application/json.",
                 details={"content_type": request.content_type},
             )
+        svc = services()
+        # Full already: refuse before reading the body (the transaction that records the
+        # batches checks again, exactly).
+        with redis_guard("checking the batch quotas"):
+            check_new_batches(svc.redis, svc.settings, tenant, 1, 0)
         try:
             if mimetype == "multipart/form-data":
                 metas = _upload_multipart(tenant)
@@ -305,7 +315,9 @@ class DataBatches(MethodView):
 def _dataset(body: dict[str, Any]) -> dict[str, Any]:
     svc = services()
     spec = DataSpec.from_request(body)
-    return summarise_data(svc.storage, svc.redis, current_tenant(), spec, datetime.now(UTC))
+    tenant, now = current_tenant(), datetime.now(UTC)
+    return bounded(lambda: summarise_data(svc.storage, svc.redis, tenant, spec, now),
+                   "data summary")
 
 
 @blp.route("/dataset")

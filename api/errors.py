@@ -64,7 +64,7 @@ def _service_error(exc: ServiceError) -> Response:
         log.warning("service error %s: %s", exc.code, exc.message)
     response = error_response(exc.status, exc.code, exc.message, exc.details)
     if exc.status == 503:
-        response.headers["Retry-After"] = "5"
+        response.headers["Retry-After"] = str(getattr(exc, "retry_after", 5))
     return response
 
 

@@ -17,6 +17,7 @@ from flask import jsonify
 from flask.views import MethodView
 
 from api.auth import current_tenant, require
+from api.bounded import bounded
 from api.context import services
 from api.parsing import Blueprint
 from api.training_schemas import (
@@ -112,7 +113,8 @@ class Train(MethodView):
         model_id = body.get("model_id") or f"model-{uuid.uuid4().hex[:12]}"
         if body.get("dry_run"):
             # A Response passes through untouched (the 202 schema describes run statuses).
-            response = jsonify(DryRunSchema().dump(_dry_run(tenant, model_id, spec, params)))
+            result = bounded(lambda: _dry_run(tenant, model_id, spec, params), "dry run")
+            response = jsonify(DryRunSchema().dump(result))
             response.status_code = 200
             return response
         if body.get("warm_start"):

@@ -202,6 +202,14 @@ _ENV_VARS: tuple[tuple[str, str, Callable[[str], object]], ...] = (
     ("RECSYS_S3_ENDPOINT_URL", "s3_endpoint_url", _http_url),
     ("RECSYS_REDIS_MAXMEMORY", "redis_maxmemory", _memory_size),
     ("RECSYS_RUN_PROCESSES", "run_processes", _names),
+    ("RECSYS_QUOTA_ACTIVE_RUNS", "quota_active_runs", _positive_int),
+    ("RECSYS_QUOTA_MODELS", "quota_models", _positive_int),
+    ("RECSYS_QUOTA_BATCHES", "quota_batches", _positive_int),
+    ("RECSYS_QUOTA_STORAGE_BYTES", "quota_storage_bytes", _positive_int),
+    ("RECSYS_TENANT_CONCURRENCY", "tenant_concurrency", _positive_int),
+    ("RECSYS_DATA_SUMMARY_TIME_LIMIT", "data_summary_time_limit", _positive_float),
+    ("RECSYS_BODY_READ_TIMEOUT", "body_read_timeout", _positive_float),
+    ("RECSYS_STREAM_WRITE_TIMEOUT", "stream_write_timeout", _positive_float),
 )
 
 
@@ -227,7 +235,9 @@ class Settings:
     #: OpenMP threads one LightFM fit uses.
     train_threads: int = 2
     web_workers: int = 2
-    web_threads: int = 4
+    #: Request threads per API process: enough that slow peers never take them all
+    #: (bench/abuse.py: 26 slow peers and 64 probe loops against 2 x 32).
+    web_threads: int = 32
     #: Seconds a gunicorn worker may spend on one request (large uploads stream for minutes).
     web_timeout: int = 3600
     max_file_bytes: int = 1 << 30
@@ -280,6 +290,22 @@ class Settings:
     redis_maxmemory: str = "1gb"
     #: Procfile processes ``make run`` starts (empty: all of them).
     run_processes: tuple[str, ...] = ()
+    #: Per tenant: runs queued or running at once (docs/quotas.md).
+    quota_active_runs: int = 10
+    #: Per tenant: models.
+    quota_models: int = 1000
+    #: Per tenant: stored data batches.
+    quota_batches: int = 100_000
+    #: Per tenant: stored batch bytes (Parquet); None = no limit.
+    quota_storage_bytes: int | None = None
+    #: Training tasks of one tenant running at once; the rest wait in ``queued``.
+    tenant_concurrency: int = 2
+    #: Seconds the API spends on a /dataset summary or a dry run before answering 503.
+    data_summary_time_limit: float = 10.0
+    #: Seconds an upload body may go without a byte arriving before the API cuts it off.
+    body_read_timeout: float = 30.0
+    #: Seconds a streamed response may wait on a reader that does not read.
+    stream_write_timeout: float = 30.0
 
     @property
     def visibility_timeout(self) -> int:

@@ -125,3 +125,19 @@ class ConfigError(ServiceError):
     """A setting read from the environment is invalid; start-up stops."""
 
     code = "config_error"
+
+
+class QuotaExceeded(ServiceError):
+    """A per-tenant quota would be exceeded; nothing was stored or started (429)."""
+
+    status = 429
+    code = "quota_exceeded"
+
+
+class TryLater(TransientError):
+    """The request needs more work than the API does inline; try again later (503)."""
+
+    status = 503
+    code = "try_later"
+    #: Seconds the client is told to wait (the Retry-After header).
+    retry_after = 30

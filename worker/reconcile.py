@@ -9,7 +9,10 @@ every ``reconcile_interval``) requeues a run whose heartbeat is older than
 are left alone while their message may still be in the broker; one queued for
 longer than the broker's visibility timeout lost its message (a broker that
 lost its data, say) and is enqueued again (a duplicate is harmless: only one
-delivery can claim a queued run).
+delivery can claim a queued run). A queued run waiting for a slot of its
+tenant (:mod:`shared.runs.slots`) retries every few seconds from its worker's
+memory; one that stopped retrying for ``heartbeat_stale_after`` lost that
+worker and is enqueued again at once.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from datetime import datetime
 from typing import Any
 
 from shared.errors import ServiceError
+from shared.runs import slots
 from shared.runs.records import FINAL_STATES
 from shared.runs.ref import RunRef
 from shared.runs.service import Runs
@@ -36,6 +40,12 @@ def _queued_since(record: dict[str, Any]) -> float:
     except ValueError:
         since = 0.0
     return max(since, float(record.get("heartbeat") or 0.0))
+
+
+def _waiting_message_lost(record: dict[str, Any], now: float, stale_after: float) -> bool:
+    """A run waiting for a tenant slot touches its heartbeat at each retry (seconds apart)."""
+    waiting = str(record.get("message") or "").startswith(slots.WAITING_PREFIX)
+    return waiting and now - float(record.get("heartbeat") or 0.0) > stale_after
 
 
 def reconcile(svc: WorkerServices, now: float | None = None) -> dict[str, int]:
@@ -55,7 +65,14 @@ def reconcile(svc: WorkerServices, now: float | None = None) -> dict[str, int]:
             outcome["forgotten"] += 1
             continue
         if record["phase"] == "queued":
-            if _queued_since(record) + runs.settings.visibility_timeout < moment:
+            if _waiting_message_lost(record, moment, runs.settings.heartbeat_stale_after):
+                # it was waiting for a tenant slot and stopped retrying: its retry
+                # (held in its worker's memory) died with that worker
+                runs.requeue(ref, "Queued; the worker holding this waiting run stopped, so "
+                                  "it was queued again.")
+                runs.enqueue(ref, int(record["attempts"]) + 1)
+                outcome["requeued"] += 1
+            elif _queued_since(record) + runs.settings.visibility_timeout < moment:
                 runs.requeue(ref, str(record.get("message")))
                 runs.enqueue(ref, int(record["attempts"]) + 1)
                 outcome["requeued"] += 1

@@ -14,6 +14,7 @@ from shared.contracts import (
     TASK_TRAIN,
     ProgressMeta,
 )
+from shared.runs import slots
 from shared.runs.ref import RunRef
 from worker.celery_app import app
 from worker.context import worker_services
@@ -39,19 +40,30 @@ def progress_probe(self: Task, steps: int = 3, delay: float = 0.2) -> dict[str, 
 
 # Late acks with reject-on-worker-lost: a run whose worker dies is delivered again; the
 # per-model lock in the runner keeps a duplicate delivery from training the model twice.
-@app.task(name=TASK_TRAIN, bind=True, acks_late=True, reject_on_worker_lost=True)
+# No retry cap: a task retries only while its tenant's slots are all held (see slots).
+@app.task(name=TASK_TRAIN, bind=True, acks_late=True, reject_on_worker_lost=True,
+          max_retries=None)
 def train_model(self: Task, tenant: str, model_id: str, version: int) -> dict[str, Any]:
-    """Train one version of a model (see :mod:`worker.runner`)."""
+    """Train one version of a model (see :mod:`worker.runner`), in one of the tenant's slots."""
     from worker.runner import execute_run
 
     svc = worker_services(self.app)
+    ref = RunRef(tenant, model_id, int(version))
 
     def report(meta: ProgressMeta) -> None:
         if self.request.id:
             self.update_state(state=PROGRESS_STATE, meta=dict(meta))
             send_progress(self, meta)
 
-    return execute_run(svc, RunRef(tenant, model_id, int(version)), report)
+    settings = svc.settings
+    with slots.TenantSlot(svc.redis, tenant, settings.tenant_concurrency,
+                          settings.heartbeat_stale_after, settings.heartbeat_interval) as slot:
+        if slot.held:
+            return execute_run(svc, ref, report)
+    # Every slot of the tenant is busy: wait in the broker, not on this worker.
+    if not slots.note_waiting(svc.redis, ref, settings.tenant_concurrency):
+        return {"outcome": "skipped", "reason": "ended while waiting for a slot"}
+    raise self.retry(countdown=slots.retry_delay())
 
 
 # Housekeeping sends no task events, so Flower's list shows training (worker/flower.py).

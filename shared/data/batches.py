@@ -31,6 +31,8 @@ from typing import Any, Literal, cast
 import orjson
 import redis
 
+from shared import quotas
+from shared.config import Settings
 from shared.errors import ValidationFailed
 from shared.registry import redis_guard, tenant_key
 
@@ -189,20 +191,59 @@ def stale_pending(r: redis.Redis, tenant: str, older_than: float) -> list[str]:
         return cast(list[str], r.zrangebyscore(_pending(tenant), "-inf", older_than))
 
 
-def record_batches(r: redis.Redis, tenant: str, metas: Sequence[BatchMeta]) -> None:
-    """Make the batches visible, all of them or none (one MULTI)."""
+def _ensure_bytes_counter(r: redis.Redis, tenant: str) -> None:
+    """Start the tenant's byte counter from its batches if it has none (data from before it)."""
+    key = quotas.batch_bytes_key(tenant)
+    if r.exists(key):
+        return
+    with r.pipeline(transaction=True) as pipe:
+        while True:
+            try:
+                pipe.watch(key, _index(tenant))  # type: ignore[no-untyped-call]
+                if pipe.exists(key):
+                    pipe.unwatch()
+                    return
+                ids = cast(list[str], pipe.zrange(_index(tenant), 0, -1))
+                sizes = [cast(str | None, pipe.hget(_record(tenant, b), "bytes")) for b in ids]
+                pipe.multi()
+                pipe.set(key, sum(int(size or 0) for size in sizes))
+                pipe.execute()
+                return
+            except redis.WatchError:
+                continue
+
+
+def record_batches(r: redis.Redis, tenant: str, metas: Sequence[BatchMeta],
+                   settings: Settings | None = None) -> None:
+    """Make the batches visible, all of them or none (one MULTI).
+
+    With ``settings``, the tenant's batch and storage quotas are checked in the
+    same transaction (429 ``quota_exceeded``; the caller removes the files).
+    """
     if not metas:
         return
+    size = sum(m.bytes for m in metas)
     with redis_guard("recording uploaded batches"):
-        pipe = r.pipeline(transaction=True)
-        pipe.zrem(_pending(tenant), *[m.batch_id for m in metas])
-        for meta in metas:
-            pipe.hset(_record(tenant, meta.batch_id), mapping=meta.to_hash())
-            for tag in meta.tags:
-                pipe.sadd(_tag_set(tenant, tag), meta.batch_id)
-            pipe.zadd(_index(tenant), {meta.batch_id: _micros(meta)})
-            pipe.zadd(_kind_index(tenant, meta.kind), {meta.batch_id: _micros(meta)})
-        pipe.execute()
+        _ensure_bytes_counter(r, tenant)
+    with redis_guard("recording uploaded batches"), r.pipeline(transaction=True) as pipe:
+        while True:
+            try:
+                pipe.watch(*quotas.batch_watch_keys(tenant))  # type: ignore[no-untyped-call]
+                if settings is not None:
+                    quotas.check_new_batches(pipe, settings, tenant, len(metas), size)
+                pipe.multi()
+                pipe.zrem(_pending(tenant), *[m.batch_id for m in metas])
+                for meta in metas:
+                    pipe.hset(_record(tenant, meta.batch_id), mapping=meta.to_hash())
+                    for tag in meta.tags:
+                        pipe.sadd(_tag_set(tenant, tag), meta.batch_id)
+                    pipe.zadd(_index(tenant), {meta.batch_id: _micros(meta)})
+                    pipe.zadd(_kind_index(tenant, meta.kind), {meta.batch_id: _micros(meta)})
+                pipe.incrby(quotas.batch_bytes_key(tenant), size)
+                pipe.execute()
+                return
+            except redis.WatchError:
+                continue
 
 
 def batches_recorded(r: redis.Redis, tenant: str, metas: Sequence[BatchMeta]) -> bool:
@@ -266,15 +307,28 @@ def batch_ids_newest_first(r: redis.Redis, tenant: str, kind: Kind) -> list[str]
 
 
 def forget_batches(r: redis.Redis, tenant: str, metas: Sequence[BatchMeta]) -> None:
-    """Remove the records (one MULTI); the caller deletes the files afterwards."""
+    """Remove the records (one MULTI); the caller deletes the files afterwards.
+
+    The records are watched so that two deletes of one batch take its bytes off
+    the tenant's byte counter once.
+    """
     if not metas:
         return
-    with redis_guard("deleting batches"):
-        pipe = r.pipeline(transaction=True)
-        for meta in metas:
-            pipe.delete(_record(tenant, meta.batch_id))
-            pipe.zrem(_index(tenant), meta.batch_id)
-            pipe.zrem(_kind_index(tenant, meta.kind), meta.batch_id)
-            for tag in meta.tags:
-                pipe.srem(_tag_set(tenant, tag), meta.batch_id)
-        pipe.execute()
+    with redis_guard("deleting batches"), r.pipeline(transaction=True) as pipe:
+        _ensure_bytes_counter(r, tenant)
+        while True:
+            try:
+                pipe.watch(*[_record(tenant, m.batch_id) for m in metas])  # type: ignore[no-untyped-call]
+                present = [m for m in metas if pipe.exists(_record(tenant, m.batch_id))]
+                pipe.multi()
+                for meta in metas:
+                    pipe.delete(_record(tenant, meta.batch_id))
+                    pipe.zrem(_index(tenant), meta.batch_id)
+                    pipe.zrem(_kind_index(tenant, meta.kind), meta.batch_id)
+                    for tag in meta.tags:
+                        pipe.srem(_tag_set(tenant, tag), meta.batch_id)
+                pipe.decrby(quotas.batch_bytes_key(tenant), sum(m.bytes for m in present))
+                pipe.execute()
+                return
+            except redis.WatchError:
+                continue

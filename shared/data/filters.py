@@ -28,6 +28,9 @@ _COMPARE = {"gt": pc.greater, "gte": pc.greater_equal, "lt": pc.less, "lte": pc.
 #: Largest ``in``/``not_in`` list accepted in one condition.
 MAX_IN_VALUES = 10_000
 MAX_CONDITIONS = 100
+#: Longest string value and field name in a condition, in characters.
+MAX_VALUE_LENGTH = 1024
+MAX_FIELD_LENGTH = 256
 
 
 
@@ -78,6 +81,8 @@ def _check_condition(cond: Any) -> str | None:
     if unknown:
         return f"unknown keys {sorted(unknown)}"
     name, op = cond.get("field"), cond.get("op")
+    if isinstance(name, str) and len(name) > MAX_FIELD_LENGTH:
+        return f"field is at most {MAX_FIELD_LENGTH} characters"
     if not isinstance(name, str) or not (
         name in FIELDS or (name.startswith(METADATA_PREFIX) and len(name) > len(METADATA_PREFIX))
     ):
@@ -100,6 +105,8 @@ def _check_condition(cond: Any) -> str | None:
     for item in values:
         if not _is_scalar(item):
             return "values are strings, numbers or booleans"
+        if isinstance(item, str) and len(item) > MAX_VALUE_LENGTH:
+            return f"a string value is at most {MAX_VALUE_LENGTH} characters"
         if op in _COMPARE and isinstance(item, bool):
             return f"{op} compares strings or numbers"
         if name == "timestamp":

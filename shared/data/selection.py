@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 import redis
 
 from shared.data import entity_index
-from shared.data.batches import BatchMeta, batches_with_any_tag
+from shared.data.batches import MAX_TAG_LENGTH, BatchMeta, batches_with_any_tag
 from shared.data.filters import Condition, as_array, const_mask, filter_mask, parse_conditions
 from shared.errors import DependencyUnavailable, ValidationFailed
 from shared.ingest.columns import TIMESTAMP_TYPE, empty_table
@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 #: Largest ``maximum_interaction_age_days`` a request may give (100 years).
 MAX_INTERACTION_AGE_DAYS = 36_500
 #: Most ``data_tags`` a request may give.
-MAX_DATA_TAGS = 1000
+MAX_DATA_TAGS = 256
 
 
 @dataclass(frozen=True)
@@ -116,11 +116,12 @@ def _tags(raw: Any, errors: dict[str, Any]) -> tuple[str, ...] | None:
     ):
         errors["data_tags"] = "must be a list of non-empty strings"
         return None
+    if len(raw) > MAX_DATA_TAGS or any(len(t) > MAX_TAG_LENGTH for t in raw):
+        errors["data_tags"] = (f"at most {MAX_DATA_TAGS} tags of at most {MAX_TAG_LENGTH} "
+                               "characters")
+        return None
     if not raw:  # would select nothing; almost certainly not what was meant
         errors["data_tags"] = "must not be empty; leave it out to use every batch"
-        return None
-    if len(raw) > MAX_DATA_TAGS:
-        errors["data_tags"] = f"at most {MAX_DATA_TAGS} tags"
         return None
     return tuple(dict.fromkeys(t.strip() for t in raw))
 

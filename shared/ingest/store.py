@@ -222,6 +222,7 @@ def store(
     prepared: Sequence[Prepared],
     tags: tuple[str, ...],
     now: datetime,
+    settings: Settings | None = None,
 ) -> list[BatchMeta]:
     """Move the files into storage, then record them in one MULTI; undo everything on failure."""
     ids = new_batch_ids(len(prepared), now)
@@ -248,7 +249,7 @@ def store(
         _undo(storage, r, tenant, placed, ids)
         raise
     try:
-        record_batches(r, tenant, metas)
+        record_batches(r, tenant, metas, settings)  # quotas checked in its transaction
     except BaseException:
         # The MULTI may have run with only its reply lost (a timeout): then the batches are
         # listed and their files must stay. Ask Redis; when it cannot say, keep the files:

@@ -12,5 +12,6 @@ __all__ = [
     "ref",
     "search",
     "service",
+    "slots",
     "tuning",
 ]

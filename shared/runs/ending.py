@@ -18,6 +18,7 @@ from typing import Any, cast
 import redis
 from celery import Celery
 
+from shared import quotas
 from shared.contracts import Phase, RunState, RunStatus
 from shared.errors import Conflict, NotFound
 from shared.metrics import record_run_finished
@@ -54,6 +55,7 @@ def _release_active(r: redis.Redis, ref: RunRef) -> None:
             except redis.WatchError:
                 continue
     r.srem(ACTIVE_RUNS, ref.member)
+    r.srem(quotas.active_runs_key(ref.tenant), f"{ref.model_id}/{ref.version}")
 
 
 def _outcome(status: RunStatus) -> str:

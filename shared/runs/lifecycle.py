@@ -19,6 +19,7 @@ from typing import Any, cast
 import redis
 from celery import Celery
 
+from shared import quotas
 from shared.config import Settings
 from shared.contracts import QUEUE_TRAIN, TASK_TRAIN, Phase, RunStatus
 from shared.errors import NotFound
@@ -93,19 +94,29 @@ def create_run(
     params: Mapping[str, Any],
     callback_url: str | None,
     now: datetime | None = None,
+    settings: Settings | None = None,
 ) -> RunStatus:
-    """Register a queued run with the next version; 409 when the model already trains."""
+    """Register a queued run with the next version; 409 when the model already trains.
+
+    With ``settings``, the tenant's quotas are checked inside the same transaction
+    (429 ``quota_exceeded``, nothing stored; see :mod:`shared.quotas`).
+    """
     moment = now or datetime.now(UTC)
     stamp = now_iso(moment)
+    if settings is not None:
+        quotas.check_run_params_size(dump(dict(params)))
     akey, seq = active_key(tenant, model_id), _seq_key(tenant, model_id)
     mkey = model_key(tenant, model_id)
     with redis_guard("creating a training run"), r.pipeline(transaction=True) as pipe:
         while True:
             try:
-                pipe.watch(akey, seq, mkey)  # type: ignore[no-untyped-call]
+                pipe.watch(akey, seq, mkey,  # type: ignore[no-untyped-call]
+                           *quotas.run_watch_keys(tenant))
                 check_not_active(r, tenant, model_id)
                 version = int(cast(str | None, pipe.get(seq)) or 0) + 1
                 exists = bool(pipe.exists(mkey))
+                if settings is not None:
+                    quotas.check_new_run(pipe, settings, tenant, new_model=not exists)
                 ref = RunRef(tenant, model_id, version)
                 record = _new_record(model_id, version, params, callback_url, stamp)
                 model_fields = {"model_id": model_id, "last_version": str(version),
@@ -119,6 +130,7 @@ def create_run(
                 pipe.zadd(models_key(tenant), {model_id: moment.timestamp()}, nx=True)
                 pipe.set(akey, version)
                 pipe.sadd(ACTIVE_RUNS, ref.member)
+                pipe.sadd(quotas.active_runs_key(tenant), f"{model_id}/{version}")
                 pipe.execute()
                 return status_of({**record, "version": version, "progress": 0,
                                   "data_batch_ids": [], "counts": None, "metrics": None})
@@ -234,8 +246,10 @@ def active_runs(r: redis.Redis) -> list[str]:
 
 def forget_active(r: redis.Redis, member: str) -> None:
     """Drop a member from the active set (its run ended or vanished)."""
+    tenant, _, rest = member.partition("/")
     with redis_guard("updating active runs"):
         r.srem(ACTIVE_RUNS, member)
+        r.srem(quotas.active_runs_key(tenant), rest)
 
 
 def delete_model(r: redis.Redis, tenant: str, model_id: str) -> dict[str, Any]:

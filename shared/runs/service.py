@@ -43,7 +43,8 @@ class Runs:
     def create(self, tenant: str, model_id: str, params: Mapping[str, Any],
                callback_url: str | None, now: datetime | None = None) -> RunRef:
         """Register a queued run with the next version; 409 when the model already trains."""
-        status = lifecycle.create_run(self.redis, tenant, model_id, params, callback_url, now)
+        status = lifecycle.create_run(self.redis, tenant, model_id, params, callback_url, now,
+                                      settings=self.settings)
         return RunRef(tenant, model_id, status["version"])
 
     def enqueue(self, ref: RunRef, attempt: int) -> str:

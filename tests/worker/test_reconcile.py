@@ -87,3 +87,20 @@ def test_a_run_queued_past_the_visibility_timeout_is_enqueued_again(
     assert reconcile(svc, later)["requeued"] == 1
     assert [m["kwargs"]["model_id"] for m in svc.celery.sent] == ["lost"]  # type: ignore[attr-defined]
     assert get_status(svc.redis, T, "lost")["phase"] == "queued"
+
+
+def test_a_run_that_stopped_waiting_for_a_tenant_slot_is_enqueued_again(
+    svc: WorkerServices,
+) -> None:
+    from shared.runs import slots
+
+    create_run(svc.redis, T, "waiting", {}, None)
+    assert slots.note_waiting(svc.redis, RunRef(T, "waiting", 1), 2)
+    # while its retries keep coming, it is left alone
+    assert reconcile(svc, time.time() + 5)["requeued"] == 0
+    # once they stop for longer than a heartbeat may, its worker is taken as lost
+    assert reconcile(svc, time.time() + svc.settings.heartbeat_stale_after + 5)["requeued"] == 1
+    assert [m["kwargs"]["model_id"] for m in svc.celery.sent] == ["waiting"]  # type: ignore[attr-defined]
+    status = get_status(svc.redis, T, "waiting")
+    assert status["phase"] == "queued" and "queued again" in status["message"]
+    assert reconcile(svc, time.time() + 5)["requeued"] == 0

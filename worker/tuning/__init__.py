@@ -5,7 +5,6 @@ Submodules are imported by name; this package imports none of them itself.
 
 __all__ = [
     "search",
-    "slots",
     "space",
     "study",
     "tasks",

@@ -7,10 +7,10 @@ from typing import Any
 from celery import Task
 
 from shared.contracts import TASK_TUNE, TASK_TUNE_CHECK, TASK_TUNE_TRIAL
+from shared.runs import slots
 from shared.runs.ref import RunRef
 from worker.celery_app import app
 from worker.context import worker_services
-from worker.tuning.slots import SLOT_RETRY_SECONDS, release_slot, take_slot
 
 
 # The parent only claims the run and enqueues trials; a duplicate delivery skips.
@@ -33,14 +33,15 @@ def tune_trial(self: Task, tenant: str, model_id: str, version: int,
     from worker.tuning.search import execute_trial
 
     svc = worker_services(self.app)
-    holder = str(self.request.id)
-    if not take_slot(svc, tenant, holder):
-        raise self.retry(countdown=SLOT_RETRY_SECONDS)
-    try:
-        return execute_trial(svc, RunRef(tenant, model_id, int(version)), int(trial),
-                             str(self.request.hostname or "unknown"))
-    finally:
-        release_slot(svc, tenant, holder)
+    settings = svc.settings
+    # Trials share the tenant's training slots with its runs (RECSYS_TENANT_CONCURRENCY),
+    # so one tenant's search never holds every worker while another tenant waits.
+    with slots.TenantSlot(svc.redis, tenant, settings.tenant_concurrency,
+                          settings.heartbeat_stale_after, settings.heartbeat_interval) as slot:
+        if slot.held:
+            return execute_trial(svc, RunRef(tenant, model_id, int(version)), int(trial),
+                                 str(self.request.hostname or "unknown"))
+    raise self.retry(countdown=slots.retry_delay())  # wait in the broker, not on a worker
 
 
 @app.task(name=TASK_TUNE_CHECK, bind=True, ignore_result=True, send_events=False)
