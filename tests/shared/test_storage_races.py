@@ -30,7 +30,8 @@ def storage(tmp_path: Path) -> Storage:
 
 
 def _lose_multi_reply(monkeypatch: pytest.MonkeyPatch, *, commit: bool) -> None:
-    """Make the next transactional pipeline time out, after running it when ``commit``."""
+    """Make the upload's MULTI (the one recording batch hashes) time out, after running it
+    when ``commit``; other transactions (the byte counter's start) run as usual."""
     original = fakeredis.FakeRedis.pipeline
 
     def pipeline(self: Any, transaction: bool = True, shard_hint: Any = None) -> Any:
@@ -39,6 +40,9 @@ def _lose_multi_reply(monkeypatch: pytest.MonkeyPatch, *, commit: bool) -> None:
             real_execute = pipe.execute
 
             def execute(raise_on_error: bool = True) -> Any:
+                names = [str(args[0]).upper() for args, _ in pipe.command_stack]
+                if "HSET" not in names:  # not the upload's record: answer normally
+                    return real_execute(raise_on_error)
                 if commit:
                     real_execute(raise_on_error)
                 else:
