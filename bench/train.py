@@ -27,13 +27,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
-import os
-import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -47,10 +43,7 @@ import requests
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from shared.config import Settings  # noqa: E402
-from shared.keys import SCOPES, create_key  # noqa: E402
-from shared.registry import connect  # noqa: E402
-from shared.stack.embedded import start_embedded  # noqa: E402
+from bench._stack import Stack  # noqa: E402
 
 TENANT = "default"
 TIMESTAMP = pa.timestamp("us", tz="UTC")
@@ -71,55 +64,6 @@ def synthetic(n: int, n_sources: int, n_targets: int, seed: int) -> pa.Table:
         "timestamp": pa.array(stamps).cast(TIMESTAMP),
         "metadata": pa.array(["{}"] * n),
     })
-
-
-class Stack:
-    """Embedded server, API thread and one worker process in a temporary directory."""
-
-    def __init__(self, base: Path, threads: int) -> None:
-        self.server = start_embedded(base / "redis")
-        self.env = {**os.environ, "RECSYS_REDIS_URL": self.server.url,
-                    "RECSYS_DATA_DIR": str(base / "var"), "RECSYS_TRAIN_THREADS": str(threads),
-                    "RECSYS_MAX_JSON_BODY_BYTES": str(256 << 20), "PYTHONUNBUFFERED": "1",
-                    "RECSYS_LOG_LEVEL": "WARNING",
-                    "RECSYS_RATE_LIMIT": "100000 per minute"}
-        self.settings = Settings.from_env(self.env)
-        self.redis = connect(self.settings)
-        self.key, _ = create_key(self.redis, TENANT, list(SCOPES))
-        from werkzeug.serving import make_server
-
-        from api.app import create_app
-
-        logging.getLogger("werkzeug").setLevel(logging.ERROR)
-        self.http = make_server("127.0.0.1", 0, create_app(self.settings), threaded=True)
-        threading.Thread(target=self.http.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.http.server_port}/v1/recommender"
-        log = open(base / "worker.log", "ab")  # noqa: SIM115 - handed to the child
-        self.worker = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-Q",
-             "train,callbacks", "--concurrency", "1", "--prefetch-multiplier", "1",
-             "--hostname", f"bench-{os.getpid()}@localhost", "--loglevel", "WARNING",
-             "--without-mingle", "--without-gossip"],
-            cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True)
-        from shared.queue import make_producer
-
-        celery = make_producer(self.settings)
-        deadline = time.monotonic() + 60
-        while not celery.control.ping(timeout=0.5):
-            if time.monotonic() > deadline or self.worker.poll() is not None:
-                raise SystemExit("the worker did not start; see worker.log")
-
-    def headers(self) -> dict[str, str]:
-        """The all-scope key's header."""
-        return {"apikey": self.key}
-
-    def close(self) -> None:
-        """Stop the worker, the API and the server."""
-        os.killpg(self.worker.pid, signal.SIGTERM)
-        self.worker.wait(timeout=60)
-        self.http.shutdown()
-        self.server.stop()
 
 
 def upload(stack: Stack, table: pa.Table, directory: Path) -> float:

@@ -27,13 +27,9 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import logging
 import os
-import signal
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -46,11 +42,8 @@ import requests
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from shared.config import Settings  # noqa: E402
-from shared.keys import SCOPES, create_key  # noqa: E402
-from shared.registry import connect  # noqa: E402
+from bench._stack import Stack  # noqa: E402
 from shared.runs.records import get_run  # noqa: E402
-from shared.stack.embedded import start_embedded  # noqa: E402
 
 TENANT = "default"
 K = 10
@@ -95,54 +88,6 @@ def split_latest(table: pa.Table, per_user: int) -> tuple[pa.Table, dict[str, se
         else:
             kept.append(i)
     return table.take(pa.array(sorted(kept))), held
-
-
-class Stack:
-    """Embedded server, API thread and one worker with ``processes`` pool processes."""
-
-    def __init__(self, base: Path, processes: int, threads: int) -> None:
-        self.server = start_embedded(base / "redis")
-        self.env = {**os.environ, "RECSYS_REDIS_URL": self.server.url,
-                    "RECSYS_DATA_DIR": str(base / "var"), "RECSYS_TRAIN_THREADS": str(threads),
-                    "RECSYS_MAX_JSON_BODY_BYTES": str(256 << 20), "PYTHONUNBUFFERED": "1",
-                    "RECSYS_LOG_LEVEL": "WARNING", "RECSYS_RATE_LIMIT": "100000 per minute"}
-        self.settings = Settings.from_env(self.env)
-        self.redis = connect(self.settings)
-        self.key, _ = create_key(self.redis, TENANT, list(SCOPES))
-        from werkzeug.serving import make_server
-
-        from api.app import create_app
-
-        logging.getLogger("werkzeug").setLevel(logging.ERROR)
-        self.http = make_server("127.0.0.1", 0, create_app(self.settings), threaded=True)
-        threading.Thread(target=self.http.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.http.server_port}/v1/recommender"
-        log = open(base / "worker.log", "ab")  # noqa: SIM115 - handed to the child
-        self.worker = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-Q",
-             "train,callbacks", "--concurrency", str(processes), "--prefetch-multiplier", "1",
-             "--hostname", f"bench-{os.getpid()}@localhost", "--loglevel", "WARNING",
-             "--without-mingle", "--without-gossip"],
-            cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True)
-        from shared.queue import make_producer
-
-        celery = make_producer(self.settings)
-        deadline = time.monotonic() + 60
-        while not celery.control.ping(timeout=0.5):
-            if time.monotonic() > deadline or self.worker.poll() is not None:
-                raise SystemExit("the worker did not start; see worker.log")
-
-    def headers(self) -> dict[str, str]:
-        """The all-scope key's header."""
-        return {"apikey": self.key}
-
-    def close(self) -> None:
-        """Stop the worker, the API and the server."""
-        os.killpg(self.worker.pid, signal.SIGTERM)
-        self.worker.wait(timeout=60)
-        self.http.shutdown()
-        self.server.stop()
 
 
 def upload(stack: Stack, table: pa.Table, directory: Path) -> None:
@@ -205,7 +150,7 @@ def main() -> None:
           f"{args.test_per_user} latest ratings each held out; {args.workers} worker "
           f"processes x {args.threads} threads on {os.cpu_count()} cores")
     with tempfile.TemporaryDirectory(prefix="bench-tune-") as tmp:
-        stack = Stack(Path(tmp), args.workers, args.threads)
+        stack = Stack(Path(tmp), args.threads, args.workers)
         try:
             upload(stack, train_rows, Path(tmp))
             secs, _ = run(stack, "/train", {"model_id": "defaults"})

@@ -150,7 +150,11 @@ def ensure_key(r: redis.Redis, raw: str, tenant: str = "default") -> ApiKey:
 
 def lookup(r: redis.Redis, raw: str) -> ApiKey | None:
     """The record of a presented key, or None when it does not exist."""
-    digest = hash_key(raw)
+    return lookup_digest(r, hash_key(raw))
+
+
+def lookup_digest(r: redis.Redis, digest: str) -> ApiKey | None:
+    """The record of a key by its hash (what a console session keeps), or None."""
     with redis_guard("checking the API key"):
         record = as_str_dict(r.hgetall(_record_key(digest)))
     if not record:

@@ -8,7 +8,6 @@ the service functions run under exactly the tenant and scopes the API would use.
 
 from __future__ import annotations
 
-import hmac
 import time
 from typing import cast
 
@@ -16,8 +15,7 @@ from flask import g, session
 
 from api.console.sessions import ConsoleSession
 from api.context import services
-from shared.keys import ApiKey, hash_key, lookup
-from shared.registry import as_str_dict, global_key, redis_guard
+from shared.keys import ApiKey, hash_key, lookup, lookup_digest
 
 #: Session field holding the signed-in key's digest.
 DIGEST = "key_digest"
@@ -43,18 +41,7 @@ def sign_out() -> None:
 
 
 def _by_digest(digest: str) -> ApiKey | None:
-    # shared.keys looks keys up by their raw value only; the session holds the digest.
-    with redis_guard("checking the console session's API key"):
-        record = as_str_dict(services().redis.hgetall(global_key("apikey", digest)))
-    if not record or not hmac.compare_digest(record.get("hash", ""), digest):
-        return None
-    return ApiKey(
-        key_id=record["key_id"],
-        tenant=record["tenant"],
-        scopes=frozenset(s for s in record.get("scopes", "").split(",") if s),
-        created_at=record.get("created_at", ""),
-        name=record.get("name", ""),
-    )
+    return lookup_digest(services().redis, digest)
 
 
 def current_key() -> ApiKey | None:
