@@ -12,8 +12,8 @@ import requests
 
 from shared.keys import SCOPES, create_key
 from shared.stack.embedded import EmbeddedServer
-from tests.integration.conftest import Stack, running_stack
-from tests.integration.training_helpers import upload_clustered
+from tests.helpers.stack import Stack, running_stack
+from tests.helpers.training import upload_clustered
 
 RUN = {"data_tags": ["fair"], "hyperparameters": {"epochs": 60, "no_components": 16},
        "evaluation": {"holdout": 0}}

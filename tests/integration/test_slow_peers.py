@@ -21,8 +21,8 @@ import requests
 from shared.keys import SCOPES, create_key
 from shared.stack.embedded import EmbeddedServer
 from shared.storage import open_storage
-from tests.servers import running_gunicorn
-from tests.shared.test_serving_model import make_artifact, register
+from tests.helpers.models import make_artifact, register
+from tests.helpers.servers import running_gunicorn
 
 TIMEOUT = 2.0
 P = "/v1/recommender"
