@@ -334,8 +334,9 @@ class Attempt:
             ref, owner=self.owner, message=message,
             model_fields={"source_type": self.options.source_type,
                           "target_type": self.options.target_type},
-            fields={"metrics": trained.metrics,
-                    "training": {**trained.training_choice(), "parent_version": parent}},
+            fields={"metrics": trained.metrics, "training": {
+                **trained.training_choice(),
+                **({"parent_version": parent} if parent is not None else {})}},
         )
         if status is None:  # ended elsewhere (cancelled, reconciled) while saving
             delete_version(svc.storage, ref.tenant, ref.model_id, ref.version)

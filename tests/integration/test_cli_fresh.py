@@ -28,7 +28,7 @@ def test_warm_start_schedule_and_serve_through_the_cli(stack: Stack, tmp_path: P
     # Then it completes as version 2, continuing version 1
     assert warm.returncode == 0, warm.stderr
     status = json.loads(warm.stdout)
-    assert status["version"] == 2 and status["training"] == {"parent_version": 1}
+    assert status["version"] == 2 and status["training"]["parent_version"] == 1
 
     # When a schedule is set, shown and deleted
     put = recsys(stack, "--json", "schedule", "set", "cli-fresh", "--cron", "0 3 * * *",

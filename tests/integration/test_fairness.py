@@ -72,13 +72,14 @@ def test_another_tenants_run_starts_before_a_busy_tenants_third(
         most_of_a_at_once = max(most_of_a_at_once, running_a)
         time.sleep(0.05)
 
-    # then B's run started before A's third (and A's second), and all completed
+    # then B's run started before A's second (and third), and all completed
     assert set(ended) == {m for m, _ in runs}, (started, ended)
     for model_id, key in runs:
         final = http.get(st.url(f"/status/{model_id}"), headers={"apikey": key},
                          timeout=10).json()
         assert final["status"] == "completed", final
-    assert started["b1"] < started["a3"], started
-    assert started["b1"] < started["a2"], started
+    # (A's runs may start in any order among themselves: a run without a slot is retried)
+    a_starts = sorted(started[m] for m in ("a1", "a2", "a3"))
+    assert started["b1"] < a_starts[1], started
     assert most_of_a_at_once == 1
     assert any("RECSYS_TENANT_CONCURRENCY" in m for m in waiting_messages), waiting_messages

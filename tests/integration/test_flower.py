@@ -105,24 +105,28 @@ def test_flower_needs_its_login(flower: str) -> None:
 def test_training_shows_progress_and_terminate_cancels_the_run(
     stack: Stack, http: requests.Session, flower: str
 ) -> None:
-    upload_clustered(stack, http, "flower", n_users=300, n_items=200)
+    upload_clustered(stack, http, "flower", n_users=3000, n_items=1000)
+    # Given the scans have run a few times (their events would show by now) ...
+    _wait(lambda: min(_housekeeping_done(stack).values()) >= 2, 60, "two of each scan")
     with receiving() as receiver:
         body = {"model_id": "m-flower", "data_tags": ["flower"],
                 "callback_url": receiver.url(),
-                "hyperparameters": {"epochs": 1000, "no_components": 16},
+                "hyperparameters": {"epochs": 1000, "no_components": 32},
                 "evaluation": {"holdout": 0}}
         response = http.post(stack.url("/train"), json=body, headers=stack.headers(), timeout=10)
         assert response.status_code == 202, response.text
         wait_for_phase(stack, http, "m-flower", "training", timeout=90)
         task_id = stack.redis.hget(f"recsys:t:{stack.tenant}:run:m-flower:1", "task_id")
 
-        # Given the scans have run a few times while it trains ...
-        _wait(lambda: min(_housekeeping_done(stack).values()) >= 2, 60, "two of each scan")
         # ... Flower lists the training task with its phase and progress, and no scan at all.
-        task = _wait(lambda: (t := _tasks(flower).get(task_id)) and t["state"] == "PROGRESS"
-                     and "%" in str(t.get("result")) and t, 60, "the task's progress in Flower")
+        def progress_shown() -> Any:
+            task = _tasks(flower).get(task_id)
+            return (task and task["state"] == "PROGRESS"
+                    and str(task.get("result")).startswith("training ") and task)
+
+        task = _wait(progress_shown, 60, "the task's progress in Flower")
         assert task["name"] == TASK_TRAIN
-        assert str(task["result"]).startswith("training ")
+        assert "%" in str(task["result"])
         names = {t.get("name") for t in _tasks(flower).values()}
         assert not names & HOUSEKEEPING, names
 

@@ -41,7 +41,7 @@ def test_new_users_get_personalised_recommendations_after_a_warm_start(
     body = {"model_id": "warm", "data_tags": ["warm"], "use_metadata_features": False,
             "hyperparameters": {"epochs": 20, "no_components": 8}}
     first = train(stack, http, body)
-    assert first["version"] == 1 and first["training"] is None
+    assert first["version"] == 1 and "parent_version" not in first["training"]
 
     # and a new batch with users n0..n9 the model never saw
     _upload(stack, http, _batch([f"n{u}" for u in range(10)], "warm"))
