@@ -21,6 +21,7 @@ from api.context import services
 from api.parsing import Blueprint
 from api.training import _model_id
 from api.training_schemas import ModelSchema, TrainRequestSchema, resolve_params
+from api.tune import TuneRequestSchema, search_params
 from shared.data.selection import DataSpec
 from shared.errors import NotFound, ValidationFailed
 from shared.fresh.schedules import (
@@ -46,6 +47,14 @@ class ScheduleTrainSchema(TrainRequestSchema):
         exclude = ("model_id", "dry_run", "warm_start")
 
 
+class ScheduleTuneSchema(TuneRequestSchema):
+    """A schedule's ``tune`` body: ``POST /tune`` without what the schedule decides."""
+
+    class Meta:
+        unknown = ma.RAISE
+        exclude = ("model_id", "dry_run", "warm_start")
+
+
 class ScheduleRequestSchema(ma.Schema):
     """``PUT /models/<model_id>/schedule``."""
 
@@ -57,7 +66,8 @@ class ScheduleRequestSchema(ma.Schema):
     cron = ma.fields.String(validate=validate.Length(min=9, max=200), metadata={
         "description": "5 fields, UTC"})
     train = ma.fields.Nested(ScheduleTrainSchema)
-    tune = ma.fields.Dict(metadata={"description": "a POST /tune body (not built yet)"})
+    tune = ma.fields.Nested(ScheduleTuneSchema, metadata={
+        "description": "a POST /tune body without model_id: each tick runs a search"})
     warm_start = ma.fields.Boolean(load_default=False)
     only_with_new_data = ma.fields.Boolean(load_default=True)
 
@@ -66,12 +76,13 @@ class ScheduleRequestSchema(ma.Schema):
         if ("interval_minutes" in data) == ("cron" in data):
             raise ma.ValidationError("give exactly one of interval_minutes and cron",
                                      field_name="interval_minutes")
-        if "tune" in data:
-            raise ma.ValidationError("scheduled tuning is not built yet (POST /tune is not "
-                                     "either); schedule a train body", field_name="tune")
-        if "train" not in data:
-            raise ma.ValidationError("give a train body (a POST /train body without "
-                                     "model_id)", field_name="train")
+        if ("train" in data) == ("tune" in data):
+            raise ma.ValidationError("give exactly one of train (a POST /train body without "
+                                     "model_id) and tune (a POST /tune body without model_id)",
+                                     field_name="train")
+        if "tune" in data and data.get("warm_start"):
+            raise ma.ValidationError("a search starts afresh: warm_start goes with train, "
+                                     "not tune", field_name="warm_start")
 
 
 class TickSchema(ma.Schema):
@@ -121,16 +132,18 @@ def _definition(body: dict[str, Any]) -> dict[str, Any]:
                                details={"fields": {"interval_minutes": f">= {minimum:g}"}})
     if "cron" in body:
         parse_cron(body["cron"])
-    train = body["train"]
+    kind = "tune" if "tune" in body else "train"
+    train = body[kind]
     DataSpec.from_request(train)  # the same 422s as POST /train
     callback_url = train.get("callback_url")
     if callback_url is not None:
         callback_url = validate_callback_url(callback_url, svc.settings.callback_allow_private)
     timing = ({"cron": " ".join(body["cron"].split())} if "cron" in body
               else {"interval_minutes": body["interval_minutes"]})
-    return {**timing, "train": train, "warm_start": body["warm_start"],
+    params = search_params(train) if kind == "tune" else resolve_params(train)
+    return {**timing, kind: train, "warm_start": body["warm_start"],
             "only_with_new_data": body["only_with_new_data"],
-            "params": resolve_params(train), "callback_url": callback_url}
+            "params": params, "callback_url": callback_url}
 
 
 @blp.route("/models/<model_id>/schedule")

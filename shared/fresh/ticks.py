@@ -24,6 +24,7 @@ from shared.fresh.schedules import drop_entry, load_definition, record_tick
 from shared.fresh.warm import warm_params
 from shared.runs.records import active_key, get_run, serving_version
 from shared.runs.service import Runs
+from shared.runs.tuning import submit_search
 from shared.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -87,12 +88,16 @@ def _submit(runs: Runs, storage: Storage, tenant: str, model_id: str,
         if definition.get("warm_start") and serving is not None:
             requested = (definition.get("train") or {}).get("hyperparameters") or {}
             params = warm_params(runs.redis, storage, tenant, model_id, requested, params)
-        ref = runs.submit(tenant, model_id, params, definition.get("callback_url"))
+        if definition.get("tune") is not None:  # a scheduled search (docs/tuning.md)
+            ref = submit_search(runs, tenant, model_id, params, definition.get("callback_url"))
+        else:
+            ref = runs.submit(tenant, model_id, params, definition.get("callback_url"))
     except Conflict as exc:
         if exc.code == "model_training":
             return "skipped_already_training", "The model is training; tick skipped.", None
         return "refused", exc.message, None
     except ServiceError as exc:
         return "refused", exc.message, None
-    kind = "warm start" if "warm_start" in params else "run"
+    kind = ("search" if "search" in params else
+            "warm start" if "warm_start" in params else "run")
     return "started", f"Started {kind} version {ref.version}.", ref.version

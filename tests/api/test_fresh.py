@@ -198,7 +198,7 @@ def test_schedule_put_get_delete(
     {"cron": "* * * *", "train": {}},
     {"interval_minutes": 5, "train": {"model_id": "x"}},
     {"interval_minutes": 5, "train": {"hyperparameters": {"loss": "nope"}}},
-    {"interval_minutes": 5, "tune": {}},
+    {"interval_minutes": 5, "tune": {"model_id": "x"}},
     {"interval_minutes": 5, "train": {}, "extra": 1},
 ])
 def test_bad_schedules_are_422(client: FlaskClient, auth: dict[str, str],
@@ -274,3 +274,37 @@ def test_a_tick_the_service_refuses_is_recorded_as_refused(
     tick = run_tick(svc.runs, svc.celery, svc.storage, "acme", "t2")
     assert tick["outcome"] == "refused" and "no_components" in tick["message"]
     assert enqueued == [("acme", "t2", 1)]  # only the first, by hand
+
+
+def test_a_schedule_can_run_a_search_each_tick(
+    app: Flask, client: FlaskClient, auth: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a schedule whose work is a POST /tune body
+    sent: list[str] = []
+    monkeypatch.setattr("shared.runs.tuning.enqueue_search",
+                        lambda runs, ref: sent.append(ref.model_id))
+    response = client.put(f"{P}/models/s1/schedule", headers=auth, json={
+        "interval_minutes": 60, "tune": {"data_tags": ["shop"], "search": {"trials": 4}}})
+    assert response.status_code == 200, response.get_json()
+    assert response.get_json()["tune"]["search"] == {"trials": 4}
+    assert "train" not in response.get_json()
+    _batch(app, "shop")
+    # When it ticks, a search is queued (phase tuning), not a plain run
+    svc = _svc(app)
+    tick = run_tick(svc.runs, svc.celery, svc.storage, "acme", "s1")
+    assert tick["outcome"] == "started" and sent == ["s1"], tick
+    status = svc.runs.status(RunRef("acme", "s1", 1))
+    assert status["phase"] == "tuning" and status["tuning"]["trials_total"] == 4
+
+
+@pytest.mark.parametrize("body", [
+    {"interval_minutes": 60, "train": {}, "tune": {}},
+    {"interval_minutes": 60, "tune": {"search": {"trials": 0}}},
+    {"interval_minutes": 60, "tune": {}, "warm_start": True},
+    {"interval_minutes": 60, "tune": {"evaluation": {"holdout": 0}}},
+])
+def test_bad_scheduled_searches_are_422(client: FlaskClient, auth: dict[str, str],
+                                        body: dict[str, Any]) -> None:
+    response = client.put(f"{P}/models/s2/schedule", headers=auth, json=body)
+    assert response.status_code == 422, response.get_json()
+    assert response.get_json()["error"]["code"]

@@ -53,20 +53,25 @@ def schedule_group() -> None:
 @click.option("--train", "train_json", default=None, metavar="JSON",
               help="The whole POST /train body (without model_id) as JSON or @file.json; "
                    "the flags above are merged into it.")
+@click.option("--tune", "trials", type=int, default=None, metavar="TRIALS",
+              help="Run a search of this many trials each tick instead of one run "
+                   "(a POST /tune body; the best version serves).")
 @click.option("--warm-start", is_flag=True, help="Continue from the serving version.")
 @click.option("--always", is_flag=True,
               help="Train on every tick, even when no new batch arrived.")
 @click.pass_obj
 def schedule_set(state: CliState, /, model_id: str, interval: float | None, cron: str | None,
-                 train_json: str | None, warm_start: bool, always: bool,
-                 **options: Any) -> None:
+                 train_json: str | None, trials: int | None, warm_start: bool,
+                 always: bool, **options: Any) -> None:
     """Create or replace MODEL_ID's schedule."""
     if (interval is None) == (cron is None):
         raise click.UsageError("give exactly one of --every and --cron")
     body: dict[str, Any] = dict(parse_json_option(train_json, "--train") or {})
     body.update(build_train_body(options))
-    request: dict[str, Any] = {"train": body, "warm_start": warm_start,
-                               "only_with_new_data": not always}
+    if trials is not None:
+        body["search"] = {**body.get("search", {}), "trials": trials}
+    request: dict[str, Any] = {"tune" if trials is not None else "train": body,
+                               "warm_start": warm_start, "only_with_new_data": not always}
     request.update({"interval_minutes": interval} if interval is not None else {"cron": cron})
     _show(state, _call(state.client(), "PUT", _path(model_id, "schedule"), request))
 
