@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 from shared.data.assembly import Dataset, DatasetOptions, build_dataset  # noqa: E402
 from shared.ingest.columns import ENTITY_SCHEMA  # noqa: E402
 from worker.evaluation import EvaluationSettings, evaluate, holdout_split  # noqa: E402
-from worker.training import Hyperparameters, fit, representations  # noqa: E402
+from worker.fitting import Hyperparameters, fit, representations  # noqa: E402
 from worker.warm_start import grow, state_of  # noqa: E402
 
 if TYPE_CHECKING:
@@ -144,12 +144,12 @@ def main() -> None:
         ("warm start", int(e), True) for e in args.warm_epochs.split(",")]
     for name, epochs, warm in contenders:
         started = time.perf_counter()
-        start: Callable[[], LightFM] | None = None
+        start: Callable[[Dataset], LightFM] | None = None
         growth = 0.0
         if warm:
             grown = grow(parent_state, full, hp(epochs))
             growth = time.perf_counter() - started
-            start = lambda grown=grown: grown  # noqa: E731  (counted in the warm start's time)
+            start = lambda _data, grown=grown: grown  # noqa: E731  (counted in its time)
         model = fit(full, hp(epochs), args.threads, lambda _: None, lambda: False,
                     mask=~test, start=start)
         seconds = time.perf_counter() - started
