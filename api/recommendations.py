@@ -54,17 +54,28 @@ MAX_ID_LENGTH = 1024
 CSV_HEADER = ("source_id", "target_id", "rank", "score")
 
 
-def _answered(view: Callable[..., Response]) -> Callable[..., Response]:
-    """What GET and POST share: the ``recommend`` scope and the documented answers."""
-    view = require("recommend")(view)
-    view = blp.doc(responses=CSV_DOC)(view)
-    view = blp.alt_response(422, schema=ErrorBodySchema, description="Invalid parameters.")(view)
-    view = blp.alt_response(409, schema=ErrorBodySchema, description=NOT_READY)(view)
-    view = blp.alt_response(404, schema=ErrorBodySchema, description="Unknown model_id.")(view)
-    documented: Callable[..., Response] = blp.response(
-        200, RecommendationsSchema, description="JSON, or CSV with output_format=csv (text/csv)."
-    )(view)
-    return documented
+def answered(bp: Blueprint, schema: type[ma.Schema], doc: dict[str, Any]
+             ) -> Callable[[Callable[..., Response]], Callable[..., Response]]:
+    """What a serving endpoint's GET and POST share: the ``recommend`` scope and the
+    documented answers (JSON ``schema``, or CSV as ``doc`` shows it)."""
+
+    def decorate(view: Callable[..., Response]) -> Callable[..., Response]:
+        view = require("recommend")(view)
+        view = bp.doc(responses=doc)(view)
+        view = bp.alt_response(422, schema=ErrorBodySchema, description="Invalid parameters.")(
+            view)
+        view = bp.alt_response(409, schema=ErrorBodySchema, description=NOT_READY)(view)
+        view = bp.alt_response(404, schema=ErrorBodySchema, description="Unknown model_id.")(
+            view)
+        documented: Callable[..., Response] = bp.response(
+            200, schema, description="JSON, or CSV with output_format=csv (text/csv)."
+        )(view)
+        return documented
+
+    return decorate
+
+
+_answered = answered(blp, RecommendationsSchema, CSV_DOC)
 
 
 @blp.route("/recommended_items")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import marshmallow as ma
@@ -18,17 +18,15 @@ import orjson
 from flask import Response
 from flask.views import MethodView
 
-from api.auth import current_tenant, require
+from api.auth import current_tenant
 from api.context import services
-from api.errors import ErrorBodySchema
 from api.parsing import Blueprint
 from api.recommendation_schemas import (
-    NOT_READY,
     SimilarBodySchema,
     SimilarItemsSchema,
     SimilarQuerySchema,
 )
-from api.recommendations import _dedupe, serving_state, stream_answer, target_index
+from api.recommendations import _dedupe, answered, serving_state, stream_answer, target_index
 from api.shaping import shape_from, split_ids
 from shared.errors import ValidationFailed
 from shared.models.blocks import RecBlock, clean_scores
@@ -49,16 +47,7 @@ SIMILAR_DOC = {"200": {
 }}
 
 
-def _answered(view: Callable[..., Response]) -> Callable[..., Response]:
-    view = require("recommend")(view)
-    view = blp.doc(responses=SIMILAR_DOC)(view)
-    view = blp.alt_response(422, schema=ErrorBodySchema, description="Invalid parameters.")(view)
-    view = blp.alt_response(409, schema=ErrorBodySchema, description=NOT_READY)(view)
-    view = blp.alt_response(404, schema=ErrorBodySchema, description="Unknown model_id.")(view)
-    documented: Callable[..., Response] = blp.response(
-        200, SimilarItemsSchema, description="JSON, or CSV with output_format=csv (text/csv)."
-    )(view)
-    return documented
+_answered = answered(blp, SimilarItemsSchema, SIMILAR_DOC)
 
 
 @blp.route("/similar_items")

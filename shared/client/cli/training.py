@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -117,15 +118,29 @@ def show_status(state: CliState, status: dict[str, Any]) -> None:
         metrics_table(state.out, metrics)
 
 
+def selection_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The options ``train`` and ``tune`` share: model id, data selection, callback, types."""
+    for option in reversed(SELECTION_OPTIONS):
+        command = option(command)
+    return command
+
+
+SELECTION_OPTIONS = [
+    click.option("--model-id", default=None, help="Model id; generated when absent."),
+    click.option("--tag", "tags", multiple=True,
+                 help="Use only batches with at least one tag."),
+    click.option("--max-age-days", type=int, default=None,
+                 help="Leave out older interactions."),
+    click.option("--filters", default=None, metavar="JSON",
+                 help="data_filters as JSON (or @file.json)."),
+    click.option("--callback-url", default=None, help="URL called when the run ends."),
+    click.option("--source-type", default=None, help="Entity type of sources (default user)."),
+    click.option("--target-type", default=None, help="Entity type of targets (default item)."),
+]
+
+
 @click.command("train")
-@click.option("--model-id", default=None, help="Model id; generated when absent.")
-@click.option("--tag", "tags", multiple=True, help="Use only batches with at least one tag.")
-@click.option("--max-age-days", type=int, default=None, help="Leave out older interactions.")
-@click.option("--filters", default=None, metavar="JSON",
-              help="data_filters as JSON (or @file.json).")
-@click.option("--callback-url", default=None, help="URL called when the run ends.")
-@click.option("--source-type", default=None, help="Entity type of sources (default user).")
-@click.option("--target-type", default=None, help="Entity type of targets (default item).")
+@selection_options
 @click.option("--weight", "weights", multiple=True, metavar="TYPE=W",
               help="Interaction weight per type, e.g. purchase=5 (repeatable; 0 drops).")
 @click.option("--loss", type=click.Choice(["warp", "bpr", "warp-kos"]), default=None)

@@ -20,7 +20,7 @@ from shared.client.cli.data import parse_json_option
 from shared.client.cli.main import EXIT_INTERRUPTED, EXIT_RUN_FAILED, CliState
 from shared.client.cli.output import print_json
 from shared.client.cli.progress import FINAL_STATES, OUTAGE_GRACE, POLL_INTERVAL, _transient
-from shared.client.cli.training import build_train_body, show_status
+from shared.client.cli.training import build_train_body, selection_options, show_status
 from shared.client.http import ApiError, ConnectionFailed, RecsysClient
 
 STATE_STYLE = {"complete": "green", "running": "cyan", "failed": "red", "cancelled": "yellow",
@@ -87,14 +87,7 @@ def watch_search(client: RecsysClient, model_id: str, console: Console,
 
 
 @click.command("tune")
-@click.option("--model-id", default=None, help="Model id; generated when absent.")
-@click.option("--tag", "tags", multiple=True, help="Use only batches with at least one tag.")
-@click.option("--max-age-days", type=int, default=None, help="Leave out older interactions.")
-@click.option("--filters", default=None, metavar="JSON",
-              help="data_filters as JSON (or @file.json).")
-@click.option("--callback-url", default=None, help="URL called when the run ends.")
-@click.option("--source-type", default=None, help="Entity type of sources (default user).")
-@click.option("--target-type", default=None, help="Entity type of targets (default item).")
+@selection_options
 @click.option("--loss", type=click.Choice(["warp", "bpr", "warp-kos"]), default=None,
               help="Loss when the space does not search it.")
 @click.option("--epochs", type=int, default=None, help="Epochs of every trial (1-1000).")
