@@ -20,21 +20,9 @@ from shared.models.state import STATE_ARRAYS, ModelState, save_state
 from shared.runs.ending import complete_run
 from shared.runs.lifecycle import start_attempt, update_run
 from shared.runs.ref import RunRef
-from shared.runs.service import Runs
 
 P = "/v1/recommender"
 
-
-@pytest.fixture
-def enqueued(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str, int]]:
-    calls: list[tuple[str, str, int]] = []
-
-    def fake_enqueue(runs: Runs, ref: RunRef, attempt: int) -> str:
-        calls.append((ref.tenant, ref.model_id, ref.version))
-        return "task"
-
-    monkeypatch.setattr(Runs, "enqueue", fake_enqueue)
-    return calls
 
 
 def _svc(app: Flask) -> Services:
@@ -241,7 +229,7 @@ def test_ticks_decide_and_record_their_outcome(
 
     first = _batch(app, "shop")
     # a model with nothing serving trains from scratch
-    assert tick()["outcome"] == "started" and enqueued == [("acme", "t1", 1)]
+    assert tick()["outcome"] == "started" and enqueued == [RunRef("acme", "t1", 1)]
     # while it trains, ticks skip
     assert tick()["outcome"] == "skipped_already_training"
     _complete(app, "t1", 1, batch_ids=[first])
@@ -273,7 +261,7 @@ def test_a_tick_the_service_refuses_is_recorded_as_refused(
         "warm_start": True, "only_with_new_data": False})
     tick = run_tick(svc.runs, svc.celery, svc.storage, "acme", "t2")
     assert tick["outcome"] == "refused" and "no_components" in tick["message"]
-    assert enqueued == [("acme", "t2", 1)]  # only the first, by hand
+    assert enqueued == [RunRef("acme", "t2", 1)]  # only the first, by hand
 
 
 def test_a_schedule_can_run_a_search_each_tick(

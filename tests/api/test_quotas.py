@@ -20,21 +20,9 @@ from shared.keys import SCOPES, create_key
 from shared.runs.ending import finish_run
 from shared.runs.lifecycle import create_run
 from shared.runs.ref import RunRef
-from shared.runs.service import Runs
 
 P = "/v1/recommender"
 
-
-@pytest.fixture
-def enqueued(monkeypatch: pytest.MonkeyPatch) -> list[RunRef]:
-    calls: list[RunRef] = []
-
-    def fake_enqueue(runs: Runs, ref: RunRef, attempt: int) -> str:
-        calls.append(ref)
-        return "task"
-
-    monkeypatch.setattr(Runs, "enqueue", fake_enqueue)
-    return calls
 
 
 def _app(tmp_path: Path, r: fakeredis.FakeRedis, **limits: Any) -> Flask:

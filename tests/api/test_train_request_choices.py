@@ -9,22 +9,10 @@ import pytest
 from flask.testing import FlaskClient
 
 from shared.runs.ref import RunRef
-from shared.runs.service import Runs
 from worker.params import train_params
 
 P = "/v1/recommender"
 
-
-@pytest.fixture
-def enqueued(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    calls: list[str] = []
-
-    def fake_enqueue(runs: Runs, ref: RunRef, attempt: int) -> str:
-        calls.append(ref.model_id)
-        return "task"
-
-    monkeypatch.setattr(Runs, "enqueue", fake_enqueue)
-    return calls
 
 
 def _dry(client: FlaskClient, auth: dict[str, str], body: dict[str, Any]) -> dict[str, Any]:
@@ -35,7 +23,7 @@ def _dry(client: FlaskClient, auth: dict[str, str], body: dict[str, Any]) -> dic
 
 
 def test_defaults_are_auto_and_reach_the_worker_as_such(
-    client: FlaskClient, auth: dict[str, str], enqueued: list[str]
+    client: FlaskClient, auth: dict[str, str], enqueued: list[RunRef]
 ) -> None:
     params = _dry(client, auth, {})
     assert params["use_metadata_features"] == "auto"
@@ -46,7 +34,7 @@ def test_defaults_are_auto_and_reach_the_worker_as_such(
 
 
 def test_auto_without_a_holdout_is_20_epochs_and_fixed_values_stay_fixed(
-    client: FlaskClient, auth: dict[str, str], enqueued: list[str]
+    client: FlaskClient, auth: dict[str, str], enqueued: list[RunRef]
 ) -> None:
     hp = _dry(client, auth, {"evaluation": {"holdout": 0}})["hyperparameters"]
     assert (hp["epochs_auto"], hp["epochs"]) == (True, 20)
@@ -64,12 +52,12 @@ def test_auto_without_a_holdout_is_20_epochs_and_fixed_values_stay_fixed(
 
 
 def test_a_run_with_auto_is_queued(
-    client: FlaskClient, auth: dict[str, str], enqueued: list[str]
+    client: FlaskClient, auth: dict[str, str], enqueued: list[RunRef]
 ) -> None:
     body = {"model_id": "a", "hyperparameters": {"epochs": "auto", "max_epochs": 50},
             "use_metadata_features": "auto"}
     assert client.post(f"{P}/train", json=body, headers=auth).status_code == 202
-    assert enqueued == ["a"]
+    assert [ref.model_id for ref in enqueued] == ["a"]
 
 
 @pytest.mark.parametrize("body", [
@@ -83,7 +71,7 @@ def test_a_run_with_auto_is_queued(
     {"use_metadata_features": None},
 ])
 def test_other_values_are_422_in_the_contract_shape(
-    client: FlaskClient, auth: dict[str, str], enqueued: list[str], body: dict[str, Any]
+    client: FlaskClient, auth: dict[str, str], enqueued: list[RunRef], body: dict[str, Any]
 ) -> None:
     response = client.post(f"{P}/train", json=body, headers=auth)
     assert response.status_code == 422

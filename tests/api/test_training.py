@@ -11,21 +11,9 @@ from flask.testing import FlaskClient
 from shared.runs.ending import complete_run
 from shared.runs.lifecycle import start_attempt
 from shared.runs.ref import RunRef
-from shared.runs.service import Runs
 
 P = "/v1/recommender"
 
-
-@pytest.fixture
-def enqueued(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str, int]]:
-    calls: list[tuple[str, str, int]] = []
-
-    def fake_enqueue(runs: Runs, ref: RunRef, attempt: int) -> str:
-        calls.append((ref.tenant, ref.model_id, ref.version))
-        return "task"
-
-    monkeypatch.setattr(Runs, "enqueue", fake_enqueue)
-    return calls
 
 
 def test_train_queues_a_run_and_status_reads_it(
@@ -37,7 +25,7 @@ def test_train_queues_a_run_and_status_reads_it(
     assert (body["model_id"], body["version"], body["status"], body["phase"],
             body["progress"]) == ("m1", 1, "running", "queued", 0)
     assert body["start_timestamp"] is None and body["callback"] is None
-    assert enqueued == [("acme", "m1", 1)]
+    assert enqueued == [RunRef("acme", "m1", 1)]
     for url in (f"{P}/status?model_id=m1", f"{P}/status/m1", f"{P}/status/m1?version=1"):
         got = client.get(url, headers=auth)
         assert got.status_code == 200 and got.get_json()["phase"] == "queued"
