@@ -19,7 +19,13 @@ from celery import Celery
 
 from shared.contracts import QUEUE_CALLBACKS, TASK_SCAN_CALLBACKS, CallbackStatus, RunStatus
 from shared.queue import make_producer
-from shared.webhooks.deliveries import SCHEDULE_KEY, attempt_log, callback_status, schedule_member
+from shared.webhooks.deliveries import (
+    SCHEDULE_KEY,
+    attempt_log,
+    callback_status,
+    lock_key,
+    schedule_member,
+)
 from shared.webhooks.deliveries import schedule_for_run as schedule
 from tests.helpers.callback_receiver import Receiver, Reply, receiving
 from tests.helpers.servers import free_port
@@ -195,8 +201,12 @@ def test_the_schedule_survives_a_worker_restart(
     receiver.reply(Reply(503, {"Retry-After": "3"}))
     schedule(cb.redis, client, TENANT, "cb-restart", 1, receiver.url(), finished("cb-restart"))
     receiver.wait_for(1)
-    wait_until(lambda: len(attempt_log(cb.redis, TENANT, "cb-restart", 1)) >= 1,
-               what="the first attempt recorded")
+    # The restart comes between attempts: the first one has recorded its result and let go
+    # of the delivery's lock (a worker killed while holding it delays the retry by the lock's
+    # lifetime, 90 s, by design).
+    wait_until(lambda: len(attempt_log(cb.redis, TENANT, "cb-restart", 1)) >= 1
+               and not cb.redis.exists(lock_key(TENANT, "cb-restart", 1)),
+               what="the first attempt recorded and its lock released")
 
     for proc in list(cb.workers):
         cb.stop_worker(proc, signal.SIGKILL)
