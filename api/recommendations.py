@@ -10,8 +10,6 @@ with a million sources never builds its whole answer in memory.
 
 from __future__ import annotations
 
-import csv
-import io
 import itertools
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -20,8 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 import marshmallow as ma
-import orjson
-from flask import Response, current_app, stream_with_context
+from flask import Response, current_app
 from flask.views import MethodView
 
 from api.auth import current_tenant, require
@@ -36,9 +33,10 @@ from api.recommendation_schemas import (
     RecommendQuerySchema,
 )
 from api.shaping import Extras, csv_chunks, json_chunks, shape_from
+from api.streaming import block_rows, csv_document, json_document, plain_csv_rows, stream_answer
 from shared.errors import DependencyUnavailable, ServiceError, ValidationFailed
 from shared.models import serving
-from shared.models.blocks import RecBlock, clean_scores, recommend_all, recommend_ids
+from shared.models.blocks import RecBlock, recommend_all, recommend_ids
 from shared.models.serving import LoadedModel, MetadataLookup, ModelCache
 from shared.models.shaped import Shape, recommend_shaped, resolve
 from shared.models.target_index import TargetIndex, TargetIndexCache, has_target_features
@@ -249,8 +247,12 @@ def _recommend(
         blocks = recommend_all(model, k, exclude_seen, state.executor)
     else:
         blocks = recommend_ids(model, ids, k, exclude_seen, lookup, state.executor)
-    writer = _csv_chunks if output_format == "csv" else _json_chunks
-    return stream_answer(model, blocks, lambda head: writer(model, head), output_format)
+    def write(all_blocks: Iterable[RecBlock]) -> Iterator[bytes]:
+        if output_format == "csv":
+            return csv_document(CSV_HEADER, (plain_csv_rows(b) for b in all_blocks))
+        return json_document(model, "recommendations", (block_rows(b) for b in all_blocks))
+
+    return stream_answer(model, blocks, write, output_format)
 
 
 def target_index(model: LoadedModel) -> TargetIndex:
@@ -282,68 +284,4 @@ def _shaped(model: LoadedModel, ids: list[str] | None, lookup: MetadataLookup | 
         return json_chunks(model, index, extras, all_blocks, unknown)
 
     return stream_answer(model, blocks, write, output_format)
-
-
-def stream_answer(model: LoadedModel, blocks: Iterator[Any],
-                  writer: Callable[[Iterable[Any]], Iterator[bytes]],
-                  output_format: str) -> Response:
-    """Whole answer when small, else streamed (errors before the first byte get a status)."""
-    # Compute up to two blocks now, so errors still get a proper status and small
-    # answers go out whole with a Content-Length; the rest is streamed.
-    head = list(itertools.islice(blocks, 2))
-    streamed = len(head) == 2
-    chunks = writer(itertools.chain(head, blocks))
-    mimetype = "text/csv" if output_format == "csv" else "application/json"
-    if streamed:
-        response = Response(stream_with_context(_logged(chunks, model)), mimetype=mimetype)
-        response.headers["X-Accel-Buffering"] = "no"
-    else:
-        response = Response(b"".join(chunks), mimetype=mimetype)
-    response.headers["X-Model-Version"] = str(model.version)
-    return response
-
-
-def _logged(chunks: Iterable[bytes], model: LoadedModel) -> Iterator[bytes]:
-    """Log a failure in the middle of a stream (the status line is already sent)."""
-    try:
-        yield from chunks
-    except Exception:
-        log.exception("streaming recommendations of model %s failed", model.model_id)
-        raise
-
-
-def _json_chunks(model: LoadedModel, blocks: Iterable[RecBlock]) -> Iterator[bytes]:
-    yield (b'{"model_id":' + orjson.dumps(model.model_id) + b',"version":'
-           + str(model.version).encode() + b',"recommendations":[')
-    sep = b""
-    for block in blocks:
-        if len(block.ranks) == 0:
-            continue
-        rows = [
-            {"source_id": s, "target_id": t, "rank": r, "score": sc, "fallback": f}
-            for s, t, r, sc, f in zip(
-                block.source_ids.tolist(), block.target_ids.tolist(), block.ranks.tolist(),
-                clean_scores(block.scores), block.fallback.tolist(), strict=True,
-            )
-        ]
-        yield sep + orjson.dumps(rows)[1:-1]
-        sep = b","
-    yield b"]}"
-
-
-def _csv_chunks(model: LoadedModel, blocks: Iterable[RecBlock]) -> Iterator[bytes]:
-    buffer = io.StringIO()
-    out = csv.writer(buffer, lineterminator="\n")
-    out.writerow(CSV_HEADER)
-    yield buffer.getvalue().encode("utf-8")
-    for block in blocks:
-        if len(block.ranks) == 0:
-            continue
-        buffer.seek(0)
-        buffer.truncate()
-        out.writerows(zip(
-            block.source_ids.tolist(), block.target_ids.tolist(), block.ranks.tolist(),
-            clean_scores(block.scores), strict=True,
-        ))
-        yield buffer.getvalue().encode("utf-8")
 

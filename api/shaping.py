@@ -10,8 +10,6 @@ option asked for, after the contract's four).
 
 from __future__ import annotations
 
-import csv
-import io
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -19,8 +17,8 @@ from typing import Any
 import orjson
 
 from api.parsing import check_depth
+from api.streaming import block_rows, csv_document, json_document
 from shared.errors import ValidationFailed
-from shared.models.blocks import clean_scores
 from shared.models.serving import LoadedModel
 from shared.models.shaped import Shape, ShapedBlock, because
 from shared.models.target_index import TargetIndex, parse_target_filters
@@ -85,13 +83,7 @@ class Extras:
 
 def _rows(model: LoadedModel, index: TargetIndex | None, extras: Extras,
           block: ShapedBlock) -> list[dict[str, Any]]:
-    rec = block.rec
-    rows = [
-        {"source_id": s, "target_id": t, "rank": r, "score": sc, "fallback": f}
-        for s, t, r, sc, f in zip(rec.source_ids.tolist(), rec.target_ids.tolist(),
-                                  rec.ranks.tolist(), clean_scores(rec.scores),
-                                  rec.fallback.tolist(), strict=True)
-    ]
+    rows = block_rows(block.rec)
     if extras.new_targets:
         for row, col in zip(rows, block.cols.tolist(), strict=True):
             row["new_target"] = col >= model.n_targets
@@ -111,18 +103,8 @@ def json_chunks(model: LoadedModel, index: TargetIndex | None, extras: Extras,
                 blocks: Iterable[ShapedBlock], unknown_ids: list[str] | None,
                 key: str = "recommendations") -> Iterator[bytes]:
     """One JSON document: model, version, rows, then ``unknown_ids`` when asked for."""
-    yield (b'{"model_id":' + orjson.dumps(model.model_id) + b',"version":'
-           + str(model.version).encode() + b',"' + key.encode() + b'":[')
-    sep = b""
-    for block in blocks:
-        if len(block.cols) == 0:
-            continue
-        yield sep + orjson.dumps(_rows(model, index, extras, block))[1:-1]
-        sep = b","
-    tail = b"]"
-    if unknown_ids is not None:
-        tail += b',"unknown_ids":' + orjson.dumps(unknown_ids)
-    yield tail + b"}"
+    rows = (_rows(model, index, extras, block) for block in blocks if len(block.cols))
+    return json_document(model, key, rows, unknown_ids)
 
 
 def csv_chunks(model: LoadedModel, index: TargetIndex | None, extras: Extras,
@@ -131,24 +113,17 @@ def csv_chunks(model: LoadedModel, index: TargetIndex | None, extras: Extras,
     header = ["source_id", "target_id", "rank", "score"]
     header += ["new_target"] * extras.new_targets + ["because"] * extras.explain
     header += ["name", "media_url"] * extras.with_entities
-    buffer = io.StringIO()
-    out = csv.writer(buffer, lineterminator="\n")
-    out.writerow(header)
-    for block in blocks:
-        if len(block.cols) == 0:
-            continue
-        for row in _rows(model, index, extras, block):
-            cells = [row[h] for h in header]
-            if extras.explain:
-                at = header.index("because")
-                cells[at] = ";".join(cells[at])
-            out.writerow(["" if c is None else str(c).lower() if isinstance(c, bool) else c
-                          for c in cells])
-        yield buffer.getvalue().encode("utf-8")
-        buffer.seek(0)
-        buffer.truncate()
-    if buffer.tell():
-        yield buffer.getvalue().encode("utf-8")
+
+    def cells(row: Mapping[str, Any]) -> list[Any]:
+        values = [row[h] for h in header]
+        if extras.explain:
+            at = header.index("because")
+            values[at] = ";".join(values[at])
+        return ["" if c is None else str(c).lower() if isinstance(c, bool) else c
+                for c in values]
+
+    return csv_document(header, ([cells(row) for row in _rows(model, index, extras, block)]
+                                 for block in blocks if len(block.cols)))
 
 
 def metadata_lookup(metadata: Mapping[str, Any] | None) -> Any:

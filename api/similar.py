@@ -8,13 +8,10 @@ streamed like recommendations.
 
 from __future__ import annotations
 
-import csv
-import io
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import marshmallow as ma
-import orjson
 from flask import Response
 from flask.views import MethodView
 
@@ -26,10 +23,11 @@ from api.recommendation_schemas import (
     SimilarItemsSchema,
     SimilarQuerySchema,
 )
-from api.recommendations import _dedupe, answered, serving_state, stream_answer, target_index
+from api.recommendations import _dedupe, answered, serving_state, target_index
 from api.shaping import shape_from, split_ids
+from api.streaming import block_rows, csv_document, json_document, plain_csv_rows, stream_answer
 from shared.errors import ValidationFailed
-from shared.models.blocks import RecBlock, clean_scores
+from shared.models.blocks import RecBlock
 from shared.models.serving import LoadedModel, MetadataLookup
 from shared.models.shaped import resolve
 from shared.models.similar import similar_blocks
@@ -98,44 +96,8 @@ def _similar(target_metadata: Mapping[str, Any] | None, *, model_id: str, target
 
     def write(all_blocks: Iterable[RecBlock]) -> Iterator[bytes]:
         if output_format == "csv":
-            return _csv(all_blocks)
-        return _json(model, all_blocks, unknown)
+            return csv_document(CSV_HEADER, (plain_csv_rows(b) for b in all_blocks))
+        rows = (block_rows(b, "target_id", "similar_id") for b in all_blocks)
+        return json_document(model, "similar_items", rows, unknown)
 
     return stream_answer(model, blocks, write, output_format)
-
-
-def _json(model: LoadedModel, blocks: Iterable[RecBlock],
-          unknown: list[str] | None) -> Iterator[bytes]:
-    yield (b'{"model_id":' + orjson.dumps(model.model_id) + b',"version":'
-           + str(model.version).encode() + b',"similar_items":[')
-    sep = b""
-    for block in blocks:
-        if len(block.ranks) == 0:
-            continue
-        rows = [
-            {"target_id": t, "similar_id": s, "rank": r, "score": sc, "fallback": f}
-            for t, s, r, sc, f in zip(
-                block.source_ids.tolist(), block.target_ids.tolist(), block.ranks.tolist(),
-                clean_scores(block.scores), block.fallback.tolist(), strict=True)
-        ]
-        yield sep + orjson.dumps(rows)[1:-1]
-        sep = b","
-    tail = b"]"
-    if unknown is not None:
-        tail += b',"unknown_ids":' + orjson.dumps(unknown)
-    yield tail + b"}"
-
-
-def _csv(blocks: Iterable[RecBlock]) -> Iterator[bytes]:
-    buffer = io.StringIO()
-    out = csv.writer(buffer, lineterminator="\n")
-    out.writerow(CSV_HEADER)
-    yield buffer.getvalue().encode("utf-8")
-    for block in blocks:
-        if len(block.ranks) == 0:
-            continue
-        buffer.seek(0)
-        buffer.truncate()
-        out.writerows(zip(block.source_ids.tolist(), block.target_ids.tolist(),
-                          block.ranks.tolist(), clean_scores(block.scores), strict=True))
-        yield buffer.getvalue().encode("utf-8")
