@@ -29,6 +29,7 @@ import contextlib
 import os
 import shutil
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
@@ -140,50 +141,36 @@ class Storage:
         """Move (local) or upload (S3) a finished file into place atomically."""
         target = self.full_path(rel)
         try:
-            if self.is_local:
-                dest = Path(target)
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex}.tmp")
-                with open(source, "rb") as fh:
-                    os.fsync(fh.fileno())
+            if not self.is_local:
+                # S3 has no directories to create; the object appears when the upload completes.
+                pafs.copy_files(str(source), target, destination_filesystem=self.fs)
+                return
+            with open(source, "rb") as fh:
+                os.fsync(fh.fileno())
+            with _replacing(Path(target)) as tmp:
                 try:
                     os.replace(source, tmp)
                 except OSError:
                     shutil.copyfile(source, tmp)
                     with open(tmp, "rb") as fh:
                         os.fsync(fh.fileno())
-                os.replace(tmp, dest)
-                _fsync_dir(dest.parent)
-            else:
-                # S3 has no directories to create; the object appears when the upload completes.
-                pafs.copy_files(str(source), target, destination_filesystem=self.fs)
         except OSError as exc:
-            raise DependencyUnavailable(
-                f"Storage refused a write of {rel}: {exc.strerror or exc}",
-                details={"dependency": "storage"},
-            ) from exc
+            raise _unavailable("write", rel, exc) from exc
 
     def put_bytes(self, rel: str, data: bytes) -> None:
         """Write a small file atomically."""
         target = self.full_path(rel)
         try:
-            if self.is_local:
-                dest = Path(target)
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex}.tmp")
-                with open(tmp, "wb") as fh:
-                    fh.write(data)
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                os.replace(tmp, dest)
-                _fsync_dir(dest.parent)
-            else:
+            if not self.is_local:
                 with self.fs.open_output_stream(target) as out:
                     out.write(data)
+                return
+            with _replacing(Path(target)) as tmp, open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
         except OSError as exc:
-            raise DependencyUnavailable(
-                f"Storage refused a write of {rel}: {exc}", details={"dependency": "storage"}
-            ) from exc
+            raise _unavailable("write", rel, exc) from exc
 
     # -- reads ---------------------------------------------------------------
     def get_bytes(self, rel: str) -> bytes:
@@ -250,3 +237,17 @@ def model_dir(tenant: str, model_id: str, version: int | None = None) -> str:
 def open_storage(root: str) -> Storage:
     """The storage for a root from :meth:`shared.config.Settings.storage_root`."""
     return Storage(root)
+
+
+@contextlib.contextmanager
+def _replacing(dest: Path) -> Iterator[Path]:
+    """A temporary path beside ``dest``, moved onto it (and the directory synced) on success."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(dest.parent)
