@@ -1,4 +1,5 @@
-"""The console's one door into ``shared.runs``: models, statuses, starting and cancelling.
+"""The console's one door into ``shared.runs``: models, statuses, starting, searching and
+cancelling.
 
 Every call into ``shared.runs`` from the console goes through this module, so a
 change of those signatures is fixed here alone. Each function mirrors what the
@@ -14,9 +15,15 @@ import marshmallow as ma
 
 from api.context import services
 from api.training_schemas import TrainRequestSchema, resolve_params
+from api.tune import _schema as tune_schema
+from api.tune import search_params
 from shared.data.selection import DataSpec
 from shared.errors import NotFound, ValidationFailed
 from shared.runs.records import get_model, get_status, list_models
+from shared.runs.tuning import submit_search
+
+#: Most runs of one model the tuning page looks through for its searches.
+MAX_SEARCHES = 20
 
 
 def status_or_none(tenant: str, model_id: str) -> dict[str, Any] | None:
@@ -60,3 +67,44 @@ def start(tenant: str, body: dict[str, Any]) -> dict[str, Any]:
     model_id = loaded.get("model_id") or f"model-{uuid.uuid4().hex[:12]}"
     ref = svc.runs.submit(tenant, model_id, params, None)  # 503 (run ended) without a broker
     return cast(dict[str, Any], svc.runs.status(ref))
+
+
+def start_search(tenant: str, body: dict[str, Any]) -> dict[str, Any]:
+    """Validate a ``POST /tune`` body and queue the search, as the endpoint does."""
+    try:
+        loaded = tune_schema().load(body)
+    except ma.ValidationError as exc:
+        raise ValidationFailed("Some search settings are not valid.", code="invalid_body",
+                               details={"fields": exc.messages}) from exc
+    DataSpec.from_request(loaded)  # the same 422s as the endpoint for a bad selection
+    svc = services()
+    model_id = loaded.get("model_id") or f"model-{uuid.uuid4().hex[:12]}"
+    ref = submit_search(svc.runs, tenant, model_id, search_params(loaded), None)
+    return cast(dict[str, Any], svc.runs.status(ref))
+
+
+def searches(tenant: str, model_id: str) -> list[dict[str, Any]]:
+    """Status objects of the model's runs that were searches, newest first (the newest
+    :data:`MAX_SEARCHES` runs looked at, each as ``GET /train/<id>/status?version=``)."""
+    model = get_model(services().redis, tenant, model_id)
+    if model is None:
+        raise NotFound(f"There is no model '{model_id[:140]}'.", code="model_not_found")
+    found = []
+    last = int(model.get("last_version") or 0)
+    for version in range(last, max(0, last - MAX_SEARCHES), -1):
+        try:
+            status = get_status(services().redis, tenant, model_id, version)
+        except NotFound:
+            continue
+        if status.get("tuning"):
+            found.append(cast(dict[str, Any], status))
+    return found
+
+
+def search(tenant: str, model_id: str, version: int | None) -> dict[str, Any]:
+    """The status of one search (the newest when ``version`` is None); 404 when none."""
+    for status in searches(tenant, model_id):
+        if version is None or status["version"] == version:
+            return status
+    what = f"run v{version} of '{model_id[:140]}'" if version else f"model '{model_id[:140]}'"
+    raise NotFound(f"There is no search for {what}.", code="search_not_found")

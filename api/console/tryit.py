@@ -1,24 +1,29 @@
-"""Try it: a model's recommendations for one source, with entity names and pictures.
+"""Try it: a model's recommendations for one source, and the items most like one item,
+with entity names and pictures.
 
 Scoring is the serving path of ``/recommended_items`` (the app's model cache,
-``recommend_ids``, the same cold-start lookup); names and ``media_url`` come from
-each target's newest entity record, as ``with_entities`` defines them.
+``recommend_ids``, the same cold-start lookup) and of ``/similar_items`` (the target
+index, ``resolve``, ``similar_blocks``); names and ``media_url`` come from each
+target's newest entity record, as ``with_entities`` defines them.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import orjson
 
 from api.context import services
-from api.recommendations import _entity_lookup, serving_state
+from api.recommendations import _entity_lookup, serving_state, target_index
+from api.shaping import shape_from
 from shared.data.selection import latest_entity
 from shared.errors import ValidationFailed
-from shared.models.blocks import clean_scores, recommend_ids
-from shared.models.serving import MetadataLookup
+from shared.models.blocks import RecBlock, clean_scores, recommend_ids
+from shared.models.serving import LoadedModel, MetadataLookup
+from shared.models.shaped import resolve
+from shared.models.similar import similar_blocks
 
 #: Most rows the form asks for.
 MAX_ROWS = 50
@@ -69,20 +74,17 @@ def _picture(record: Mapping[str, Any] | None) -> str | None:
     return url if isinstance(url, str) and _SAFE_URL.match(url) else None
 
 
-def recommend(tenant: str, model_id: str, source_id: str, k: int,
-              metadata: dict[str, Any] | None) -> dict[str, Any]:
-    """Rows of ``source_id``'s top ``k`` with each target's name and picture."""
+def _model(tenant: str, model_id: str) -> LoadedModel:
     svc = services()
-    state = serving_state()
-    model = state.cache.get(svc.redis, svc.storage, tenant, model_id, svc.settings.data_dir)
-    lookup: MetadataLookup
-    if metadata is not None:
-        def lookup(_source_id: str) -> Mapping[str, Any] | None:
-            return metadata
-    else:
-        lookup = _entity_lookup(tenant, model)
+    return serving_state().cache.get(svc.redis, svc.storage, tenant, model_id,
+                                     svc.settings.data_dir)
+
+
+def _rows(tenant: str, blocks: Iterable[RecBlock]) -> list[dict[str, Any]]:
+    """One row per result with the target's name and picture."""
+    svc = services()
     rows: list[dict[str, Any]] = []
-    for block in recommend_ids(model, [source_id], min(k, MAX_ROWS), True, lookup, None):
+    for block in blocks:
         for target, rank, score, fallback in zip(
                 block.target_ids.tolist(), block.ranks.tolist(), clean_scores(block.scores),
                 block.fallback.tolist(), strict=True):
@@ -90,5 +92,35 @@ def recommend(tenant: str, model_id: str, source_id: str, k: int,
             rows.append({"target_id": target, "rank": rank, "score": score,
                          "fallback": fallback, "name": (record or {}).get("name") or "",
                          "media_url": _picture(record)})
+    return rows
+
+
+def _answer(model: LoadedModel, rows: list[dict[str, Any]]) -> dict[str, Any]:
     return {"model_id": model.model_id, "version": model.version, "rows": rows,
             "source_type": model.source_type, "target_type": model.target_type}
+
+
+def recommend(tenant: str, model_id: str, source_id: str, k: int,
+              metadata: dict[str, Any] | None) -> dict[str, Any]:
+    """Rows of ``source_id``'s top ``k`` with each target's name and picture."""
+    model = _model(tenant, model_id)
+    lookup: MetadataLookup
+    if metadata is not None:
+        def lookup(_source_id: str) -> Mapping[str, Any] | None:
+            return metadata
+    else:
+        lookup = _entity_lookup(tenant, model)
+    blocks = recommend_ids(model, [source_id], min(k, MAX_ROWS), True, lookup, None)
+    return _answer(model, _rows(tenant, blocks))
+
+
+def similar(tenant: str, model_id: str, target_id: str, k: int) -> dict[str, Any]:
+    """The ``k`` targets most like ``target_id`` (``GET /similar_items``), with names and
+    pictures; an unseen target is represented by its newest entity record's metadata."""
+    model = _model(tenant, model_id)
+    index = target_index(model)
+    cand = resolve(model, index, shape_from({}))
+    lookup = _entity_lookup(tenant, model, model.target_type)
+    blocks = similar_blocks(model, index, cand, [target_id], min(k, MAX_ROWS), lookup,
+                            serving_state().executor)
+    return _answer(model, _rows(tenant, blocks))

@@ -9,34 +9,28 @@ form carries a CSRF token (flask-wtf): a field in plain forms, the
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable
-from functools import wraps
-from typing import Any, ParamSpec, TypeVar
+from typing import Any
 
-from flask import Blueprint, Flask, redirect, render_template, request, session, url_for
+from flask import Flask, redirect, render_template, request, session, url_for
 from flask.typing import ResponseReturnValue
-from flask_wtf.csrf import CSRFError, CSRFProtect, validate_csrf
+from flask_wtf.csrf import CSRFError, validate_csrf
 from werkzeug.wrappers import Response
 from wtforms import ValidationError
 
-from api.console import data, runs, tryit
-from api.console.auth import current_key, has_scope, sign_in, sign_out
+from api.console import data, runs, schedules, tryit, tuning
+from api.console.auth import current_key, sign_in, sign_out
+from api.console.base import bp, checked_model_id, csrf, needs
 from api.console.sessions import ConsoleSession, RedisConsoleSessions
 from api.context import services
-from shared.contracts import is_model_id
-from shared.errors import DependencyUnavailable, NotFound, ServiceError, ValidationFailed
+from shared.errors import DependencyUnavailable, ServiceError, ValidationFailed
 from shared.registry import global_key, redis_guard
 
-P = ParamSpec("P")
-R = TypeVar("R")
-
-bp = Blueprint("console", __name__, url_prefix="/console", template_folder="templates",
-               static_folder="static", static_url_path="/static")
-csrf = CSRFProtect()
-
+#: Modules that add their own pages to the blueprint (imported here for those routes).
+PAGE_MODULES = (schedules, tuning)
 #: Pages of the navigation bar: (endpoint, label, scope needed to see it).
 NAV = (("console.overview", "Overview", "data:read"),
        ("console.runs_page", "Runs and models", "train"),
+       ("console.tuning_page", "Tuning", "train"),
        ("console.try_page", "Try it", "recommend"))
 
 
@@ -83,21 +77,6 @@ def _guard() -> ResponseReturnValue | None:
     return None
 
 
-def needs(scope: str) -> Callable[[Callable[P, R]], Callable[P, R | ResponseReturnValue]]:
-    """Decorator: the page needs ``scope``; without it, a page says so (403)."""
-
-    def decorate(view: Callable[P, R]) -> Callable[P, R | ResponseReturnValue]:
-        @wraps(view)
-        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R | ResponseReturnValue:
-            if not has_scope(scope):
-                return render_template("console/no_scope.html", scope=scope), 403
-            return view(*args, **kwargs)
-
-        return wrapper
-
-    return decorate
-
-
 @bp.context_processor
 def _globals() -> dict[str, Any]:
     key = current_key() if request.endpoint != "console.static" else None
@@ -117,12 +96,6 @@ def _csrf_error(exc: CSRFError) -> ResponseReturnValue:
     error = ServiceError("The form expired or did not come from this console; reload the "
                          "page and try again.", code="csrf_failed", status=400)
     return _service_error(error)
-
-
-def _model_id(model_id: str) -> str:
-    if not is_model_id(model_id):
-        raise NotFound(f"There is no model '{model_id[:140]}'.", code="model_not_found")
-    return model_id
 
 
 # -- sign in and out -------------------------------------------------------------------------
@@ -233,11 +206,12 @@ def _train_body(form: Any) -> dict[str, Any]:
 @bp.route("/runs/<model_id>")
 @needs("train")
 def model_page(model_id: str) -> ResponseReturnValue:
-    """One model: its latest run (live), metrics against the baseline, curve, versions."""
+    """One model: its latest run (live), metrics against the baseline, curve, versions,
+    schedule and pin."""
     key = current_key()
     assert key is not None
-    model = runs.model_with_status(key.tenant, _model_id(model_id))
-    return render_template("console/model.html", model=model)
+    context = schedules.model_context(key.tenant, checked_model_id(model_id))
+    return render_template("console/model.html", **context)
 
 
 @bp.route("/runs/<model_id>/card")
@@ -246,7 +220,7 @@ def run_card(model_id: str) -> ResponseReturnValue:
     """The live part of a model's run, polled by htmx while the run is going."""
     key = current_key()
     assert key is not None
-    model = runs.model_with_status(key.tenant, _model_id(model_id))
+    model = runs.model_with_status(key.tenant, checked_model_id(model_id))
     detail = request.args.get("detail") == "1"
     return render_template("console/run_card.html", model=model, detail=detail)
 
@@ -257,21 +231,32 @@ def cancel_run(model_id: str) -> ResponseReturnValue:
     """Cancel the model's queued or running run."""
     key = current_key()
     assert key is not None
-    runs.cancel(key.tenant, _model_id(model_id))
+    runs.cancel(key.tenant, checked_model_id(model_id))
     if request.headers.get("HX-Request"):
         return run_card(model_id)
     return redirect(url_for("console.model_page", model_id=model_id))
 
 
 # -- try it ----------------------------------------------------------------------------------
+def _serving_models(key: Any) -> list[str] | None:
+    """Model ids serving a version (for the pickers), or None when the key lacks ``train``
+    (the picker is then a text field)."""
+    if "train" not in key.scopes:
+        return None
+    return [m["model_id"] for m in runs.models_with_status(key.tenant) if m.get("serving_version")]
+
+
+def _how_many(form: Any, name: str) -> int:
+    raw = form.get(name, "").strip()
+    return int(raw) if raw.isdigit() and int(raw) > 0 else 10
+
+
 @bp.route("/try", methods=["GET", "POST"])
 @needs("recommend")
 def try_page() -> ResponseReturnValue:
     """Pick a model and a source (or type metadata) and see its recommendations."""
     key = current_key()
     assert key is not None
-    models = ([m["model_id"] for m in runs.models_with_status(key.tenant)
-               if m.get("serving_version")] if "train" in key.scopes else None)
     result = None
     form = request.form if request.method == "POST" else request.args
     if request.method == "POST":
@@ -279,10 +264,29 @@ def try_page() -> ResponseReturnValue:
         source_id = form.get("source_id", "").strip()
         if not model_id or not source_id:
             raise ValidationFailed("Choose a model and type a source id.", code="invalid_body")
-        raw_k = form.get("max_recommendations", "").strip()
-        k = int(raw_k) if raw_k.isdigit() and int(raw_k) > 0 else 10
-        result = tryit.recommend(key.tenant, _model_id(model_id), source_id, k,
+        result = tryit.recommend(key.tenant, checked_model_id(model_id), source_id,
+                                 _how_many(form, "max_recommendations"),
                                  tryit.parse_metadata(form.get("source_metadata", "")))
         if request.headers.get("HX-Request"):
             return render_template("console/recs.html", result=result, source_id=source_id)
-    return render_template("console/try.html", models=models, form=form, result=result)
+    return render_template("console/try.html", models=_serving_models(key), form=form,
+                           result=result, similar=None)
+
+
+@bp.route("/try/similar", methods=["POST"])
+@needs("recommend")
+def try_similar() -> ResponseReturnValue:
+    """The items most like one item (``GET /similar_items``), with names and pictures."""
+    key = current_key()
+    assert key is not None
+    form = request.form
+    model_id = form.get("model_id", "").strip()
+    target_id = form.get("target_id", "").strip()
+    if not model_id or not target_id:
+        raise ValidationFailed("Choose a model and type an item id.", code="invalid_body")
+    similar = tryit.similar(key.tenant, checked_model_id(model_id), target_id,
+                            _how_many(form, "max_recommendations"))
+    if request.headers.get("HX-Request"):
+        return render_template("console/similar.html", similar=similar, target_id=target_id)
+    return render_template("console/try.html", models=_serving_models(key), form={},
+                           similar_form=form, result=None, similar=similar)

@@ -1,6 +1,8 @@
 """The console in a real headless Chromium against a real stack: sign in, upload, start a
 run and watch it finish live, see the charts, try recommendations (with pictures, and a
-cold start), sign out. Every wait is for a condition (WebDriverWait), never a fixed sleep.
+cold start), sign out; start a search and watch its trials and best-so-far chart live, pin a
+version and set a schedule, find similar items. Every wait is for a condition
+(WebDriverWait), never a fixed sleep.
 
 With ``RECSYS_CONSOLE_SCREENSHOTS=<dir>`` it also saves a screenshot of each page there
 (how ``docs/console/*.png`` are made).
@@ -15,12 +17,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
+from selenium.common.exceptions import StaleElementReferenceException
 
 from tests.helpers.stack import Stack
+from tests.helpers.training import wait_until_ended
 
 pytestmark = pytest.mark.integration
 
 SHOTS = os.environ.get("RECSYS_CONSOLE_SCREENSHOTS")
+#: A live part swapped by htmx between finding it and reading it: read it again.
+STALE = (StaleElementReferenceException,)
 CATEGORIES = ("garden", "kitchen", "books", "toys")
 
 #: Contrast ratio of each visible text element against its effective background, worst first.
@@ -77,10 +84,35 @@ def _write_shop(folder: Path, picture: str) -> tuple[Path, Path]:
     return items, events
 
 
-def _shot(driver: Any, name: str) -> None:
+def _shot(driver: Any, name: str, scroll_to: str | None = None, height: int = 1000) -> None:
     if SHOTS:
+        driver.set_window_size(1280, height)
+        if scroll_to:
+            driver.execute_script("document.getElementById(arguments[0]).scrollIntoView();",
+                                  scroll_to)
         Path(SHOTS).mkdir(parents=True, exist_ok=True)
         driver.save_screenshot(str(Path(SHOTS) / f"{name}.png"))
+        driver.set_window_size(1280, 1000)
+
+
+def _ensure_shop(stack: Stack, folder: Path, picture: str) -> None:
+    """Model ``shop`` serving, trained on the shop data (tag ``shop``). The first test makes
+    it through the browser; run alone, this makes it through the API."""
+    http = requests.Session()
+    found = http.get(stack.url("/models/shop"), headers=stack.headers(), timeout=10)
+    if found.status_code == 200 and found.json().get("serving_version"):
+        return
+    items, events = _write_shop(folder, picture)
+    with items.open("rb") as one, events.open("rb") as two:
+        stored = http.post(stack.url("/data_batch"), headers=stack.headers(), timeout=60,
+                           files=[("files", one), ("files", two)], data={"tags": "shop"})
+    assert stored.status_code == 201, stored.text
+    started = http.post(stack.url("/train"), headers=stack.headers(), timeout=30, json={
+        "model_id": "shop", "data_tags": ["shop"],
+        "hyperparameters": {"epochs": 10, "loss": "warp"}})
+    assert started.status_code == 202, started.text
+    body, _ = wait_until_ended(stack, http, "shop", timeout=240)
+    assert body["status"] == "completed", body
 
 
 def _check_accessibility(driver: Any) -> None:
@@ -139,7 +171,7 @@ def test_sign_in_upload_train_watch_try_and_sign_out(
     wait.until(ec.url_contains("/console/runs/shop"))
     driver.execute_script("window.notReloaded = true;")
     card = '[data-model="shop"]'
-    WebDriverWait(driver, 240).until(lambda d: d.find_element(
+    WebDriverWait(driver, 240, ignored_exceptions=STALE).until(lambda d: d.find_element(
         By.CSS_SELECTOR, card).get_attribute("data-status") in ("completed", "error"))
     assert driver.execute_script("return window.notReloaded === true;"), "the page reloaded"
     card_el = driver.find_element(By.CSS_SELECTOR, card)
@@ -185,6 +217,106 @@ def test_sign_in_upload_train_watch_try_and_sign_out(
     wait.until(ec.presence_of_element_located((By.ID, "api_key")))
     driver.get(f"{base}/console/overview")
     wait.until(ec.url_contains("/console/signin"))
+
+
+def _sign_in(driver: Any, wait: Any, stack: Stack) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support import expected_conditions as ec
+
+    driver.get(f"{stack.api_url}/console/signin")
+    wait.until(ec.presence_of_element_located((By.ID, "api_key")))
+    driver.find_element(By.ID, "api_key").send_keys(stack.api_key, Keys.ENTER)
+    wait.until(ec.url_contains("/console/overview"))
+
+
+def _submit_and_wait(driver: Any, wait: Any, button_id: str) -> None:
+    """Click a plain form's button and wait until the page it leads to has loaded (the old
+    page's mark gone), so no check reads the page being left."""
+    from selenium.webdriver.common.by import By
+
+    driver.execute_script("window.leaving = true;")
+    driver.find_element(By.ID, button_id).click()
+    wait.until(lambda d: d.execute_script(
+        "return window.leaving !== true && document.readyState === 'complete';"))
+
+
+def test_tune_live_pin_schedule_and_similar_items(
+        console_stack: Stack, browser: Any, tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    driver = browser
+    wait = WebDriverWait(driver, 60)
+    base = console_stack.api_url
+    _ensure_shop(console_stack, tmp_path, f"{base}/docs-assets/swagger-ui/favicon-32x32.png")
+    _sign_in(driver, wait, console_stack)
+
+    # Start a small search with the keyboard (Enter in the last field submits the form).
+    driver.find_element(By.LINK_TEXT, "Tuning").click()
+    wait.until(ec.presence_of_element_located((By.ID, "trials")))
+    _check_accessibility(driver)
+    driver.find_element(By.ID, "tune_model_id").send_keys("shop-tuned")
+    driver.find_element(By.ID, "tune_data_tags").send_keys("shop")
+    driver.find_element(By.ID, "trials").clear()
+    driver.find_element(By.ID, "trials").send_keys("3")
+    driver.find_element(By.ID, "tune_epochs").send_keys("5", Keys.ENTER)
+    wait.until(ec.url_contains("/console/tuning/shop-tuned"))
+    driver.execute_script("window.notReloaded = true;")
+    assert len(driver.find_elements(By.CSS_SELECTOR, "#trials tr.trial")) == 3
+
+    # Trials finish on the page without a reload; the chart is drawn; polling stops at the end.
+    WebDriverWait(driver, 240).until(lambda d: d.find_elements(
+        By.CSS_SELECTOR, "#trials tr.trial[data-state=complete]"))
+    WebDriverWait(driver, 240, ignored_exceptions=STALE).until(lambda d: d.find_element(
+        By.ID, "search-live").get_attribute("data-status") in ("completed", "error"))
+    assert driver.execute_script("return window.notReloaded === true;"), "the page reloaded"
+    live = driver.find_element(By.ID, "search-live")
+    assert live.get_attribute("data-status") == "completed", live.text
+    assert live.get_attribute("hx-get") is None, "still polling after the end"
+    states = [e.get_attribute("data-state")
+              for e in driver.find_elements(By.CSS_SELECTOR, "#trials tr.trial")]
+    assert states == ["complete"] * 3, live.text
+    wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#chart-best canvas")))
+    assert "Best: trial" in driver.find_element(By.ID, "best").text
+    _check_accessibility(driver)
+    _shot(driver, "tuning", height=1320)
+
+    # Pin version 1 of shop, then set a nightly schedule, on the model page.
+    driver.get(f"{base}/console/runs/shop")
+    Select(wait.until(ec.presence_of_element_located((By.ID, "serve_version")))
+           ).select_by_value("1")
+    _submit_and_wait(driver, wait, "serve")
+    assert "v1, pinned:" in driver.find_element(By.ID, "pin-state").text
+    driver.find_element(By.ID, "cron").send_keys("0 3 * * *")
+    driver.find_element(By.ID, "sched_tags").send_keys("shop")
+    _submit_and_wait(driver, wait, "save-schedule")
+    assert "0 3 * * *" in driver.find_element(By.ID, "schedule-when").text
+    assert "T03:00:00" in driver.find_element(By.ID, "schedule-next").text
+    _check_accessibility(driver)
+    _shot(driver, "schedule", scroll_to="pinning")
+    _submit_and_wait(driver, wait, "unpin")
+    assert "v1, not pinned:" in driver.find_element(By.ID, "pin-state").text
+    _submit_and_wait(driver, wait, "remove-schedule")
+    assert driver.find_elements(By.ID, "no-schedule")
+
+    # Similar items: items like a kitchen thing, with names and pictures.
+    driver.get(f"{base}/console/try")
+    Select(wait.until(ec.presence_of_element_located((By.ID, "similar_model")))
+           ).select_by_value("shop")
+    driver.find_element(By.ID, "target_id").send_keys("i001", Keys.ENTER)
+    wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#similar .rec")))
+    rows = driver.find_elements(By.CSS_SELECTOR, "#similar .rec")
+    names = [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#similar .rec .name")]
+    assert len(rows) == 10 and "i001" not in [r.get_attribute("data-target") for r in rows]
+    assert sum("Kitchen" in n for n in names[:5]) >= 3, names  # i001 is a kitchen thing
+    wait.until(lambda d: d.execute_script(
+        "var i = document.querySelector('#similar img');"
+        "return i && i.complete && i.naturalWidth > 0;"))
+    _check_accessibility(driver)
+    _shot(driver, "similar", scroll_to="similar-items")
 
 
 def test_docs_render_without_the_internet(console_stack: Stack, browser: Any) -> None:

@@ -81,7 +81,9 @@ def test_a_bad_key_is_refused_and_pages_need_a_session(client: FlaskClient) -> N
 
 def test_a_form_without_its_csrf_token_is_refused(client: FlaskClient, api_key: str) -> None:
     sign_in(client, api_key)
-    for path in ("/console/signout", "/console/runs", "/console/try", "/console/upload"):
+    for path in ("/console/signout", "/console/runs", "/console/try", "/console/upload",
+                 "/console/tuning", "/console/try/similar", "/console/runs/m/schedule",
+                 "/console/runs/m/schedule/delete", "/console/runs/m/serve"):
         response = client.post(path, data={"model_id": "m"})
         assert response.status_code == 400, path
         assert "did not come from this console" in response.get_data(as_text=True)
@@ -136,6 +138,14 @@ def test_a_key_without_train_sees_no_runs(client: FlaskClient,
     assert runs.status_code == 403 and "train" in runs.get_data(as_text=True)
     assert client.get("/console/runs/anything").status_code == 403
     assert client.get("/console/runs/anything/card").status_code == 403
+    assert "Tuning" not in page
+    for path in ("/console/tuning", "/console/tuning/anything"):
+        response = client.get(path)
+        assert response.status_code == 403 and "train" in response.get_data(as_text=True)
+    token = csrf(client, "/console/try")
+    for path in ("/console/tuning", "/console/runs/anything/schedule",
+                 "/console/runs/anything/schedule/delete", "/console/runs/anything/serve"):
+        assert client.post(path, data={"csrf_token": token, "version": "1"}).status_code == 403
 
 
 def test_overview_shows_only_the_tenants_batches(client: FlaskClient, auth: dict[str, str],

@@ -5,7 +5,7 @@
     if (el.dataset.drawn || typeof uPlot === "undefined") return;
     var spec = JSON.parse(el.dataset.chart);
     var bars = spec.kind === "bars";
-    var series = [{}].concat(spec.series.map(function (s) {
+    var series = [{label: spec.xlabel || "x"}].concat(spec.series.map(function (s) {
       return {
         label: s.label, stroke: "#1f4e8c", width: 2,
         fill: bars ? "rgba(31, 78, 140, 0.35)" : undefined,
@@ -18,7 +18,9 @@
       scales: {x: {time: bars}, y: {range: function (u, min, max) {
         return [bars ? 0 : min, max > 0 ? max * 1.1 : 1]; }}},
       tzDate: function (ts) { return uPlot.tzDate(new Date(ts * 1e3), "Etc/UTC"); },
-      axes: [{stroke: "#222"}, {stroke: "#222"}],
+      // Line charts count (epochs, trials): whole-number ticks on x.
+      axes: [bars ? {stroke: "#222"} : {stroke: "#222", incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500]},
+             {stroke: "#222"}],
       series: series
     };
     new uPlot(opts, [spec.x].concat(spec.series.map(function (s) { return s.values; })), el);
