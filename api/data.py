@@ -197,7 +197,7 @@ class _Conversions:
             conversion.abort()
 
 
-def _upload_multipart(tenant: str) -> list[BatchMeta]:
+def upload_multipart(tenant: str) -> list[BatchMeta]:
     svc = services()
     settings = svc.settings
     request.max_content_length = (
@@ -271,7 +271,7 @@ class DataBatches(MethodView):
             check_new_batches(svc.redis, svc.settings, tenant, 1, 0)
         try:
             if mimetype == "multipart/form-data":
-                metas = _upload_multipart(tenant)
+                metas = upload_multipart(tenant)
             else:
                 metas = _upload_json(tenant)
         except OSError as exc:  # the local work directory (disk full, permissions)

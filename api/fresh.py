@@ -122,7 +122,7 @@ class ServeRequestSchema(ma.Schema):
         "description": "false: serve it now, but let the next completed run replace it"})
 
 
-def _definition(body: dict[str, Any]) -> dict[str, Any]:
+def schedule_definition(body: dict[str, Any]) -> dict[str, Any]:
     """What is stored: the contract's fields, plus the run's resolved params."""
     svc = services()
     minimum = svc.settings.schedule_min_interval_minutes
@@ -156,7 +156,7 @@ class Schedule(MethodView):
         svc = services()
         bind_redis(svc.celery, svc.redis)
         return put_schedule(svc.redis, svc.celery, current_tenant(), _model_id(model_id),
-                            _definition(body))
+                            schedule_definition(body))
 
     @require("train")
     @blp.response(200, ScheduleSchema)

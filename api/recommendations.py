@@ -150,7 +150,7 @@ def _check_types(model: LoadedModel, source_type: str | None, target_type: str |
             )
 
 
-def _dedupe(ids: list[str]) -> list[str]:
+def dedupe_ids(ids: list[str]) -> list[str]:
     """Distinct ids in first-seen order, within the configured limits (422 beyond them)."""
     if any("\x00" in source_id for source_id in ids):
         # numpy's fixed-width strings drop trailing NULs: such an id could not be matched.
@@ -175,7 +175,7 @@ def _dedupe(ids: list[str]) -> list[str]:
     return unique
 
 
-def _entity_lookup(tenant: str, model: LoadedModel,
+def entity_lookup(tenant: str, model: LoadedModel,
                    entity_type: str | None = None) -> MetadataLookup:
     """Metadata of an unseen entity (default: a source) from its newest uploaded record.
 
@@ -234,12 +234,12 @@ def _recommend(
     k = max_recommendations
     lookup: MetadataLookup | None = None
     if ids is not None:
-        ids = _dedupe(ids)
+        ids = dedupe_ids(ids)
         if source_metadata is not None:
             def lookup(_source_id: str) -> Mapping[str, Any] | None:
                 return source_metadata
         else:
-            lookup = _entity_lookup(tenant, model)
+            lookup = entity_lookup(tenant, model)
     if not shape.plain or extras != Extras():
         return _shaped(model, ids, lookup, shape, extras, k, exclude_seen, output_format)
     blocks: Iterator[RecBlock]

@@ -23,7 +23,7 @@ from api.recommendation_schemas import (
     SimilarItemsSchema,
     SimilarQuerySchema,
 )
-from api.recommendations import _dedupe, answered, serving_state, target_index
+from api.recommendations import answered, dedupe_ids, serving_state, target_index
 from api.shaping import shape_from, split_ids
 from api.streaming import block_rows, csv_document, json_document, plain_csv_rows, stream_answer
 from shared.errors import ValidationFailed
@@ -65,9 +65,9 @@ class SimilarItems(MethodView):
 
 def _entity_metadata(model: LoadedModel) -> MetadataLookup:
     """Metadata of an unseen target from its newest entity record (capped per request)."""
-    from api.recommendations import _entity_lookup
+    from api.recommendations import entity_lookup
 
-    return _entity_lookup(current_tenant(), model, model.target_type)
+    return entity_lookup(current_tenant(), model, model.target_type)
 
 
 def _similar(target_metadata: Mapping[str, Any] | None, *, model_id: str, target_id: list[str],
@@ -76,7 +76,7 @@ def _similar(target_metadata: Mapping[str, Any] | None, *, model_id: str, target
     if not ids:
         raise ValidationFailed("target_id is empty: give one or more target ids.",
                                code="empty_target_id")
-    targets = _dedupe(list(ids))
+    targets = dedupe_ids(list(ids))
     shape = shape_from(options)
     svc = services()
     state = serving_state()

@@ -77,7 +77,7 @@ class TuneRequestSchema(TrainRequestSchema):
                                      field_name="search")
 
 
-def _schema() -> TuneRequestSchema:
+def tune_request_schema() -> TuneRequestSchema:
     declared = TuneRequestSchema._declared_fields
     return TuneRequestSchema(exclude=tuple(f for f in NOT_FOR_SEARCH if f in declared))
 
@@ -98,7 +98,7 @@ def search_params(body: dict[str, Any]) -> dict[str, Any]:
 @blp.route("/tune")
 class Tune(MethodView):
     @require("train")
-    @blp.arguments(_schema())
+    @blp.arguments(tune_request_schema())
     @blp.response(202, StatusSchema)
     @blp.alt_response(409, description="The model_id already has a run queued or running; "
                                        "details hold its status.")

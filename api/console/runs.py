@@ -15,8 +15,7 @@ import marshmallow as ma
 
 from api.context import services
 from api.training_schemas import TrainRequestSchema, resolve_params
-from api.tune import _schema as tune_schema
-from api.tune import search_params
+from api.tune import search_params, tune_request_schema
 from shared.data.selection import DataSpec
 from shared.errors import NotFound, ValidationFailed
 from shared.runs.records import get_model, get_status, list_models
@@ -72,7 +71,7 @@ def start(tenant: str, body: dict[str, Any]) -> dict[str, Any]:
 def start_search(tenant: str, body: dict[str, Any]) -> dict[str, Any]:
     """Validate a ``POST /tune`` body and queue the search, as the endpoint does."""
     try:
-        loaded = tune_schema().load(body)
+        loaded = tune_request_schema().load(body)
     except ma.ValidationError as exc:
         raise ValidationFailed("Some search settings are not valid.", code="invalid_body",
                                details={"fields": exc.messages}) from exc

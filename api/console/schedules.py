@@ -3,7 +3,7 @@ remove the schedule and serve, pin or unpin a kept version.
 
 The same service functions as ``/models/<id>/schedule`` and ``/models/<id>/serve``
 (:mod:`api.fresh`): the form's body is validated by the endpoint's schema and turned
-into a stored definition by the endpoint's own ``_definition``; ``put_schedule``,
+into a stored definition by the endpoint's own ``schedule_definition``; ``put_schedule``,
 ``delete_schedule``, ``serve_version`` and ``kept_versions`` do the rest.
 """
 
@@ -18,7 +18,7 @@ from flask.typing import ResponseReturnValue
 from api.console import runs
 from api.console.base import bp, checked_model_id, needs, signed_in, whole_number
 from api.context import services
-from api.fresh import ScheduleRequestSchema, _definition
+from api.fresh import ScheduleRequestSchema, schedule_definition
 from shared.errors import ValidationFailed
 from shared.fresh.schedules import bind_redis, delete_schedule, get_schedule, put_schedule
 from shared.fresh.versions import kept_versions, serve_version
@@ -69,7 +69,7 @@ def set_schedule(tenant: str, model_id: str, body: dict[str, Any]) -> dict[str, 
                                details={"fields": exc.messages}) from exc
     svc = services()
     bind_redis(svc.celery, svc.redis)
-    return put_schedule(svc.redis, svc.celery, tenant, model_id, _definition(loaded))
+    return put_schedule(svc.redis, svc.celery, tenant, model_id, schedule_definition(loaded))
 
 
 def _back(model_id: str) -> ResponseReturnValue:

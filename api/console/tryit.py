@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 
 from api.context import services
-from api.recommendations import _entity_lookup, serving_state, target_index
+from api.recommendations import entity_lookup, serving_state, target_index
 from api.shaping import shape_from
 from shared.data.selection import latest_entity
 from shared.errors import ValidationFailed
@@ -109,7 +109,7 @@ def recommend(tenant: str, model_id: str, source_id: str, k: int,
         def lookup(_source_id: str) -> Mapping[str, Any] | None:
             return metadata
     else:
-        lookup = _entity_lookup(tenant, model)
+        lookup = entity_lookup(tenant, model)
     blocks = recommend_ids(model, [source_id], min(k, MAX_ROWS), True, lookup, None)
     return _answer(model, _rows(tenant, blocks))
 
@@ -120,7 +120,7 @@ def similar(tenant: str, model_id: str, target_id: str, k: int) -> dict[str, Any
     model = _model(tenant, model_id)
     index = target_index(model)
     cand = resolve(model, index, shape_from({}))
-    lookup = _entity_lookup(tenant, model, model.target_type)
+    lookup = entity_lookup(tenant, model, model.target_type)
     blocks = similar_blocks(model, index, cand, [target_id], min(k, MAX_ROWS), lookup,
                             serving_state().executor)
     return _answer(model, _rows(tenant, blocks))

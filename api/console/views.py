@@ -145,13 +145,13 @@ def overview() -> ResponseReturnValue:
 @needs("data:write")
 def upload() -> ResponseReturnValue:
     """Store the uploaded CSV files through the API's own multipart path."""
-    from api.data import _upload_multipart
+    from api.data import upload_multipart
 
     key = current_key()
     assert key is not None
     if request.mimetype != "multipart/form-data":
         raise ValidationFailed("Choose one or more CSV files to upload.", code="no_files")
-    metas = _upload_multipart(key.tenant)
+    metas = upload_multipart(key.tenant)
     return render_template("console/uploaded.html", metas=metas), 201
 
 
