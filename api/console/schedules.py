@@ -35,7 +35,8 @@ def model_context(tenant: str, model_id: str) -> dict[str, Any]:
 
 
 def schedule_body(form: Any) -> dict[str, Any]:
-    """A ``PUT /models/<id>/schedule`` body (a ``train`` schedule) from the form's fields."""
+    """A ``PUT /models/<id>/schedule`` body from the form's fields: each tick trains, or
+    runs a search (default space) when the form's ``kind`` is ``tune``."""
     body: dict[str, Any] = {"warm_start": form.get("warm_start") == "1",
                             "only_with_new_data": form.get("only_with_new_data") == "1"}
     cron = form.get("cron", "").strip()
@@ -56,7 +57,7 @@ def schedule_body(form: Any) -> dict[str, Any]:
     epochs = whole_number(form, "epochs", "Epochs", 1, 1000)
     if epochs is not None:
         train["hyperparameters"] = {"epochs": epochs}
-    body["train"] = train
+    body["tune" if form.get("kind") == "tune" else "train"] = train
     return body
 
 
@@ -116,10 +117,11 @@ def serve(model_id: str) -> ResponseReturnValue:
 def schedule_defaults(schedule: dict[str, Any] | None) -> dict[str, str]:
     """The form's fields filled from the current schedule (empty ones without it)."""
     if not schedule:
-        return {"only_with_new_data": "1"}
+        return {"kind": "train", "only_with_new_data": "1"}
     train = cast(dict[str, Any], schedule.get("train") or schedule.get("tune") or {})
     epochs = (train.get("hyperparameters") or {}).get("epochs")
-    fields = {"cron": schedule.get("cron") or "",
+    fields = {"kind": "tune" if schedule.get("tune") else "train",
+              "cron": schedule.get("cron") or "",
               "interval_minutes": (f"{schedule['interval_minutes']:g}"
                                    if schedule.get("interval_minutes") else ""),
               "data_tags": ", ".join(train.get("data_tags") or []),

@@ -139,6 +139,21 @@ def test_set_see_and_remove_a_schedule(client: FlaskClient, api_key: str, shop: 
     assert gone.status_code == 404 and "has no schedule" in gone.get_data(as_text=True)
 
 
+def test_a_schedule_can_run_searches(client: FlaskClient, api_key: str, shop: str) -> None:
+    sign_in(client, api_key)
+    response = _post(client, "/console/runs/shop/schedule", {
+        "kind": "tune", "interval_minutes": "720", "data_tags": "shop"})
+    assert response.status_code == 302, response.get_data(as_text=True)
+    page = client.get("/console/runs/shop").get_data(as_text=True)
+    assert "a search on tags shop" in page
+    assert re.search(r'<option value="tune"\s+selected', page)  # the form keeps the kind
+    refused = _post(client, "/console/runs/shop/schedule", {
+        "kind": "tune", "interval_minutes": "720", "warm_start": "1"})
+    assert refused.status_code == 422 and "warm_start goes with train" in \
+        refused.get_data(as_text=True)
+    assert _post(client, "/console/runs/shop/schedule/delete", {}).status_code == 302
+
+
 @pytest.mark.parametrize(("form", "says"), [
     ({"cron": "0 3 * *"}, "cron"),
     ({"cron": "0 3 * * *", "interval_minutes": "60"}, "exactly one of interval_minutes"),
