@@ -10,12 +10,15 @@ it runs on the host's python3 without the project installed.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
+import http.client as http_client
 import json
 import os
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -29,9 +32,12 @@ FLOWER = f"http://127.0.0.1:{os.environ.get('FLOWER_PORT', '18555')}"
 RECEIVER = f"http://127.0.0.1:{os.environ.get('RECEIVER_PORT', '18099')}"
 PREFIX = "/v1/recommender"
 START = time.monotonic()
-#: Seconds within which every container must have exited after `compose stop`: 10 s with the
-#: machine to itself; generous here because CI shares 2 cores with other jobs.
-STOP_LIMIT = float(os.environ.get("RECSYS_VERIFY_STOP_LIMIT", "30"))
+#: Seconds within which every container must have exited after `compose stop` began (issue
+#: #20), idle or serving the tour's requests. A training worker stopped mid-run is the
+#: exception by design: it finishes its task within its stop_grace_period (2 min) and is
+#: never SIGKILLed (deploy/README.md, "Stopping").
+STOP_LIMIT = float(os.environ.get("RECSYS_VERIFY_STOP_LIMIT", "10"))
+TRAIN_STOP_LIMIT = 120.0
 
 
 def env_file() -> dict[str, str]:
@@ -171,22 +177,128 @@ def train_workers() -> dict[str, str]:
     return found
 
 
-def check_stopped(verify_sh: str, ids: list[str], began: float) -> None:
-    """Every container exited on SIGTERM (tini forwards it), none had to be SIGKILLed."""
+def _stamp(text: str) -> float:
+    """Docker's RFC 3339 time (nanoseconds) as epoch seconds."""
+    head, _, frac = text.rstrip("Z").partition(".")
+    return datetime.fromisoformat(head).replace(tzinfo=UTC).timestamp() + float(f"0.{frac or 0}")
+
+
+def check_stopped(verify_sh: str, ids: list[str], began: float, what: str,
+                  busy: frozenset[str] = frozenset()) -> None:
+    """Every container exited on its stop signal (tini forwards it), none SIGKILLed, each
+    within STOP_LIMIT of `compose stop` (``busy`` training workers: TRAIN_STOP_LIMIT)."""
     lines = run(verify_sh, "docker", "inspect", "-f",
                 "{{.Name}} {{.State.ExitCode}} {{.State.FinishedAt}}", *ids).splitlines()
-    took = {}
+    # When the stop signal reached each container (dockerd's `kill` events).
+    events = run(verify_sh, "docker", "events", "--since", f"{began - 1:.3f}",
+                 "--until", f"{time.time():.3f}", "--filter", "event=kill",
+                 "--format", "{{.Actor.Attributes.name}} {{.TimeNano}}").splitlines()
+    signalled: dict[str, float] = {}
+    for event in events:
+        name, nanos = event.split()
+        signalled.setdefault(name, int(nanos) / 1e9)
+    took, report = {}, []
     for line in lines:
         name, code, finished = line.split()
+        name = name.strip("/")
         if code == "137":
-            raise SystemExit(f"FAIL: {name} was SIGKILLed: it ignored SIGTERM past its grace")
-        stamp = finished[:26].rstrip("Z")  # nanoseconds -> microseconds for fromisoformat
-        took[name.strip("/")] = datetime.fromisoformat(stamp).replace(
-            tzinfo=UTC).timestamp() - began
+            raise SystemExit(f"FAIL: {name} was SIGKILLed: it ignored its stop signal")
+        took[name] = _stamp(finished) - began
+        short = name.removeprefix("recsys-verify-")
+        sig = signalled.get(name)
+        report.append(f"{short} {took[name]:.1f}"
+                      + (f" (signal +{sig - began:.1f})" if sig else ""))
+    say(f"{what}: exited after (s from `compose stop`): {', '.join(sorted(report))}")
+    late = {n: t for n, t in took.items()
+            if t >= (TRAIN_STOP_LIMIT if n in busy else STOP_LIMIT)}
     slowest = max(took, key=lambda n: took[n])
-    check(took[slowest] < STOP_LIMIT,
-          f"stop: {len(ids)} containers exited on SIGTERM, slowest {slowest} after "
-          f"{took[slowest]:.1f} s (limit {STOP_LIMIT:.0f} s; load {os.getloadavg()[0]:.1f})")
+    check(not late,
+          f"{what}: {len(ids)} containers exited on their stop signal, slowest {slowest} after "
+          f"{took[slowest]:.1f} s (limit {STOP_LIMIT:.0f} s"
+          + (f", {TRAIN_STOP_LIMIT:.0f} s for {len(busy)} training mid-run" if busy else "")
+          + f"; load {os.getloadavg()[0]:.1f}); late: {late}")
+
+
+def request_id_through_proxy() -> str:
+    """The X-Request-Id the API echoes for one it was sent through nginx."""
+    request = urllib.request.Request(  # noqa: S310 (the http://127.0.0.1 URL above)
+        API + "/healthz", headers={"X-Request-Id": "verify-rid-1"})
+    with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
+        return str(response.headers.get("X-Request-Id"))
+
+
+def redis_cli(verify_sh: str, *args: str, auth: bool = True) -> str:
+    """redis-cli in the Redis container (REDISCLI_AUTH there holds the password)."""
+    unset = "" if auth else "unset REDISCLI_AUTH; "
+    return run(verify_sh, "compose", "exec", "-T", "redis", "sh", "-c",
+               f"{unset}redis-cli {' '.join(args)} 2>&1; true").strip()
+
+
+def check_redis_locked_and_full(verify_sh: str) -> None:
+    """No password, no access; at maxmemory (noeviction) what a client sees."""
+    refused = redis_cli(verify_sh, "set", "verify-probe", "1", auth=False)
+    check("NOAUTH" in refused, f"Redis without the password: {refused!r}")
+    check(redis_cli(verify_sh, "config", "get", "protected-mode").split()[-1] == "yes"
+          and redis_cli(verify_sh, "config", "get", "maxmemory").split()[-1] == str(1 << 30),
+          "Redis: protected mode on, maxmemory 1gb, password required")
+    _, metrics = http("GET", API + "/metrics")
+    gauge = [line for line in str(metrics).splitlines()
+             if line.startswith("recsys_redis_maxmemory_bytes")]
+    check(bool(gauge) and float(gauge[0].split()[-1]) == 1 << 30,
+          f"/metrics exports Redis's ceiling: {gauge}")
+    # At the ceiling: a limit below what Redis already uses, for a moment.
+    redis_cli(verify_sh, "config", "set", "maxmemory", "1")
+    try:
+        upload, body = api("POST", "/data_batch", shop(users=4, items=4))
+        listed, _ = api("GET", "/data_batch")
+        ready, _ = http("GET", API + "/readyz")
+    finally:
+        redis_cli(verify_sh, "config", "set", "maxmemory", "1gb")
+    code = body.get("error", {}).get("code") if isinstance(body, dict) else body
+    say(f"at maxmemory: POST /data_batch -> {upload} {code}; GET /data_batch -> {listed}; "
+        f"/readyz -> {ready}")
+    check(upload == 503 and code == "dependency_unavailable",
+          "at maxmemory writes are refused with 503 dependency_unavailable")
+
+
+class Load:
+    """Request loops through the proxy (health, readiness, listings, recommendations)."""
+
+    def __init__(self, threads: int = 4) -> None:
+        self.stop = threading.Event()
+        self.done = 0
+        self.threads = [threading.Thread(target=self.loop, args=(n,), daemon=True)
+                        for n in range(threads)]
+
+    def loop(self, n: int) -> None:
+        paths = [API + "/readyz", API + PREFIX + "/data_batch",
+                 API + PREFIX + "/recommended_items?model_id=smoke&source_id=u1", API + "/healthz"]
+        while not self.stop.is_set():
+            # The stack stops under it: refused connections and resets are expected.
+            with contextlib.suppress(OSError, ValueError, http_client.HTTPException):
+                http("GET", paths[(self.done + n) % len(paths)], None, {"apikey": KEY})
+            self.done += 1
+            self.stop.wait(0.02)
+
+    def __enter__(self) -> Load:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(timeout=40)
+
+
+def busy_training_containers(verify_sh: str, ids: list[str]) -> frozenset[str]:
+    """Names of the containers whose training worker holds a started task (per Flower)."""
+    status, tasks = http("GET", FLOWER + "/api/tasks?state=STARTED", None, flower_auth())
+    hosts = {str(t.get("worker", "")).split("@")[-1] for t in tasks.values()} if status == 200 \
+        else set()
+    names = run(verify_sh, "docker", "inspect", "-f", "{{.Id}} {{.Name}}", *ids).splitlines()
+    return frozenset(name.strip("/") for cid, name in (line.split() for line in names)
+                     if any(h and cid.startswith(h) for h in hosts))
 
 
 def single(verify_sh: str) -> None:
@@ -203,6 +315,10 @@ def single(verify_sh: str) -> None:
     check("train@" in pings and "callbacks@" in pings,
           f"/readyz {ready['checks']}; workers by name: "
           + ", ".join(line.split()[1].rstrip(":") for line in pings.splitlines() if "->" in line))
+
+    rid = request_id_through_proxy()
+    check(rid == "verify-rid-1", f"through the nginx proxy: X-Request-Id passed and echoed ({rid})")
+    check_redis_locked_and_full(verify_sh)
 
     status, batches = api("POST", "/data_batch", shop())
     check(status == 201 and len(batches) == 2, f"upload -> 201, {len(batches)} batches")
@@ -239,6 +355,10 @@ def single(verify_sh: str) -> None:
     status, _ = http("GET", FLOWER + "/api/workers", None, flower_auth())
     check(status == 200, f"Flower with the login -> {status}")
 
+    ids = compose("ps", "-q").split()
+    began = time.time()
+    compose("stop")
+    check_stopped(verify_sh, ids, began, "stop, idle")
     compose("down", "--timeout", "10")
     t = time.monotonic()
     compose(*UP)
@@ -249,11 +369,22 @@ def single(verify_sh: str) -> None:
           "after down/up: the same key still works and both batches are listed")
     recommends("smoke")
 
+    # Stop under load: request loops through the proxy, and a training run in progress.
     compose(*UP, "--scale", "worker=3")
     ids = compose("ps", "-q").split()
-    began = time.time()
-    compose("stop")
-    check_stopped(verify_sh, ids, began)
+    status, _ = api("POST", "/train", {"model_id": "midrun", "evaluation": {"holdout": 0},
+                                       "hyperparameters": {"epochs": 300},
+                                       "use_metadata_features": False})
+    check(status == 202, f"POST /train midrun -> {status}")
+    wait_for("the midrun run to start", lambda: True if api(
+        "GET", "/status/midrun")[1].get("status") in {"running", "completed"} else None)
+    with Load() as load:
+        wait_for("some load", lambda: True if load.done > 40 else None, timeout=60)
+        busy = busy_training_containers(verify_sh, ids)
+        began = time.time()
+        compose("stop")
+    say(f"{load.done} requests during the load; training mid-run in: {sorted(busy) or 'none'}")
+    check_stopped(verify_sh, ids, began, "stop, under load", busy)
     compose("down", "--volumes", "--timeout", "10")
 
 
