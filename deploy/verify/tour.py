@@ -16,6 +16,7 @@ import hmac
 import http.client as http_client
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -262,13 +263,26 @@ def check_redis_locked_and_full(verify_sh: str) -> None:
 
 
 class Load:
-    """Request loops through the proxy (health, readiness, listings, recommendations)."""
+    """Request loops through the proxy (health, readiness, listings, recommendations), and a
+    slow uploader whose body trickles in (nginx holds it; the API never sees it)."""
 
     def __init__(self, threads: int = 4) -> None:
         self.stop = threading.Event()
         self.done = 0
+        self.trickled = 0
         self.threads = [threading.Thread(target=self.loop, args=(n,), daemon=True)
                         for n in range(threads)]
+        self.threads.append(threading.Thread(target=self.slow_upload, daemon=True))
+
+    def slow_upload(self) -> None:
+        port = int(API.rsplit(":", 1)[1])
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(f"POST {PREFIX}/data_batch HTTP/1.1\r\nHost: verify\r\n"
+                         f"apikey: {KEY}\r\nContent-Type: application/json\r\n"
+                         "Content-Length: 1000000\r\n\r\n".encode())
+            while not self.stop.wait(0.3):
+                sock.sendall(b" " * 100)
+                self.trickled += 100
 
     def loop(self, n: int) -> None:
         paths = [API + "/readyz", API + PREFIX + "/data_batch",
@@ -372,8 +386,12 @@ def single(verify_sh: str) -> None:
     # Stop under load: request loops through the proxy, and a training run in progress.
     compose(*UP, "--scale", "worker=3")
     ids = compose("ps", "-q").split()
+    # A run of some seconds (50,000 interactions, 150 epochs), to be mid-run at the stop.
+    status, _ = api("POST", "/data_batch", {**shop(users=1000, items=200), "tags": ["midrun"]})
+    check(status == 201, f"upload of 50,000 interactions -> {status}")
     status, _ = api("POST", "/train", {"model_id": "midrun", "evaluation": {"holdout": 0},
-                                       "hyperparameters": {"epochs": 300},
+                                       "hyperparameters": {"epochs": 150},
+                                       "data_tags": ["midrun"],
                                        "use_metadata_features": False})
     check(status == 202, f"POST /train midrun -> {status}")
     wait_for("the midrun run to start", lambda: True if api(
@@ -383,7 +401,8 @@ def single(verify_sh: str) -> None:
         busy = busy_training_containers(verify_sh, ids)
         began = time.time()
         compose("stop")
-    say(f"{load.done} requests during the load; training mid-run in: {sorted(busy) or 'none'}")
+    say(f"{load.done} requests and a slow upload ({load.trickled} bytes) during the load; "
+        f"training mid-run in: {sorted(busy) or 'none'}")
     check_stopped(verify_sh, ids, began, "stop, under load", busy)
     compose("down", "--volumes", "--timeout", "10")
 

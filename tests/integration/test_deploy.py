@@ -5,6 +5,7 @@ compose file and the systemd units run them (no Docker daemon needed)."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -255,5 +256,14 @@ def test_compose_redis_command_requires_the_password(tmp_path: Path) -> None:
         with pytest.raises(redis.exceptions.OutOfMemoryError):
             client.set("more", "1")
         assert client.get("kept") == "1" and client.ping()
+        client.config_set("maxmemory", "1gb")
+        client.set("last", "write")
+        # and SIGTERM (docker stop) reaches the server itself (sh exec'd it): it stops
+        # without the blocking snapshot, the append-only file keeping every write
+        assert client.config_get("shutdown-on-sigterm")["shutdown-on-sigterm"] == "nosave"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+        assert not (tmp_path / "dump.rdb").exists()
+        assert any(tmp_path.glob("appendonlydir/*.aof"))
     finally:
         _stop(proc)
