@@ -234,6 +234,11 @@ EOF
   local t=$SECONDS
   compose build api >"$WORK/build.log" 2>&1 || { tail -30 "$WORK/build.log" >&2; die "image build failed"; }
   log "image built in $(( SECONDS - t )) s, $(docker image inspect -f '{{.Size}}' recsys-verify:latest | awk '{printf "%.0f MB", $1/1e6}')"
+  local image sizes=()
+  for image in "$base" "$redis" "$nginx" recsys-verify:latest; do
+    sizes+=("$image $(docker image inspect -f '{{.Size}}' "$image" 2>/dev/null | awk '{printf "%.0f MB", $1/1e6}')")
+  done
+  log "image sizes: $(IFS=,; echo "${sizes[*]}")"
 }
 
 write_env() {
