@@ -7,6 +7,7 @@ import uuid
 from flask import Flask, g, request
 from flask_smorest import Api
 from redis import Redis
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from api import (
     data,
@@ -90,6 +91,10 @@ def create_app(
     metrics.init_app(app)
     slowpeers.init_app(app)  # socket timeouts for slow bodies and readers (issue #19)
     ratelimit.init_app(app)  # last: its 429s are still timed, logged and carry the request id
+    if settings.trusted_proxies:
+        # The client's address (rate limits by address, access log) from the proxies' headers.
+        n = settings.trusted_proxies
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n)  # type: ignore[method-assign]
     return app
 
 

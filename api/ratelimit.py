@@ -2,8 +2,8 @@
 
 - Key: the tenant of the request's API key (every key of a tenant shares one
   budget); a request without a valid key is counted by client address, so
-  key-guessing is limited too. Behind a reverse proxy, wrap the app in
-  werkzeug's ``ProxyFix`` so the address is the client's.
+  key-guessing is limited too. Behind a reverse proxy, set
+  ``RECSYS_TRUSTED_PROXIES`` (werkzeug's ``ProxyFix``) so the address is the client's.
 - Limits (sliding-window counter): ``RECSYS_RATE_LIMIT`` (default
   ``600 per minute``) for the whole API, and ``RECSYS_RATE_LIMIT_RECOMMEND``
   (default ``6000 per minute``) as a separate budget for

@@ -10,7 +10,7 @@ case "$role" in
     exec gunicorn -c python:api.gunicorn_conf --bind "${RECSYS_HOST:-0.0.0.0}:${RECSYS_PORT:-8000}" \
       --worker-class gthread --workers "${RECSYS_WEB_WORKERS:-2}" \
       --threads "${RECSYS_WEB_THREADS:-32}" --timeout "${RECSYS_WEB_TIMEOUT:-3600}" \
-      --graceful-timeout 30 --no-control-socket --access-logfile - \
+      --graceful-timeout "${RECSYS_WEB_GRACEFUL_TIMEOUT:-5}" --no-control-socket --access-logfile - \
       "api.app:create_app()" "$@" ;;
   worker)
     # RECSYS_WORKER_QUEUES: train,callbacks (default) | train | callbacks

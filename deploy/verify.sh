@@ -8,11 +8,12 @@
 #    root) and stops it on exit;
 # 2. images: RECSYS_VERIFY_IMAGES=local (default) builds a base image from Debian's archive
 #    (debootstrap minbase + Python 3.11, its headers and this machine's CA certificates,
-#    `docker import`) and Redis, moto images on it; =registry uses python:3.11-slim,
-#    redis:7.4-alpine and motoserver/moto from a registry instead (same Dockerfile and
-#    compose file; only the base and Redis images differ);
+#    `docker import`) and Redis, nginx, moto images on it; =registry uses python:3.11-slim,
+#    redis:7.4-alpine, nginx:1.27-alpine and motoserver/moto from a registry instead (same
+#    Dockerfile and compose file; only the base, Redis and nginx images differ);
 # 3. builds the project image once (BuildKit, layer cache kept between runs);
-# 4. runs the compose stack as project recsys-verify on 127.0.0.1 ports and a smoke tour
+# 4. runs the compose stack as project recsys-verify on 127.0.0.1 ports (the API through the
+#    nginx proxy) and a smoke tour
 #    (deploy/verify/tour.py), then the two-host simulation (deploy/verify/twohost.yml);
 # 5. tears everything down: containers, networks, volumes, dockerd, its iptables rules,
 #    the docker0 bridge, ip_forward and the netns mount dockerd leaves behind.
@@ -199,22 +200,25 @@ EOF
 }
 
 build_images() {
-  local base redis moto
+  local base redis nginx moto
   if [ "$IMAGES" = local ]; then
     build_local_base
-    base=recsys-base:bookworm redis=recsys-redis:local moto=recsys-moto:local
-    log "building $redis and $moto on $base"
+    base=recsys-base:bookworm redis=recsys-redis:local nginx=recsys-nginx:local moto=recsys-moto:local
+    log "building $redis, $nginx and $moto on $base"
     docker build -q -t "$redis" --build-arg BASE_IMAGE="$base" - <"$HERE/redis-local.Dockerfile" >/dev/null
+    docker build -q -t "$nginx" --build-arg BASE_IMAGE="$base" - <"$HERE/nginx-local.Dockerfile" >/dev/null
     [ -n "${RECSYS_VERIFY_SKIP_TWOHOST:-}" ] || \
       docker build -q -t "$moto" --build-arg BASE_IMAGE="$base" - <"$HERE/verify/moto-local.Dockerfile" >/dev/null
   else
-    base=python:3.11-slim redis=redis:7.4-alpine moto=motoserver/moto:5.1.0
+    base=python:3.11-slim redis=redis:7.4-alpine nginx=nginx:1.27-alpine moto=motoserver/moto:5.1.0
   fi
   # The compose override file that swaps the images in (the files themselves stay as shipped).
   cat >"$WORK/images.yml" <<EOF
 services:
   redis:
     image: $redis
+  proxy:
+    image: $nginx
   api:
     build:
       args:
@@ -230,6 +234,11 @@ EOF
   local t=$SECONDS
   compose build api >"$WORK/build.log" 2>&1 || { tail -30 "$WORK/build.log" >&2; die "image build failed"; }
   log "image built in $(( SECONDS - t )) s, $(docker image inspect -f '{{.Size}}' recsys-verify:latest | awk '{printf "%.0f MB", $1/1e6}')"
+  local image sizes=()
+  for image in "$base" "$redis" "$nginx" recsys-verify:latest; do
+    sizes+=("$image $(docker image inspect -f '{{.Size}}' "$image" 2>/dev/null | awk '{printf "%.0f MB", $1/1e6}')")
+  done
+  log "image sizes: $(IFS=,; echo "${sizes[*]}")"
 }
 
 write_env() {
@@ -239,8 +248,10 @@ RECSYS_IMAGE=recsys-verify:latest
 RECSYS_BOOTSTRAP_KEY=$(head -c 24 /dev/urandom | base64 | tr -d '/+=')
 RECSYS_FLOWER_USER=verify
 RECSYS_FLOWER_PASSWORD=$(head -c 18 /dev/urandom | base64 | tr -d '/+=')
+RECSYS_REDIS_PASSWORD=$(head -c 24 /dev/urandom | base64 | tr -d '/+=')
 RECSYS_PORT=127.0.0.1:$API_PORT
-RECSYS_FLOWER_PORT=127.0.0.1:$FLOWER_PORT
+RECSYS_FLOWER_BIND=127.0.0.1
+RECSYS_FLOWER_PORT=$FLOWER_PORT
 RECSYS_VERIFY_RECEIVER_PORT=127.0.0.1:$RECEIVER_PORT
 RECSYS_CALLBACK_ALLOW_PRIVATE=true
 RECSYS_WEB_WORKERS=2

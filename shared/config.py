@@ -210,6 +210,7 @@ _ENV_VARS: tuple[tuple[str, str, Callable[[str], object]], ...] = (
     ("RECSYS_DATA_SUMMARY_TIME_LIMIT", "data_summary_time_limit", _positive_float),
     ("RECSYS_BODY_READ_TIMEOUT", "body_read_timeout", _positive_float),
     ("RECSYS_STREAM_WRITE_TIMEOUT", "stream_write_timeout", _positive_float),
+    ("RECSYS_TRUSTED_PROXIES", "trusted_proxies", _non_negative_int),
 )
 
 
@@ -306,6 +307,9 @@ class Settings:
     body_read_timeout: float = 30.0
     #: Seconds a streamed response may wait on a reader that does not read.
     stream_write_timeout: float = 30.0
+    #: Reverse proxies in front of the API whose X-Forwarded-For/-Proto it believes (0: none,
+    #: the peer is the client). deploy/docker-compose.yml's nginx: 1.
+    trusted_proxies: int = 0
 
     @property
     def visibility_timeout(self) -> int:

@@ -199,3 +199,32 @@ def test_limits_are_counted_in_the_redis_the_app_was_built_with(
         "client from storage_options['connection_pool'] (check the limits release notes)"
     )
     assert any("tenant:acme" in key for key in keys)
+
+
+def test_behind_a_trusted_proxy_the_forwarded_client_address_is_limited(
+    make_app: AppFactory,
+) -> None:
+    # given the API behind one proxy (compose's nginx), which appends the peer's address
+    client = make_app(rate_limit="2 per minute", trusted_proxies=1).test_client()
+    proxy = {"REMOTE_ADDR": "172.18.0.5"}
+
+    def guess(client_addr: str) -> int:
+        return client.get(SECRET, headers={"apikey": "rk_wrong-guess",
+                                           "X-Forwarded-For": client_addr},
+                          environ_base=proxy).status_code
+
+    # when one client guesses keys past the limit, then then another client asks
+    statuses = [guess("203.0.113.7") for _ in range(3)]
+    # then the first is limited by its own address, not the proxy's, and the other is not
+    assert statuses == [401, 401, 429]
+    assert guess("198.51.100.9") == 401
+    # and a forged header before the proxy's entry does not escape the limit
+    assert guess("10.0.0.1, 203.0.113.7") == 429
+
+
+def test_without_trusted_proxies_forwarded_headers_are_ignored(make_app: AppFactory) -> None:
+    client = make_app(rate_limit="2 per minute").test_client()
+    statuses = [client.get(SECRET, headers={"apikey": "rk_wrong-guess",
+                                            "X-Forwarded-For": f"203.0.113.{n}"}).status_code
+                for n in range(3)]
+    assert statuses == [401, 401, 429]

@@ -34,6 +34,10 @@ def test_verify_script_passes() -> None:
     tail = (out + err)[-6000:]
     assert proc.returncode == 0, tail
     # The tour's own checks, as a user would notice them.
-    for line in ("callback delivered", "landed on", "Flower without a login -> 401",
-                 "after down/up", "exited on SIGTERM", "trained on host B's worker", "PASS"):
+    for line in ("through the nginx proxy", "Redis without the password: 'NOAUTH",
+                 "callback delivered", "landed on", "Flower without a login -> 401",
+                 "stop, idle: 10 containers exited on their stop signal",
+                 "after down/up", "stop, under load: 10 containers exited on their stop signal",
+                 "at maxmemory writes are refused with 503", "trained on host B's worker",
+                 "PASS"):
         assert line in err, f"{line!r} missing from:\n{tail}"
