@@ -17,9 +17,12 @@ between epochs, which the training loop already does.
 from __future__ import annotations
 
 import math
+import os
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import Protocol
 
 import numpy as np
 
@@ -84,6 +87,28 @@ class CandidateResult:
     metrics: Metrics
     scoring_seconds: float
     seconds: float
+    worker: str = ""  # host:pid of the process that fitted it
+
+
+def worker_name() -> str:
+    """This process, as recorded per candidate: ``host:pid``."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class Offload(Protocol):
+    """Where the second candidate may be fitted meanwhile (:mod:`worker.candidates`)."""
+
+    def offer(self) -> None:
+        """Make the second candidate available to another worker."""
+
+    def fraction(self) -> float:
+        """The other worker's progress on it, 0-1."""
+
+    def take(self) -> bool:
+        """Claim it for this process; False when another worker has it."""
+
+    def collect(self, data_hash: str, on_wait: CancelHook) -> CandidateResult | None:
+        """Its result from the other worker; None when this process must fit it."""
 
 
 @dataclass(frozen=True)
@@ -152,13 +177,18 @@ def evaluation_fit(dataset: Dataset, params: TrainParams, test_mask: np.ndarray,
     return CandidateResult(
         metadata_features=dataset.has_metadata, epochs=kept,
         precision_at_k=metrics["precision_at_k"], curve=curve, metrics=metrics,
-        scoring_seconds=scoring, seconds=time.perf_counter() - started)
+        scoring_seconds=scoring, seconds=time.perf_counter() - started, worker=worker_name())
 
 
 def choose(dataset: Dataset, params: TrainParams, test_mask: np.ndarray,
            on_progress: Callable[[float], None], should_cancel: CancelHook,
-           start: ModelStart | None = None) -> Choice:
-    """Run the candidates one after the other and keep the better (see module docstring)."""
+           start: ModelStart | None = None, offload: Offload | None = None) -> Choice:
+    """Run the candidates and keep the better (see module docstring).
+
+    With ``offload`` and two candidates, the one without metadata is offered
+    to another worker while this process fits the one with; this process
+    fits it too when nobody else took it (:mod:`worker.candidates`).
+    """
     if params.metadata == "auto" and dataset.has_metadata:
         variants = [dataset, dataset.without_metadata()]
     elif params.metadata is not False and dataset.has_metadata:
@@ -166,6 +196,9 @@ def choose(dataset: Dataset, params: TrainParams, test_mask: np.ndarray,
     else:
         variants = [dataset.without_metadata()]
     max_epochs = params.max_epochs if params.epochs_auto else params.hyperparameters.epochs
+    if offload is not None and len(variants) == 2:
+        return decide(_shared_fits(variants, params, test_mask, max_epochs, on_progress,
+                                   should_cancel, start, offload))
     results: list[CandidateResult] = []
     for i, variant in enumerate(variants):
         def on_epoch(epoch: int, done: int = i) -> None:
@@ -175,6 +208,31 @@ def choose(dataset: Dataset, params: TrainParams, test_mask: np.ndarray,
                                       params.epochs_auto, on_epoch, should_cancel, start))
     on_progress(1.0)
     return decide(results)
+
+
+def _shared_fits(variants: list[Dataset], params: TrainParams, test_mask: np.ndarray,
+                 max_epochs: int, on_progress: Callable[[float], None],
+                 should_cancel: CancelHook, start: ModelStart | None,
+                 offload: Offload) -> list[CandidateResult]:
+    """The first candidate here, the second wherever it was claimed (see :func:`choose`)."""
+    offload.offer()
+    own = evaluation_fit(
+        variants[0], params, test_mask, max_epochs, params.epochs_auto,
+        lambda epoch: on_progress((epoch / max_epochs + offload.fraction()) / 2),
+        should_cancel, start)
+    other: CandidateResult | None = None
+    if not offload.take():
+        def on_wait() -> bool:
+            on_progress((1 + offload.fraction()) / 2)
+            return False
+
+        other = offload.collect(variants[0].data_hash(), on_wait)
+    if other is None:
+        other = evaluation_fit(
+            variants[1], params, test_mask, max_epochs, params.epochs_auto,
+            lambda epoch: on_progress((1 + epoch / max_epochs) / 2), should_cancel, start)
+    on_progress(1.0)
+    return [own, other]
 
 
 def decide(results: list[CandidateResult]) -> Choice:
