@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -125,15 +125,22 @@ class Share:
 
 
 def result_json(result: CandidateResult, data_hash: str) -> dict[str, Any]:
-    """A candidate's result as JSON, with the hash of the data it was fitted on."""
-    return {"result": asdict(result), "data_hash": data_hash}
+    """A candidate's result as JSON, with the hash of the data it was fitted on.
+
+    Its representations stay in the process (``reprs``): the helper sends its
+    metrics instead, computed in full in case its candidate wins.
+    """
+    fields = asdict(replace(result, reprs=None))
+    del fields["reprs"]
+    return {"result": fields, "data_hash": data_hash}
 
 
 def result_from_json(raw: dict[str, Any]) -> CandidateResult:
     """The inverse of :func:`result_json` (without the hash)."""
     fields = dict(raw["result"])
     fields["curve"] = [cast(CurvePoint, dict(p)) for p in fields["curve"]]
-    fields["metrics"] = cast(Metrics, dict(fields["metrics"]))
+    fields["metrics"] = (None if fields["metrics"] is None
+                         else cast(Metrics, dict(fields["metrics"])))
     return CandidateResult(**fields)
 
 

@@ -68,7 +68,8 @@ class TrainedModel:
     #: separate tasks they would run at once, so the longest is what a run waits for.
     candidate_seconds: tuple[float, ...] = ()
     #: Per candidate ("with_metadata"/"without_metadata"): the process that fitted it
-    #: (``host:pid``) and its wall seconds (the run record's ``candidate_fits``).
+    #: (``host:pid``), its wall seconds, the epochs it fitted and whether it was dropped
+    #: early for trailing the other (the run record's ``candidate_fits``).
     candidate_fits: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: the fitted LightFM (its full state goes to storage for warm starts, worker/warm_start.py)
     model: Any = None
@@ -185,7 +186,9 @@ def train(
 
 def _candidate_fits(choice: Choice) -> dict[str, dict[str, Any]]:
     return {"with_metadata" if r.metadata_features else "without_metadata": {
-        "worker": r.worker, "seconds": round(r.seconds, 3)} for r in choice.results}
+        "worker": r.worker, "seconds": round(r.seconds, 3),
+        "epochs_fitted": r.curve[-1]["epoch"] if r.curve else 0, "dropped": r.dropped}
+        for r in choice.results}
 
 
 def _trained(snapshot: _Snapshot, metrics: Metrics | None, epoch_seconds: float,
