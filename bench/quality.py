@@ -262,7 +262,8 @@ def cost(n_interactions: int, threads: int, two_tasks: bool) -> None:
     print(f"  default run ({mode}; evaluation fits + scoring + served fit): {service:.1f} s "
           f"wall, {service_cpu:.1f} s CPU")
     print(f"  bare LightFM fit, {trained.epochs} epochs: {bare:.1f} s wall "
-          f"({bare / trained.epochs:.2f} s/epoch; served fit {trained.epoch_seconds:.2f} s/epoch), {bare_cpu:.1f} s CPU")
+          f"({bare / trained.epochs:.2f} s/epoch; served fit {trained.epoch_seconds:.2f} "
+          f"s/epoch), {bare_cpu:.1f} s CPU")
     print(f"  ratio: {service / bare:.2f}x wall (target <= 2.5x), {service_cpu / bare_cpu:.2f}x "
           f"CPU; scoring {trained.scoring_seconds:.1f} s, evaluation "
           f"{trained.evaluation_seconds:.1f} s, served fit "
