@@ -22,12 +22,18 @@ was lost starts from scratch, and a helper whose attempt is over (cancelled,
 ended, taken over) stops at its next epoch. The helper takes one of the
 tenant's training slots (:mod:`shared.runs.slots`) like any training task;
 with none free it skips and the run fits the candidate itself.
+
+The run offers the candidate only when its host has the cores to run both
+fits at once (:func:`worth_offering`: at least twice the training threads);
+on fewer, two fits at once only share the cores, and fitting both itself,
+the second dropped early when it trails clearly, is quicker.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 from dataclasses import asdict, replace
 from datetime import UTC, datetime
@@ -56,6 +62,20 @@ log = logging.getLogger(__name__)
 TASK_TRAIN_CANDIDATE = "recsys.train_candidate"
 #: Seconds the finished result stays readable (the run reads it within seconds).
 RESULT_TTL = 3600
+
+
+def worth_offering(threads: int) -> bool:
+    """Whether this host's cores can run the two candidate fits at once at full speed.
+
+    Two fits of ``threads`` threads each on fewer than ``2 * threads`` cores only
+    share them: the run takes no less time than fitting both itself (and
+    longer: the helper loads the data again, and the second candidate can no
+    longer be dropped early against the first's curve), so the candidate is
+    then not offered.
+    """
+    affinity = getattr(os, "sched_getaffinity", None)
+    cores = len(affinity(0)) if affinity is not None else (os.cpu_count() or 1)
+    return cores >= 2 * threads
 
 
 class Share:

@@ -37,7 +37,7 @@ from shared.models.state import save_state
 from shared.runs.records import now_iso
 from shared.runs.ref import RunRef
 from shared.runs.service import Runs
-from worker.candidates import Offer
+from worker.candidates import Offer, worth_offering
 from worker.context import WorkerServices
 from worker.fitting import TrainingCancelled
 from worker.params import train_params
@@ -316,7 +316,7 @@ class Attempt:
         offer = Offer(self.svc, self.ref, self.owner, self.should_cancel)  # worker/candidates.py
         try:
             return train(dataset, self.tp, on_progress, self.should_cancel, start=start,
-                         offload=offer)
+                         offload=offer if worth_offering(self.tp.threads) else None)
         finally:
             offer.close()
 

@@ -58,6 +58,12 @@ def _check_training(final: dict[str, Any]) -> None:
 
 def test_two_free_worker_processes_fit_the_two_candidates_at_once(
         stack: Stack, http: requests.Session, data: int) -> None:
+    # one training thread per fit, so that two fits at once fit in the cores of a 2-core
+    # machine and the run offers the second candidate (worker.candidates.worth_offering)
+    for proc in list(stack.workers):
+        stack.stop_worker(proc)
+    stack.env["RECSYS_TRAIN_THREADS"] = "1"
+    stack.start_worker(concurrency=2, name="pair@localhost")
     final, fits = _train(stack, http, "m-two")
     _check_training(final)
     assert set(fits) == {"with_metadata", "without_metadata"}
@@ -69,6 +75,7 @@ def test_one_worker_process_fits_both_candidates_itself(
         stack: Stack, http: requests.Session, data: int) -> None:
     for proc in list(stack.workers):
         stack.stop_worker(proc)
+    stack.env["RECSYS_TRAIN_THREADS"] = "2"  # on 2 cores: not offered; 4+: nobody free
     stack.start_worker(concurrency=1, name="single@localhost")
     final, fits = _train(stack, http, "m-one")
     _check_training(final)

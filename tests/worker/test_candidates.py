@@ -87,3 +87,14 @@ def test_cancel_stops_the_wait(svc: WorkerServices) -> None:
 def test_a_helper_of_an_attempt_that_is_over_does_nothing(svc: WorkerServices) -> None:
     assert help_run(svc, REF, "attempt-1")["outcome"] == "skipped"  # no such run
     assert not svc.redis.keys("*candidate*")
+
+
+@pytest.mark.parametrize("cores, threads, offered", [(2, 2, False), (2, 1, True),
+                                                     (4, 2, True), (3, 2, False)])
+def test_the_candidate_is_offered_only_when_the_cores_fit_two_fits_at_once(
+        monkeypatch: pytest.MonkeyPatch, cores: int, threads: int, offered: bool) -> None:
+    import worker.candidates as candidates
+
+    monkeypatch.setattr(candidates.os, "sched_getaffinity", lambda pid: set(range(cores)),
+                        raising=False)
+    assert candidates.worth_offering(threads) is offered
