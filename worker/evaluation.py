@@ -4,11 +4,12 @@
 (DESIGN.md, "Known pitfalls"). Here the scores of at most ``max_sources``
 sampled sources are computed once, chunk by chunk, as one matrix product,
 and precision@k, recall@k, AUC, NDCG@k, MAP@k and coverage all come from
-that pass; the most-popular baseline's figures come from the same ranking
-code over its (popularity) scores. Training pairs are excluded from the
-ranking, as LightFM's own metrics do with ``train_interactions``. The
-validation curve of ``epochs: "auto"`` needs precision@k alone after each
-epoch: :func:`holdout_precision` on a :class:`Holdout` prepared once per fit.
+that pass; the most-popular baseline's figures come from the popularity
+positions alone (no score matrix: every source ranks by the same order).
+Training pairs are excluded from the ranking, as LightFM's own metrics do
+with ``train_interactions``. The validation curve of ``epochs: "auto"`` needs
+precision@k alone after each epoch: :func:`holdout_precision` on a
+:class:`Holdout` prepared once per run.
 """
 
 from __future__ import annotations
@@ -170,18 +171,28 @@ def _top_k_cols(scores: np.ndarray, k: int, covered: np.ndarray) -> None:
 
 def _rank_sums(scores: np.ndarray, held: sp.csr_matrix, k: int, sums: _Sums,
                rows: slice) -> tuple[np.ndarray, np.ndarray]:
-    """Add one chunk's hits, NDCG@k and AP@k to ``sums``; returns (greater, pos_rows).
+    """Add one chunk's hits, NDCG@k, AP@k and top-k targets to ``sums``; (greater, pos_rows).
 
     A held-out target's rank is 1 + the number of targets scored strictly
-    higher (seen targets score -inf); it is a hit when that rank is at most k.
-    AP@k sums, over the hits, the share of hits at or above each hit's rank,
-    divided by min(k, held-out count); NDCG@k uses binary relevance.
+    higher (seen targets score -inf).
     """
-    n = scores.shape[0]
-    pos_rows = np.repeat(np.arange(n), np.diff(held.indptr))
+    pos_rows = np.repeat(np.arange(scores.shape[0]), np.diff(held.indptr))
     greater = _greater_counts(scores, pos_rows, held.indices, held.indptr)
+    _hit_sums(greater, pos_rows, np.diff(held.indptr), k, sums, rows)
+    _top_k_cols(scores, k, sums.covered)
+    return greater, pos_rows
+
+
+def _hit_sums(greater: np.ndarray, pos_rows: np.ndarray, n_test: np.ndarray, k: int,
+              sums: _Sums, rows: slice) -> None:
+    """Hits, NDCG@k and AP@k of ``rows`` from each held-out target's count of higher targets.
+
+    A target is a hit when its rank (1 + ``greater``) is at most k. AP@k sums,
+    over the hits, the share of hits at or above each hit's rank, divided by
+    min(k, held-out count); NDCG@k uses binary relevance.
+    """
+    n = n_test.size
     in_top = greater < k
-    n_test = np.diff(held.indptr)
     ideal = np.cumsum(1.0 / np.log2(np.arange(k) + 2.0))[np.minimum(n_test, k) - 1]
     gain = np.where(in_top, 1.0 / np.log2(greater + 2.0), 0.0)
     order = np.lexsort((greater, pos_rows))
@@ -193,8 +204,37 @@ def _rank_sums(scores: np.ndarray, held: sp.csr_matrix, k: int, sums: _Sums,
     sums.ndcg[rows] = np.bincount(pos_rows, weights=gain, minlength=n) / ideal
     sums.ap[rows] = (np.bincount(sorted_rows, weights=precision_at_hit, minlength=n)
                      / np.minimum(n_test, k))
-    _top_k_cols(scores, k, sums.covered)
-    return greater, pos_rows
+
+
+def _baseline_sums(holdout: Holdout, n_targets: int) -> _Sums:
+    """The most-popular baseline's sums, without a score matrix.
+
+    Every source ranks its unseen targets in the same popularity order, so a
+    held-out target at popularity position ``p`` has ``p`` minus the number of
+    the source's seen targets above it ranked higher; and the source's j-th
+    unseen target (its top k) sits at position ``j + #{i: a_i - i <= j}`` for
+    its seen positions ``a_0 < a_1 < ...``. Equal to ranking a full matrix of
+    popularity scores with the seen targets masked (ties cannot occur).
+    """
+    n, k = holdout.candidates.size, holdout.k
+    sums = _Sums(np.zeros(n), np.zeros(n), np.zeros(n), np.zeros(n_targets, bool))
+    seen, held = holdout.train, holdout.test
+    seen_rows = np.repeat(np.arange(n, dtype=np.int64), np.diff(seen.indptr))
+    keys = np.sort(seen_rows * n_targets + holdout.pop_pos[seen.indices])  # rows stay grouped
+    starts = seen.indptr[:-1].astype(np.int64)
+    pos_rows = np.repeat(np.arange(n, dtype=np.int64), np.diff(held.indptr))
+    held_pos = holdout.pop_pos[held.indices]
+    greater = held_pos - (np.searchsorted(keys, pos_rows * n_targets + held_pos) - starts[pos_rows])
+    _hit_sums(greater, pos_rows, np.diff(held.indptr), k, sums, slice(0, n))
+    within = np.arange(keys.size) - starts[seen_rows]
+    shifted = seen_rows * n_targets + (keys - seen_rows * n_targets - within)  # sorted too
+    j = np.tile(np.arange(k, dtype=np.int64), n)
+    j_rows = np.repeat(np.arange(n, dtype=np.int64), k)
+    top = j + np.searchsorted(shifted, j_rows * n_targets + j, side="right") - starts[j_rows]
+    by_position = np.empty(n_targets, dtype=np.int64)
+    by_position[holdout.pop_pos] = np.arange(n_targets)
+    sums.covered[by_position[top[top < n_targets]]] = True
+    return sums
 
 
 def _chunks(holdout: Holdout, n_targets: int) -> list[slice]:
@@ -249,18 +289,16 @@ def evaluate_holdout(holdout: Holdout, source_repr: np.ndarray,
     """Every metric of the model and of the most-popular baseline on a prepared holdout.
 
     The baseline ranks unseen targets by popularity on the training pairs
-    (ties by index); its scores are built per chunk like the model's, so both
-    go through the same ranking code.
+    (ties by index); its figures come from those positions directly
+    (:func:`_baseline_sums`), through the same hit, NDCG and AP code as the model's.
     """
     n = holdout.candidates.size
     if n == 0:
         return _empty(holdout.settings_k)
     n_targets, k = target_repr.shape[0], holdout.k
-    model, base = (_Sums(np.zeros(n), np.zeros(n), np.zeros(n), np.zeros(n_targets, bool))
-                   for _ in range(2))
+    model = _Sums(np.zeros(n), np.zeros(n), np.zeros(n), np.zeros(n_targets, bool))
     auc = np.zeros(n)
     n_seen, n_test = np.diff(holdout.train.indptr), np.diff(holdout.test.indptr)
-    popularity_scores = -holdout.pop_pos.astype(np.float32)
     for rows in _chunks(holdout, n_targets):
         seen, held = holdout.train[rows], holdout.test[rows]
         scores = _masked(source_repr[holdout.candidates[rows]] @ target_repr.T, seen)
@@ -269,8 +307,7 @@ def evaluate_holdout(holdout: Holdout, source_repr: np.ndarray,
         auc[rows] = _auc(scores[pos_rows, held.indices], greater, pos_rows,
                          scores.shape[0], n_neg)
         del scores
-        baseline = _masked(np.tile(popularity_scores, (held.shape[0], 1)), seen)
-        _rank_sums(baseline, held, k, base, rows)
+    base = _baseline_sums(holdout, n_targets)
     return {
         "k": holdout.settings_k,
         "precision_at_k": _mean(model.hits / holdout.settings_k),

@@ -37,6 +37,7 @@ from shared.models.state import save_state
 from shared.runs.records import now_iso
 from shared.runs.ref import RunRef
 from shared.runs.service import Runs
+from worker.candidates import Offer, worth_offering
 from worker.context import WorkerServices
 from worker.fitting import TrainingCancelled
 from worker.params import train_params
@@ -312,7 +313,12 @@ class Attempt:
                               "Evaluating: fitting a second model on the holdout split.")
 
         start = from_parent(self.svc.storage, self.ref, self.params, self.tp.hyperparameters)
-        return train(dataset, self.tp, on_progress, self.should_cancel, start=start)
+        offer = Offer(self.svc, self.ref, self.owner, self.should_cancel)  # worker/candidates.py
+        try:
+            return train(dataset, self.tp, on_progress, self.should_cancel, start=start,
+                         offload=offer if worth_offering(self.tp.threads) else None)
+        finally:
+            offer.close()
 
     def save_and_complete(self, dataset: Dataset, trained: TrainedModel,
                           batch_ids: list[str]) -> bool:
@@ -336,7 +342,8 @@ class Attempt:
                           "target_type": self.options.target_type},
             fields={"metrics": trained.metrics, "training": {
                 **trained.training_choice(),
-                **({"parent_version": parent} if parent is not None else {})}},
+                **({"parent_version": parent} if parent is not None else {})},
+                **({"candidate_fits": trained.candidate_fits} if trained.candidate_fits else {})},
         )
         if status is None:  # ended elsewhere (cancelled, reconciled) while saving
             delete_version(svc.storage, ref.tenant, ref.model_id, ref.version)

@@ -17,15 +17,19 @@ between epochs, which the training loop already does.
 from __future__ import annotations
 
 import math
+import os
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
+import scipy.sparse as sp
 
 from shared.contracts import Candidates, CurvePoint, Metrics
 from shared.data.assembly import Dataset
-from worker.evaluation import evaluate_holdout, holdout_precision, prepare_holdout
+from worker.evaluation import Holdout, evaluate_holdout, holdout_precision, prepare_holdout
 from worker.fitting import (
     CancelHook,
     ModelStart,
@@ -37,20 +41,29 @@ from worker.fitting import (
     representations,
 )
 
+if TYPE_CHECKING:
+    from lightfm import LightFM
+
 #: Patience: epochs without improvement before stopping, at least this many ...
 PATIENCE_MIN = 3
 #: ... or this share of the best epoch so far, when larger (later peaks are flatter).
 PATIENCE_SHARE = 0.2
 #: A new best must beat the old by this much (relative), so noise does not extend training.
 MIN_IMPROVEMENT = 0.002
-#: Scoring may cost at most this share of an epoch's time; past it, score every few epochs.
-SCORING_BUDGET = 0.25
+#: Curve scoring may cost at most this share of an epoch's time; past it, score every few
+#: epochs (measured on the first pass: one scoring pass against one epoch).
+SCORING_BUDGET = 0.1
 #: Never score less often than every this many epochs.
 MAX_SCORE_INTERVAL = 5
 #: The curve scores at most this many sources (a fixed sample, so epochs compare), so that
-#: scoring after every epoch stays cheap; the reported metrics and the metadata comparison
-#: use the run's ``max_sources`` (default 10,000) at the kept epoch.
+#: scoring after every epoch stays cheap; the metadata comparison uses the run's
+#: ``max_sources`` (default 10,000) at the kept epoch, and so do the reported metrics.
 CURVE_MAX_SOURCES = 3_000
+#: The second candidate stops early ("dropped") once its curve trails the first's at the
+#: same epoch by more than this share ...
+DROP_MARGIN = 0.05
+#: ... at this many scored epochs in a row, and its best trails the first's best too.
+DROP_AFTER = 3
 
 
 @dataclass
@@ -79,11 +92,36 @@ class CandidateResult:
 
     metadata_features: bool
     epochs: int  # the best epoch (early stopping) or the fixed count
-    precision_at_k: float
+    precision_at_k: float  # on the run's max_sources at that epoch: the comparison's figure
     curve: list[CurvePoint]
-    metrics: Metrics
+    metrics: Metrics | None  # every metric at that epoch; None until :func:`complete`
     scoring_seconds: float
     seconds: float
+    worker: str = ""  # host:pid of the process that fitted it
+    dropped: bool = False  # stopped early: it trailed the other candidate clearly
+    #: (source_repr, target_repr) at the kept epoch, in this process only (never serialised)
+    reprs: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False, compare=False)
+
+
+def worker_name() -> str:
+    """This process, as recorded per candidate: ``host:pid``."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class Offload(Protocol):
+    """Where the second candidate may be fitted meanwhile (:mod:`worker.candidates`)."""
+
+    def offer(self) -> None:
+        """Make the second candidate available to another worker."""
+
+    def fraction(self) -> float:
+        """The other worker's progress on it, 0-1."""
+
+    def take(self) -> bool:
+        """Claim it for this process; False when another worker has it."""
+
+    def collect(self, data_hash: str, on_wait: CancelHook) -> CandidateResult | None:
+        """Its result from the other worker; None when this process must fit it."""
 
 
 @dataclass(frozen=True)
@@ -99,32 +137,98 @@ class Choice:
     results: list[CandidateResult] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class Split:
+    """What every evaluation fit of a run shares: the holdouts and the fit's pair matrices.
+
+    None of it depends on the features, so the candidates with and without
+    metadata use one :class:`Split` (:func:`prepare_split`).
+    """
+
+    test_mask: np.ndarray
+    holdout: Holdout  # the run's max_sources: the comparison and the reported metrics
+    curve: Holdout  # at most CURVE_MAX_SOURCES of them: the validation curve
+    interactions: sp.coo_matrix
+    weights: sp.coo_matrix | None
+
+
+def prepare_split(dataset: Dataset, params: TrainParams, test_mask: np.ndarray) -> Split:
+    """Sample the holdouts and build the training matrices of the pairs outside ``test_mask``."""
+    hp, settings = params.hyperparameters, params.evaluation
+    curve_settings = replace(settings, max_sources=min(settings.max_sources, CURVE_MAX_SOURCES))
+    return Split(test_mask, prepare_holdout(dataset, test_mask, settings, hp.random_state),
+                 prepare_holdout(dataset, test_mask, curve_settings, hp.random_state),
+                 *fit_inputs(dataset, hp, ~test_mask))
+
+
+@dataclass
+class _Curve:
+    """The state of one evaluation fit's curve as it trains."""
+
+    stopper: EarlyStopping
+    rival: list[CurvePoint] | None
+    points: list[CurvePoint] = field(default_factory=list)
+    best_reprs: tuple[np.ndarray, np.ndarray] | None = None
+    scoring: float = 0.0
+    trailing: int = 0
+
+    def trails(self, epoch: int) -> bool:
+        """Whether this fit's best so far trails the rival's best up to ``epoch`` clearly."""
+        earlier = [p["precision_at_k"] for p in self.rival or [] if p["epoch"] <= epoch]
+        lags = bool(earlier) and self.stopper.best < max(earlier) * (1 - DROP_MARGIN)
+        self.trailing = self.trailing + 1 if lags else 0
+        return self.trailing >= DROP_AFTER
+
+
 def evaluation_fit(dataset: Dataset, params: TrainParams, test_mask: np.ndarray,
                    max_epochs: int, early_stopping: bool, on_epoch: Callable[[int], None],
-                   should_cancel: CancelHook, start: ModelStart | None = None) -> CandidateResult:
+                   should_cancel: CancelHook, start: ModelStart | None = None,
+                   split: Split | None = None, full_metrics: bool = True,
+                   rival: list[CurvePoint] | None = None) -> CandidateResult:
     """Fit on the pairs outside ``test_mask`` and score the holdout as it trains.
 
     ``dataset`` decides the features (pass :meth:`Dataset.without_metadata`
     for the candidate without). With ``early_stopping`` the fit stops after a
-    patience without improvement and the metrics are those of the best epoch;
-    otherwise it trains ``max_epochs`` and reports the last.
+    patience without improvement and keeps the best epoch; otherwise it trains
+    ``max_epochs`` and reports the last. With a ``rival`` curve (the other
+    candidate's), it also stops once it trails that curve clearly (``dropped``).
+    ``full_metrics``: every metric now; otherwise precision@k alone, and the
+    representations are kept for :func:`complete`.
     """
     started = time.perf_counter()
-    hp, settings = params.hyperparameters, params.evaluation
-    holdout = prepare_holdout(dataset, test_mask, settings, hp.random_state)
-    curve_holdout = prepare_holdout(
-        dataset, test_mask, replace(settings, max_sources=min(settings.max_sources,
-                                                              CURVE_MAX_SOURCES)),
-        hp.random_state)
-    model = start(dataset) if start is not None else new_model(hp)
-    interactions, weights = fit_inputs(dataset, hp, ~test_mask)
-    stopper = EarlyStopping(max_epochs)
-    curve: list[CurvePoint] = []
-    best_reprs: tuple[np.ndarray, np.ndarray] | None = None
-    interval, scoring = 1, 0.0
+    split = split if split is not None else prepare_split(dataset, params, test_mask)
+    model = start(dataset) if start is not None else new_model(params.hyperparameters)
+    state = _Curve(EarlyStopping(max_epochs), rival if early_stopping else None)
+    dropped = _train_scoring(model, dataset, params, split, state, early_stopping, on_epoch,
+                             should_cancel)
+    reprs = state.best_reprs if state.best_reprs is not None else representations(model, dataset)
+    scoring_started = time.perf_counter()
+    metrics = evaluate_holdout(split.holdout, *reprs) if full_metrics else None
+    precision = (metrics["precision_at_k"] if metrics is not None
+                 else holdout_precision(split.holdout, *reprs))
+    state.scoring += time.perf_counter() - scoring_started
+    kept = state.stopper.best_epoch if early_stopping else state.stopper.max_epochs
+    return CandidateResult(
+        metadata_features=dataset.has_metadata, epochs=kept, precision_at_k=precision,
+        curve=state.points, metrics=metrics, scoring_seconds=state.scoring,
+        seconds=time.perf_counter() - started, worker=worker_name(), dropped=dropped,
+        reprs=None if full_metrics else reprs)
+
+
+def _train_scoring(model: LightFM, dataset: Dataset, params: TrainParams, split: Split,
+                   state: _Curve, early_stopping: bool, on_epoch: Callable[[int], None],
+                   should_cancel: CancelHook) -> bool:
+    """The epochs of :func:`evaluation_fit`, scoring the curve; True when it was dropped.
+
+    The curve is scored after the first epoch, then every ``interval`` epochs,
+    so that scoring costs at most ``SCORING_BUDGET`` of the fit's time (one
+    pass against one epoch, as last measured); the last epoch is always scored.
+    """
+    max_epochs, interval = state.stopper.max_epochs, 1
     for epoch in range(1, max_epochs + 1):
         epoch_started = time.perf_counter()
-        fit_epoch(model, dataset, interactions, weights, params.threads, should_cancel)
+        fit_epoch(model, dataset, split.interactions, split.weights, params.threads,
+                  should_cancel)
         epoch_seconds = time.perf_counter() - epoch_started
         on_epoch(epoch)
         if epoch % interval and epoch != max_epochs:
@@ -132,33 +236,45 @@ def evaluation_fit(dataset: Dataset, params: TrainParams, test_mask: np.ndarray,
         check_finite(model)
         scoring_started = time.perf_counter()
         reprs = representations(model, dataset)
-        precision = holdout_precision(curve_holdout, *reprs)
+        precision = holdout_precision(split.curve, *reprs)
         spent = time.perf_counter() - scoring_started
-        scoring += spent
+        state.scoring += spent
         interval = min(MAX_SCORE_INTERVAL, max(1, math.ceil(
             spent / max(SCORING_BUDGET * epoch_seconds, 1e-9))))
-        curve.append({"epoch": epoch, "precision_at_k": precision})
-        stop = stopper.update(epoch, precision)
-        if stopper.best_epoch == epoch or not early_stopping:
-            best_reprs = reprs
+        state.points.append({"epoch": epoch, "precision_at_k": precision})
+        stop = state.stopper.update(epoch, precision)
+        if state.stopper.best_epoch == epoch or not early_stopping:
+            state.best_reprs = reprs
+        if state.rival is not None and state.trails(epoch):
+            return True
         if early_stopping and stop:
             break
-    if best_reprs is None:  # max_epochs >= 1 and the last epoch is always scored
-        best_reprs = representations(model, dataset)
-    scoring_started = time.perf_counter()
-    metrics = evaluate_holdout(holdout, *best_reprs)
-    scoring += time.perf_counter() - scoring_started
-    kept = stopper.best_epoch if early_stopping else max_epochs
-    return CandidateResult(
-        metadata_features=dataset.has_metadata, epochs=kept,
-        precision_at_k=metrics["precision_at_k"], curve=curve, metrics=metrics,
-        scoring_seconds=scoring, seconds=time.perf_counter() - started)
+    return False
+
+
+def complete(result: CandidateResult, split: Split) -> CandidateResult:
+    """The result with every metric (the winner's: computed once, from its kept representations)."""
+    if result.metrics is not None or result.reprs is None:
+        return result
+    started = time.perf_counter()
+    metrics = evaluate_holdout(split.holdout, *result.reprs)
+    metrics["precision_at_k"] = result.precision_at_k  # the same figure, rounded alike
+    spent = time.perf_counter() - started
+    return replace(result, metrics=metrics,
+                   scoring_seconds=result.scoring_seconds + spent,
+                   seconds=result.seconds + spent)
 
 
 def choose(dataset: Dataset, params: TrainParams, test_mask: np.ndarray,
            on_progress: Callable[[float], None], should_cancel: CancelHook,
-           start: ModelStart | None = None) -> Choice:
-    """Run the candidates one after the other and keep the better (see module docstring)."""
+           start: ModelStart | None = None, offload: Offload | None = None) -> Choice:
+    """Run the candidates and keep the better (see module docstring).
+
+    With ``offload`` and two candidates, the one without metadata is offered
+    to another worker while this process fits the one with; this process
+    fits it too when nobody else took it (:mod:`worker.candidates`). Every
+    metric is computed for the winner alone; the loser only needs precision@k.
+    """
     if params.metadata == "auto" and dataset.has_metadata:
         variants = [dataset, dataset.without_metadata()]
     elif params.metadata is not False and dataset.has_metadata:
@@ -166,28 +282,70 @@ def choose(dataset: Dataset, params: TrainParams, test_mask: np.ndarray,
     else:
         variants = [dataset.without_metadata()]
     max_epochs = params.max_epochs if params.epochs_auto else params.hyperparameters.epochs
-    results: list[CandidateResult] = []
-    for i, variant in enumerate(variants):
-        def on_epoch(epoch: int, done: int = i) -> None:
-            on_progress((done + epoch / max_epochs) / len(variants))
+    split = prepare_split(dataset, params, test_mask)
+    if offload is not None and len(variants) == 2:
+        results = _shared_fits(variants, params, split, max_epochs, on_progress, should_cancel,
+                               start, offload)
+    else:
+        results = []
+        for i, variant in enumerate(variants):
+            def on_epoch(epoch: int, done: int = i) -> None:
+                on_progress((done + epoch / max_epochs) / len(variants))
 
-        results.append(evaluation_fit(variant, params, test_mask, max_epochs,
-                                      params.epochs_auto, on_epoch, should_cancel, start))
+            results.append(evaluation_fit(
+                variant, params, test_mask, max_epochs, params.epochs_auto, on_epoch,
+                should_cancel, start, split=split, full_metrics=False,
+                rival=results[0].curve if results else None))
+    best = _winner(results)
     on_progress(1.0)
-    return decide(results)
+    return decide([complete(r, split) if r is best else r for r in results])
+
+
+def _shared_fits(variants: list[Dataset], params: TrainParams, split: Split,
+                 max_epochs: int, on_progress: Callable[[float], None],
+                 should_cancel: CancelHook, start: ModelStart | None,
+                 offload: Offload) -> list[CandidateResult]:
+    """The first candidate here, the second wherever it was claimed (see :func:`choose`)."""
+    offload.offer()
+    own = evaluation_fit(
+        variants[0], params, split.test_mask, max_epochs, params.epochs_auto,
+        lambda epoch: on_progress((epoch / max_epochs + offload.fraction()) / 2),
+        should_cancel, start, split=split, full_metrics=False)
+    other: CandidateResult | None = None
+    if not offload.take():
+        def on_wait() -> bool:
+            on_progress((1 + offload.fraction()) / 2)
+            return False
+
+        other = offload.collect(variants[0].data_hash(), on_wait)
+    if other is None:
+        other = evaluation_fit(
+            variants[1], params, split.test_mask, max_epochs, params.epochs_auto,
+            lambda epoch: on_progress((1 + epoch / max_epochs) / 2), should_cancel, start,
+            split=split, full_metrics=False, rival=own.curve)
+    return [own, other]
+
+
+def _winner(results: list[CandidateResult]) -> CandidateResult:
+    """The candidate kept: metadata unless it has the lower precision@k."""
+    with_meta = [r for r in results if r.metadata_features]
+    without = [r for r in results if not r.metadata_features]
+    if with_meta and without and with_meta[0].precision_at_k < without[0].precision_at_k:
+        return without[0]
+    return results[0] if not with_meta else with_meta[0]
 
 
 def decide(results: list[CandidateResult]) -> Choice:
-    """The better candidate; metadata is kept unless it lowers precision@k."""
+    """The better candidate (:func:`_winner`), whose metrics must be complete."""
     with_meta = [r for r in results if r.metadata_features]
     without = [r for r in results if not r.metadata_features]
     candidates: Candidates | None = None
-    chosen = results[0]
     if with_meta and without:
         candidates = {"with_metadata": with_meta[0].precision_at_k,
                       "without_metadata": without[0].precision_at_k}
-        chosen = (with_meta[0] if with_meta[0].precision_at_k >= without[0].precision_at_k
-                  else without[0])
+    chosen = _winner(results)
+    if chosen.metrics is None:
+        raise ValueError("the chosen candidate's metrics were not computed (complete())")
     return Choice(epochs=chosen.epochs, metadata_features=chosen.metadata_features,
                   curve=chosen.curve, metrics=chosen.metrics, candidates=candidates,
                   scoring_seconds=sum(r.scoring_seconds for r in results), results=results)

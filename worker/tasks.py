@@ -16,6 +16,7 @@ from shared.contracts import (
 )
 from shared.runs import slots
 from shared.runs.ref import RunRef
+from worker.candidates import TASK_TRAIN_CANDIDATE
 from worker.celery_app import app
 from worker.context import worker_services
 from worker.flower import on_task_revoked, send_progress
@@ -64,6 +65,23 @@ def train_model(self: Task, tenant: str, model_id: str, version: int) -> dict[st
     if not slots.note_waiting(svc.redis, ref, settings.tenant_concurrency):
         return {"outcome": "skipped", "reason": "ended while waiting for a slot"}
     raise self.retry(countdown=slots.retry_delay())
+
+
+# Late acks without reject-on-worker-lost: a helper whose worker dies is not run again; its
+# claim's lease runs out and the run fits the candidate itself (worker/candidates.py).
+@app.task(name=TASK_TRAIN_CANDIDATE, bind=True, acks_late=True, reject_on_worker_lost=False)
+def train_candidate(self: Task, tenant: str, model_id: str, version: int,
+                    attempt: str) -> dict[str, Any]:
+    """Fit a run's candidate without metadata features, in one of the tenant's slots."""
+    from worker.candidates import help_run
+
+    svc = worker_services(self.app)
+    settings = svc.settings
+    with slots.TenantSlot(svc.redis, tenant, settings.tenant_concurrency,
+                          settings.heartbeat_stale_after, settings.heartbeat_interval) as slot:
+        if slot.held:
+            return help_run(svc, RunRef(tenant, model_id, int(version)), attempt)
+    return {"outcome": "skipped", "reason": "no free slot: the run fits it itself"}
 
 
 # Housekeeping sends no task events, so Flower's list shows training (worker/flower.py).

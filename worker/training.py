@@ -39,6 +39,8 @@ from worker.fitting import (
 if TYPE_CHECKING:
     from lightfm import LightFM
 
+    from worker.selection import Choice, Offload
+
 TrainPhase = Literal["training", "evaluating"]
 ProgressHook = Callable[[TrainPhase, float], None]
 
@@ -65,6 +67,10 @@ class TrainedModel:
     #: Wall seconds of each evaluation fit (with its scoring), in the order they ran: as
     #: separate tasks they would run at once, so the longest is what a run waits for.
     candidate_seconds: tuple[float, ...] = ()
+    #: Per candidate ("with_metadata"/"without_metadata"): the process that fitted it
+    #: (``host:pid``), its wall seconds, the epochs it fitted and whether it was dropped
+    #: early for trailing the other (the run record's ``candidate_fits``).
+    candidate_fits: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: the fitted LightFM (its full state goes to storage for warm starts, worker/warm_start.py)
     model: Any = None
 
@@ -122,13 +128,14 @@ def train(
     on_progress: ProgressHook,
     should_cancel: CancelHook,
     start: ModelStart | None = None,
+    offload: Offload | None = None,
 ) -> TrainedModel:
     """Fit the served model on all pairs; unless holdout is 0, evaluate on a split fit.
 
     With ``epochs_auto`` or ``metadata == "auto"`` (and a holdout), the
     evaluation fits come first (:func:`worker.selection.choose`) and the served
-    fit then trains the chosen epochs with the chosen features. Otherwise the
-    served fit comes first and one evaluation fit of the same epochs follows.
+    fit then trains the chosen epochs with the chosen features (``offload``: see
+    ``choose``). Otherwise one evaluation fit of the served fit's epochs follows.
     """
     import time
 
@@ -144,7 +151,8 @@ def train(
     evaluation_started = time.perf_counter()
     if auto and test_mask is not None:
         choice = choose(dataset, params, test_mask,
-                        lambda f: on_progress("evaluating", f), should_cancel, start=start)
+                        lambda f: on_progress("evaluating", f), should_cancel, start=start,
+                        offload=offload)
         evaluation_seconds = time.perf_counter() - evaluation_started
         data = dataset if choice.metadata_features else dataset.without_metadata()
         snapshot, epoch_seconds = _served(data, hp, choice.epochs, params.threads,
@@ -154,7 +162,8 @@ def train(
             _trained(snapshot, choice.metrics, epoch_seconds, evaluation_seconds,
                      choice.scoring_seconds, choice.epochs, choice.metadata_features,
                      choice.curve, choice.candidates),
-            candidate_seconds=tuple(r.seconds for r in choice.results))
+            candidate_seconds=tuple(r.seconds for r in choice.results),
+            candidate_fits=_candidate_fits(choice))
     epochs = hp.epochs
     if params.epochs_auto:  # no holdout to stop on (API.md): a fixed count
         epochs = AUTO_EPOCHS_WITHOUT_HOLDOUT
@@ -173,6 +182,13 @@ def train(
         on_progress("evaluating", 1.0)
     return _trained(snapshot, metrics, epoch_seconds, time.perf_counter() - evaluation_started,
                     scoring_seconds, epochs, use_metadata, curve, None)
+
+
+def _candidate_fits(choice: Choice) -> dict[str, dict[str, Any]]:
+    return {"with_metadata" if r.metadata_features else "without_metadata": {
+        "worker": r.worker, "seconds": round(r.seconds, 3),
+        "epochs_fitted": r.curve[-1]["epoch"] if r.curve else 0, "dropped": r.dropped}
+        for r in choice.results}
 
 
 def _trained(snapshot: _Snapshot, metrics: Metrics | None, epoch_seconds: float,

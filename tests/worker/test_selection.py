@@ -168,3 +168,63 @@ def test_auto_metadata_picks_the_right_side_on_both_synthetic_variants(
     assert model.candidates is not None
     assert model.metadata_features is keeps_metadata, model.candidates
     assert (model.source_feature_embeddings is not None) is keeps_metadata
+
+
+def _scripted_fit(monkeypatch: pytest.MonkeyPatch, curve: Any,
+                  rival: list[Any] | None) -> selection.CandidateResult:
+    """An evaluation fit (metadata off, 30 epochs at most) whose curve follows ``curve(epoch)``."""
+    epochs: list[int] = []
+
+    def scripted(holdout: Any, source_repr: np.ndarray, target_repr: np.ndarray) -> float:
+        epochs.append(1)
+        return float(curve(len(epochs)))
+
+    monkeypatch.setattr(selection, "holdout_precision", scripted)
+    monkeypatch.setattr(selection, "SCORING_BUDGET", 1e9)  # score after every epoch
+    params = TrainParams(hyperparameters=Hyperparameters(no_components=4), epochs_auto=True,
+                         max_epochs=30, metadata=False, threads=1)
+    dataset = _data().without_metadata()
+    from worker.evaluation import holdout_split
+
+    return selection.evaluation_fit(dataset, params, holdout_split(dataset, 0.2), 30, True,
+                                    lambda e: None, lambda: False, rival=rival)
+
+
+def test_the_second_candidate_is_dropped_once_it_trails_the_first_clearly(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given the first candidate's curve, rising to 0.30 by epoch 10
+    rival = [{"epoch": e, "precision_at_k": 0.2 + 0.01 * min(e, 10)} for e in range(1, 14)]
+    # When the second rises as fast but 20% lower
+    result = _scripted_fit(monkeypatch, lambda e: 0.8 * (0.2 + 0.01 * min(e, 10)), rival)
+    # Then it stops after DROP_AFTER scored epochs, marked as dropped
+    assert result.dropped and len(result.curve) == selection.DROP_AFTER
+
+
+@pytest.mark.parametrize("lag", [0.0, 0.03])
+def test_a_second_candidate_within_the_margin_or_ahead_is_not_dropped(
+        monkeypatch: pytest.MonkeyPatch, lag: float) -> None:
+    # Given the first candidate's curve, and a second one level with it or 3% behind
+    # (inside DROP_MARGIN), or ahead early and behind later on (curves that cross)
+    rival = [{"epoch": e, "precision_at_k": 0.2 + 0.01 * min(e, 10)} for e in range(1, 14)]
+    result = _scripted_fit(monkeypatch, lambda e: (1 - lag) * (0.2 + 0.01 * min(e, 10)), rival)
+    assert not result.dropped and result.epochs == 10
+    crossing = _scripted_fit(monkeypatch, lambda e: 0.28 + 0.001 * min(e, 5), rival)
+    assert not crossing.dropped
+
+
+def test_every_metric_is_computed_for_the_winner_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a run that compares the two candidates
+    computed: list[int] = []
+    full = selection.evaluate_holdout
+
+    def counting(*args: Any) -> Any:
+        computed.append(1)
+        return full(*args)
+
+    monkeypatch.setattr(selection, "evaluate_holdout", counting)
+    params = TrainParams(hyperparameters=Hyperparameters(no_components=4, epochs=3),
+                         metadata="auto", evaluation=EvaluationSettings(holdout=0.2), threads=1)
+    model = train(_data(), params, lambda p, f: None, lambda: False)
+    # Then one full evaluation ran, and the winner's precision is its metrics' figure
+    assert computed == [1] and model.candidates is not None and model.metrics is not None
+    assert model.metrics["precision_at_k"] == max(model.candidates.values())

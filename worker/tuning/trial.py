@@ -39,7 +39,7 @@ def run_trial(dataset: Dataset, params: TrainParams, metric: str,
     # request's epochs (its ``max_epochs`` under "auto"); the metrics are the best epoch's.
     result = evaluation_fit(dataset, params, test_mask, params.hyperparameters.epochs,
                             params.epochs_auto, lambda _epoch: None, should_cancel)
-    raw: Any = dict(result.metrics).get(metric)
+    raw: Any = dict(result.metrics or {}).get(metric)
     value = None if raw is None else float(raw)
     return TrialResult(value=value, epochs=result.epochs,
                        seconds=time.perf_counter() - started)
