@@ -4,6 +4,9 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
+# Test processes (pytest-xdist); each file stays in one process, so a module's stack is
+# started once. PYTEST_WORKERS=0 runs everything in this process.
+PYTEST_WORKERS ?= 2
 
 .PHONY: run test lint demo bench clean-venv verify-deploy
 
@@ -21,7 +24,8 @@ run: $(STAMP)
 
 ## test: every test (unit and integration); starts the servers it needs itself
 test: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(PY) -m pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) --dist loadfile \
+		--no-loadscope-reorder $(PYTEST_ARGS)
 
 ## lint: ruff and mypy --strict
 lint: $(STAMP)
