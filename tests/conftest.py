@@ -16,7 +16,7 @@ from shared.keys import SCOPES, create_key
 from shared.storage import Storage, open_storage
 
 #: The longest modules, slowest first (seconds each on a loaded 2-core machine: 50 down to
-#: 15). They run first: with ``make test``'s two xdist processes, a long module handed out
+#: 15). They run first: with ``make test``'s xdist processes, a long module handed out
 #: last would end the run alone (``--no-loadscope-reorder`` keeps this order).
 LONGEST_FIRST = tuple(f"tests/{name}.py" for name in (
     "integration/test_launcher_stops", "integration/test_faults",
