@@ -4,6 +4,10 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
+# Test processes (pytest-xdist); each file stays in one process, so a module's stack is
+# started once. Three on 2 cores: most integration time is spent waiting on other processes
+# (4.0 min against 5.8 with two, on a loaded 2-core machine). PYTEST_WORKERS=0: one process.
+PYTEST_WORKERS ?= 3
 
 .PHONY: run test lint demo bench clean-venv verify-deploy
 
@@ -21,7 +25,8 @@ run: $(STAMP)
 
 ## test: every test (unit and integration); starts the servers it needs itself
 test: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(PY) -m pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) --dist loadfile \
+		--no-loadscope-reorder $(PYTEST_ARGS)
 
 ## lint: ruff and mypy --strict
 lint: $(STAMP)

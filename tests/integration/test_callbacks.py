@@ -11,7 +11,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 import requests
@@ -30,22 +30,33 @@ from shared.webhooks.deliveries import schedule_for_run as schedule
 from tests.helpers.callback_receiver import Receiver, Reply, receiving
 from tests.helpers.servers import free_port
 from tests.helpers.stack import Stack
+from tests.helpers.waiting import holds_until, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.own_stack]  # restarts its worker
 
 TENANT = "default"
-T = TypeVar("T")
 
 
-def wait_until(probe: Callable[[], T | None], timeout: float = 20.0, what: str = "") -> T:
-    """Poll ``probe`` until it returns something truthy."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = probe()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what or probe}")
+def scans_ran(cb: Stack, times: int = 2) -> Callable[[], bool]:
+    """A condition true once the scan has run ``times`` more times, each with its attempts.
+
+    Each round plants a due schedule entry for a delivery that has no record: only a scan
+    claims it, and only the attempt that scan enqueues (finding no record) drops it again.
+    So a round that ends proves a scan ran and the attempts it sent were made.
+    """
+    member = schedule_member(TENANT, "cb-scan-probe", 1)
+    left = [times]
+
+    def done() -> bool:
+        if cb.redis.zscore(SCHEDULE_KEY, member) is not None:
+            return False
+        if left[0] == 0:
+            return True
+        left[0] -= 1
+        cb.redis.zadd(SCHEDULE_KEY, {member: 0})
+        return False
+
+    return done
 
 
 @pytest.fixture(scope="module")
@@ -132,8 +143,7 @@ def test_delivered_once_and_verified(
     shown = wait_until(ended(cb, "cb-first", "delivered"), what="delivered")
     assert shown == {"state": "delivered", "attempts": 1, "last_response_code": 200,
                      "next_attempt_at": None}
-    time.sleep(1.0)
-    assert len(receiver.requests) == 1
+    holds_until(lambda: len(receiver.requests) == 1, scans_ran(cb), what="one request")
 
 
 def test_500_then_200_retried_by_the_scan_with_the_same_id(
@@ -176,8 +186,7 @@ def test_410_ends_as_failed_after_one_attempt(
     shown = wait_until(ended(cb, "cb-410", "failed"), what="failed")
     assert shown == {"state": "failed", "attempts": 1, "last_response_code": 410,
                      "next_attempt_at": None}
-    time.sleep(1.0)
-    assert len(receiver.requests) == 1
+    holds_until(lambda: len(receiver.requests) == 1, scans_ran(cb), what="one request")
 
 
 def test_connection_refused_then_recovering(cb: Stack, client: Celery) -> None:

@@ -21,6 +21,7 @@ from shared.stack.embedded import EmbeddedServer, start_embedded
 from shared.storage import open_storage
 from tests.helpers.stack import Stack, running_stack
 from tests.helpers.training import status, upload_clustered
+from tests.helpers.waiting import log_count, wait_until
 from worker.context import WorkerServices
 from worker.reconcile import reconcile
 
@@ -85,6 +86,11 @@ def _reconcile_until_ended(st: Stack, http: requests.Session, model_id: str,
     raise AssertionError(f"{model_id} still running after {timeout} s: {current}")
 
 
+def _broker_losses(st: Stack) -> int:
+    """How often the stack's workers have logged losing the broker connection."""
+    return sum(log_count(path, "Connection to broker lost") for path in st.data_dir.glob("*.log"))
+
+
 def test_sigterm_mid_run_lets_the_run_complete(faulty: FaultStack,
                                                http: requests.Session) -> None:
     _train(faulty, http, "m-term")
@@ -104,6 +110,7 @@ def test_redis_restart_while_a_run_trains(faulty: FaultStack, http: requests.Ses
     batches_before = http.get(faulty.url("/data_batch"), headers=faulty.headers(),
                               timeout=10).json()
     # when Redis goes away mid-run
+    lost_before = _broker_losses(faulty)
     faulty.server.stop()
     started = time.monotonic()
     response = http.get(faulty.url("/status/m-redis"), headers=faulty.headers(), timeout=15)
@@ -111,7 +118,9 @@ def test_redis_restart_while_a_run_trains(faulty: FaultStack, http: requests.Ses
     assert response.status_code == 503, response.text
     assert response.json()["error"]["code"] == "dependency_unavailable"
     assert time.monotonic() - started < 5
-    time.sleep(2)
+    # and the worker has seen it go (rather than Redis being back before anyone noticed)
+    wait_until(lambda: _broker_losses(faulty) > lost_before, timeout=60,
+               what="the worker to notice the broker is gone")
     # and when it comes back on the same data
     faulty.server = start_embedded(faulty.server.directory)
     # nothing was lost: the key, the batches

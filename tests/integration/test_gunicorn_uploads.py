@@ -24,8 +24,11 @@ import requests
 from shared.keys import SCOPES, create_key
 from shared.stack.embedded import EmbeddedServer
 from tests.helpers.servers import running_gunicorn
+from tests.helpers.waiting import log_count, wait_until
 
 BOUNDARY = "testboundary7MA4YWxk"
+#: The access line of an answered upload, whatever its status.
+UPLOAD_ANSWERED = '"message":"POST /v1/recommender/data_batch '
 
 
 class Api(NamedTuple):
@@ -136,12 +139,16 @@ def test_a_client_that_hangs_up_mid_upload_stores_nothing(api: Api,
     port, key, data_dir = api
     tag = f"hung-up-{reset}"
     wire = _upload(key, [_csv(20_000)], tag)
+    gunicorn_log = data_dir.parent / "gunicorn.log"
+    answered_before = log_count(gunicorn_log, UPLOAD_ANSWERED)
     with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
         sock.sendall(wire[: len(wire) // 2])
-        time.sleep(0.3)
+        time.sleep(0.3)  # the server is reading the body (not a wait for a condition)
         if reset:  # close with a TCP reset rather than an orderly end
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    time.sleep(1)
+    # once the server has finished with the request (its access line), nothing is stored
+    wait_until(lambda: log_count(gunicorn_log, UPLOAD_ANSWERED) > answered_before,
+               timeout=60, what="the server to finish the cut-off upload")
     assert _tagged(port, key, tag) == []
     assert requests.get(f"http://127.0.0.1:{port}/healthz", timeout=10).status_code == 200
     # a client that went away is not a server fault (503 for the disk, or a 500)

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import redis
 from click.testing import CliRunner
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from shared.client.cli.main import cli
 from shared.config import Settings
@@ -26,12 +28,15 @@ def server(tmp_path: Path) -> Iterator[EmbeddedServer]:
 
 def test_a_client_without_the_password_is_refused(server: EmbeddedServer) -> None:
     # Given the embedded server, when a local user connects without the password
-    anonymous = redis.Redis(host="127.0.0.1", port=server.port)
+    # (without retries: redis-py retries an AuthenticationError, a ConnectionError, with
+    # backoff for about 7 s before raising it)
+    once = Retry(NoBackoff(), 0)
+    anonymous = redis.Redis(host="127.0.0.1", port=server.port, retry=once)
     # then every command is refused
     with pytest.raises(redis.AuthenticationError):
         anonymous.keys("*")
     with pytest.raises(redis.AuthenticationError):
-        redis.Redis(host="127.0.0.1", port=server.port, password="guess").ping()
+        redis.Redis(host="127.0.0.1", port=server.port, password="guess", retry=once).ping()
 
 
 def test_the_password_is_private_and_every_process_finds_it(

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import redis
@@ -18,6 +17,7 @@ from shared.contracts import TASK_PROGRESS_PROBE
 from shared.keys import SCOPES, create_key, lookup
 from shared.queue import make_producer
 from shared.stack.embedded import start_embedded
+from tests.helpers.waiting import log_count, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -48,7 +48,9 @@ def test_data_survives_restart_and_worker_resumes(tmp_path: Path) -> None:
 
         # When the server stops (persisting its data) and starts again on the same directory
         server.stop()
-        time.sleep(1.0)
+        # (once the worker has seen it go, so that it really has to reconnect)
+        wait_until(lambda: log_count(tmp_path / "worker.log", "Connection to broker lost"),
+                   timeout=60, what="the worker to notice the server is gone")
         server = start_embedded(directory)
         assert server.url == settings.redis_url, "the recorded port was not reused"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import pytest
 import requests
@@ -11,12 +12,14 @@ from celery.result import AsyncResult
 from shared.contracts import PROGRESS_STATE
 from shared.queue import make_producer
 from shared.storage import model_dir, open_storage
+from shared.webhooks.deliveries import SCHEDULE_KEY, schedule_member
 from tests.helpers.stack import Stack
 from tests.helpers.training import (
     upload_clustered,
     wait_for_phase,
     wait_until_ended,
 )
+from tests.helpers.waiting import wait_until
 
 SMALL = {"hyperparameters": {"epochs": 5, "no_components": 8}}
 
@@ -143,16 +146,19 @@ def test_a_finished_run_posts_its_status_to_the_callback_once(
         posted = request.verify(secret)
         assert (posted["model_id"], posted["version"], posted["status"], posted["progress"]) == (
             "m-hook", 1, "completed", 100)
-        time.sleep(1.0)
+        shown = wait_until(lambda: _delivered(stack, http, "m-hook"), what="delivered")
+        assert shown["attempts"] == 1
+        # delivered and off the schedule: no attempt can send it again (each re-reads the
+        # record under the delivery's lock), so the count is final
+        member = schedule_member(stack.tenant, "m-hook", 1)
+        assert stack.redis.zscore(SCHEDULE_KEY, member) is None
         assert len(receiver.requests) == 1
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            shown = http.get(stack.url("/status/m-hook"), headers=stack.headers(),
-                             timeout=10).json()["callback"]
-            if shown and shown["state"] == "delivered":
-                break
-            time.sleep(0.2)
-        assert shown["state"] == "delivered" and shown["attempts"] == 1
+
+
+def _delivered(stack: Stack, http: requests.Session, model_id: str) -> dict[str, Any] | None:
+    shown: dict[str, Any] | None = http.get(stack.url(f"/status/{model_id}"),
+                                            headers=stack.headers(), timeout=10).json()["callback"]
+    return shown if shown and shown["state"] == "delivered" else None
 
 
 def test_the_soft_time_limit_ends_a_run_as_error_with_a_clear_message(
