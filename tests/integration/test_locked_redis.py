@@ -4,6 +4,7 @@ process of the stack (and the CLI) reads; clients without it are refused."""
 from __future__ import annotations
 
 import stat
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -37,6 +38,16 @@ def test_a_client_without_the_password_is_refused(server: EmbeddedServer) -> Non
         anonymous.keys("*")
     with pytest.raises(redis.AuthenticationError):
         redis.Redis(host="127.0.0.1", port=server.port, password="guess", retry=once).ping()
+
+
+def test_a_wrong_password_in_the_settings_fails_at_once(server: EmbeddedServer) -> None:
+    # A process given a wrong password hears of it at once, not after redis-py's
+    # retries (which still apply to a server that is down or slow).
+    wrong = Settings(redis_url=f"redis://:guess@127.0.0.1:{server.port}/0")
+    started = time.monotonic()
+    with pytest.raises(redis.AuthenticationError):
+        connect(wrong).ping()
+    assert time.monotonic() - started < 2.0
 
 
 def test_the_password_is_private_and_every_process_finds_it(
