@@ -9,13 +9,11 @@ the boundary by :func:`redis_guard`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import Any
 
 import redis
-from redis.backoff import ExponentialWithJitterBackoff
-from redis.retry import Retry
 
 from shared.config import Settings
 from shared.errors import DependencyUnavailable
@@ -27,40 +25,20 @@ CONNECT_TIMEOUT = 1.0
 #: Seconds to wait for one reply; generous, since a busy server may stall under load.
 SOCKET_TIMEOUT = 10.0
 
-T = TypeVar("T")
-
-
-class _RetryButNotRefusals(Retry):
-    """redis-py's default retry, except that a refused password is final.
-
-    ``AuthenticationError`` is a ``ConnectionError``, so the default policy retries it
-    with backoff (about 7 s) before a process given a wrong password hears of it.
-    """
-
-    def call_with_retry(
-        self,
-        do: Callable[[], T],
-        fail: Callable[..., Any],
-        is_retryable: Callable[[Exception], bool] | None = None,
-        with_failure_count: bool = False,
-    ) -> T:
-        def retryable(error: Exception) -> bool:
-            if isinstance(error, redis.AuthenticationError):
-                return False
-            return is_retryable is None or is_retryable(error)
-
-        return super().call_with_retry(do, fail, retryable, with_failure_count)
-
 
 def connect(settings: Settings) -> redis.Redis:
-    """A client with short timeouts, returning ``str`` values."""
+    """A client with short timeouts, returning ``str`` values.
+
+    Built with ``from_url``, so its connections make one attempt per command (no
+    redis-py retries): a down server is a quick 503, a refused password is final.
+    """
     return redis.Redis.from_url(
         settings.effective_redis_url(),
         decode_responses=True,
         socket_connect_timeout=CONNECT_TIMEOUT,
         socket_timeout=SOCKET_TIMEOUT,
         health_check_interval=30,
-        retry=_RetryButNotRefusals(ExponentialWithJitterBackoff(base=1, cap=10), 3),
+        retry_on_timeout=False,
     )
 
 
