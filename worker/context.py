@@ -2,32 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from functools import cached_property
-
-import redis
 from celery import Celery
 
-from shared.config import Settings
 from shared.queue import settings_of
 from shared.registry import connect
-from shared.runs.service import Runs
-from shared.storage import Storage, open_storage
+from shared.runs.service import ProcessServices
+from shared.storage import open_storage
 
 
-@dataclass(frozen=True)
-class WorkerServices:
+class WorkerServices(ProcessServices):
     """What a task needs besides its arguments."""
-
-    settings: Settings
-    redis: redis.Redis
-    storage: Storage
-    celery: Celery
-
-    @cached_property
-    def runs(self) -> Runs:
-        """The run lifecycle on this process's Redis, producer and settings."""
-        return Runs(self.redis, self.celery, self.settings)
 
 
 _cache: dict[int, WorkerServices] = {}

@@ -11,8 +11,10 @@ their own; this class only supplies what they need.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import datetime
+from functools import cached_property
 from typing import Any
 
 import redis
@@ -24,6 +26,7 @@ from shared.errors import DependencyUnavailable, ServiceError
 from shared.runs import ending, lifecycle, lock
 from shared.runs.records import get_run, get_status
 from shared.runs.ref import RunRef
+from shared.storage import Storage
 
 log = logging.getLogger(__name__)
 
@@ -57,21 +60,26 @@ class Runs:
                callback_url: str | None) -> RunRef:
         """Create a run and enqueue its first attempt; 503 (run ended) when the broker is down."""
         ref = self.create(tenant, model_id, params, callback_url)
+        self.send_or_end(ref, lambda: self.enqueue(ref, 1), "run")
+        return ref
+
+    def send_or_end(self, ref: RunRef, send: Callable[[], object], what: str) -> None:
+        """Enqueue a just-created run with ``send``; when the broker is unreachable, end the
+        run as failed (nothing will ever pick it up) and answer 503."""
         try:
-            self.enqueue(ref, 1)
+            send()
         except ServiceError:
             raise
         except Exception as exc:  # kombu/redis errors of the broker connection
             log.warning("could not enqueue %s: %s", ref, exc)
             # no producer: the callback could not be enqueued either
             ending.finish_run(self.redis, None, ref, phase="failed",
-                              message="The run could not be queued (the broker is "
+                              message=f"The {what} could not be queued (the broker is "
                                       "unreachable); submit it again.")
             raise DependencyUnavailable(
-                "The task queue is unreachable; the run was not started. Try again shortly.",
-                details={"dependency": "broker"},
+                f"The task queue is unreachable; the {what} was not started. Try again "
+                "shortly.", details={"dependency": "broker"},
             ) from exc
-        return ref
 
     # -- a worker's attempt -----------------------------------------------------------------
 
@@ -153,3 +161,19 @@ class Runs:
     def delete_model(self, tenant: str, model_id: str) -> dict[str, Any]:
         """Remove a model and its runs from the registry; 409 while it trains."""
         return lifecycle.delete_model(self.redis, tenant, model_id)
+
+
+@dataclass(frozen=True)
+class ProcessServices:
+    """What a process builds once and its requests or tasks share: settings, Redis,
+    storage, the Celery app (worker) or producer (API), and the runs service on them."""
+
+    settings: Settings
+    redis: redis.Redis
+    storage: Storage
+    celery: Celery
+
+    @cached_property
+    def runs(self) -> Runs:
+        """The run lifecycle on this process's Redis, producer and settings."""
+        return Runs(self.redis, self.celery, self.settings)

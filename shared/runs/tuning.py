@@ -35,9 +35,7 @@ from typing import Any
 import redis
 
 from shared.contracts import QUEUE_TRAIN, TASK_TUNE
-from shared.errors import DependencyUnavailable
 from shared.registry import redis_guard
-from shared.runs import ending
 from shared.runs.records import FINAL_STATES, dump, now_iso, transact
 from shared.runs.ref import RunRef
 from shared.runs.service import Runs
@@ -368,14 +366,5 @@ def submit_search(runs: Runs, tenant: str, model_id: str, params: dict[str, Any]
     ref = runs.create(tenant, model_id, params, callback_url)
     search = params["search"]
     announce(runs.redis, ref, search["metric"], search["trials"], search.get("parallelism"))
-    try:
-        enqueue_search(runs, ref)
-    except Exception as exc:  # kombu/redis errors of the broker connection
-        log.warning("could not enqueue %s: %s", ref, exc)
-        ending.finish_run(runs.redis, None, ref, phase="failed",
-                          message="The search could not be queued (the broker is "
-                                  "unreachable); submit it again.")
-        raise DependencyUnavailable(
-            "The task queue is unreachable; the search was not started. Try again shortly.",
-            details={"dependency": "broker"}) from exc
+    runs.send_or_end(ref, lambda: enqueue_search(runs, ref), "search")
     return ref
