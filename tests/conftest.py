@@ -14,6 +14,7 @@ from api.app import create_app
 from shared.config import Settings
 from shared.keys import SCOPES, create_key
 from shared.storage import Storage, open_storage
+from tests.helpers.producer import SentTasks
 
 #: The longest modules, slowest first (seconds each on a loaded 2-core machine: 50 down to
 #: 15). They run first: with ``make test``'s xdist processes, a long module handed out
@@ -80,3 +81,11 @@ def api_key(fake_redis: fakeredis.FakeRedis) -> str:
 def auth(api_key: str) -> dict[str, str]:
     """Headers that authenticate as tenant ``acme`` with every scope."""
     return {"apikey": api_key}
+
+
+@pytest.fixture
+def sent(app: Flask, monkeypatch: pytest.MonkeyPatch) -> SentTasks:
+    """The app's runs service sending to a recorder instead of the broker."""
+    producer = SentTasks()
+    monkeypatch.setattr(app.extensions["recsys"].runs, "celery", producer)
+    return producer

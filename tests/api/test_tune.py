@@ -5,31 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from flask import Flask
 from flask.testing import FlaskClient
 
 from shared.contracts import TASK_TUNE
 from shared.runs.search import DEFAULT_SPACE
-from shared.runs.service import Runs
+from tests.helpers.producer import SentTasks
 
 P = "/v1/recommender"
-
-
-class SentTasks:
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, dict[str, Any]]] = []
-
-    def send_task(self, name: str, kwargs: dict[str, Any], **_: Any) -> None:
-        self.sent.append((name, kwargs))
-
-
-@pytest.fixture
-def sent(app: Flask, monkeypatch: pytest.MonkeyPatch) -> SentTasks:
-    """The API's producer, recording instead of publishing."""
-    producer = SentTasks()
-    runs: Runs = app.extensions["recsys"].runs
-    monkeypatch.setattr(runs, "celery", producer)
-    return producer
 
 
 def test_a_search_is_queued_with_phase_tuning_and_its_trials_listed(

@@ -9,34 +9,15 @@ from typing import Any
 
 import fakeredis
 import pytest
-from flask import Flask
 from flask.testing import FlaskClient
 
 from api.console.tuning import best_so_far
 from shared.contracts import TASK_TUNE
 from shared.keys import create_key
-from shared.runs.service import Runs
 from shared.storage import Storage
 from tests.console.test_console import csrf, sign_in
 from tests.helpers.models import make_artifact, register
-
-
-class SentTasks:
-    """The API's producer, recording instead of publishing."""
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, dict[str, Any]]] = []
-
-    def send_task(self, name: str, kwargs: dict[str, Any], **_: Any) -> None:
-        self.sent.append((name, kwargs))
-
-
-@pytest.fixture
-def sent(app: Flask, monkeypatch: pytest.MonkeyPatch) -> SentTasks:
-    producer = SentTasks()
-    runs: Runs = app.extensions["recsys"].runs
-    monkeypatch.setattr(runs, "celery", producer)
-    return producer
+from tests.helpers.producer import SentTasks
 
 
 @pytest.fixture
