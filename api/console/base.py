@@ -68,3 +68,15 @@ def whole_number(form: Mapping[str, str], name: str, label: str, low: int = 1,
         raise ValidationFailed(f"{label} is a whole number {bound}.", code="invalid_body",
                                details={"fields": {name: [f"a whole number {bound}"]}})
     return int(raw)
+
+
+def selection_fields(form: Mapping[str, str], with_model_id: bool = True) -> dict[str, object]:
+    """The ``model_id`` (when given) and ``data_tags`` (comma-separated) of a run form."""
+    body: dict[str, object] = {}
+    model_id = form.get("model_id", "").strip()
+    if with_model_id and model_id:
+        body["model_id"] = model_id
+    tags = [t.strip() for t in form.get("data_tags", "").split(",") if t.strip()]
+    if tags:
+        body["data_tags"] = tags
+    return body

@@ -55,31 +55,30 @@ def cancel(tenant: str, model_id: str) -> dict[str, Any]:
 
 def start(tenant: str, body: dict[str, Any]) -> dict[str, Any]:
     """Validate a ``POST /train`` body and queue the run, as the endpoint does."""
-    try:
-        loaded = TrainRequestSchema().load(body)
-    except ma.ValidationError as exc:
-        raise ValidationFailed("Some training settings are not valid.", code="invalid_body",
-                               details={"fields": exc.messages}) from exc
-    DataSpec.from_request(loaded)  # the same 422s as the endpoint for a bad selection
+    loaded, model_id = _request(TrainRequestSchema(), body, "training")
     svc = services()
-    params = resolve_params(loaded)
-    model_id = loaded.get("model_id") or f"model-{uuid.uuid4().hex[:12]}"
-    ref = svc.runs.submit(tenant, model_id, params, None)  # 503 (run ended) without a broker
+    ref = svc.runs.submit(tenant, model_id, resolve_params(loaded), None)  # 503 without a broker
     return cast(dict[str, Any], svc.runs.status(ref))
 
 
 def start_search(tenant: str, body: dict[str, Any]) -> dict[str, Any]:
     """Validate a ``POST /tune`` body and queue the search, as the endpoint does."""
-    try:
-        loaded = tune_request_schema().load(body)
-    except ma.ValidationError as exc:
-        raise ValidationFailed("Some search settings are not valid.", code="invalid_body",
-                               details={"fields": exc.messages}) from exc
-    DataSpec.from_request(loaded)  # the same 422s as the endpoint for a bad selection
+    loaded, model_id = _request(tune_request_schema(), body, "search")
     svc = services()
-    model_id = loaded.get("model_id") or f"model-{uuid.uuid4().hex[:12]}"
     ref = submit_search(svc.runs, tenant, model_id, search_params(loaded), None)
     return cast(dict[str, Any], svc.runs.status(ref))
+
+
+def _request(schema: ma.Schema, body: dict[str, Any], what: str) -> tuple[dict[str, Any], str]:
+    """The endpoint's validation of ``body`` (the same 422s), and the model id (a new one
+    when the form left it empty)."""
+    try:
+        loaded = cast(dict[str, Any], schema.load(body))
+    except ma.ValidationError as exc:
+        raise ValidationFailed(f"Some {what} settings are not valid.", code="invalid_body",
+                               details={"fields": exc.messages}) from exc
+    DataSpec.from_request(loaded)  # the same 422s as the endpoint for a bad selection
+    return loaded, loaded.get("model_id") or f"model-{uuid.uuid4().hex[:12]}"
 
 
 def searches(tenant: str, model_id: str) -> list[dict[str, Any]]:

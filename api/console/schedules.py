@@ -16,7 +16,14 @@ from flask import redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 
 from api.console import runs
-from api.console.base import bp, checked_model_id, needs, signed_in, whole_number
+from api.console.base import (
+    bp,
+    checked_model_id,
+    needs,
+    selection_fields,
+    signed_in,
+    whole_number,
+)
 from api.context import services
 from api.fresh import ScheduleRequestSchema, schedule_definition
 from shared.errors import ValidationFailed
@@ -50,10 +57,7 @@ def schedule_body(form: Any) -> dict[str, Any]:
             raise ValidationFailed("Every how many minutes is a number.", code="invalid_body",
                                    details={"fields": {"interval_minutes": ["a number"]}}
                                    ) from None
-    train: dict[str, Any] = {}
-    tags = [t.strip() for t in form.get("data_tags", "").split(",") if t.strip()]
-    if tags:
-        train["data_tags"] = tags
+    train: dict[str, Any] = dict(selection_fields(form, with_model_id=False))
     epochs = whole_number(form, "epochs", "Epochs", 1, 1000)
     if epochs is not None:
         train["hyperparameters"] = {"epochs": epochs}

@@ -16,7 +16,14 @@ from flask import redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 
 from api.console import runs
-from api.console.base import bp, checked_model_id, needs, signed_in, whole_number
+from api.console.base import (
+    bp,
+    checked_model_id,
+    needs,
+    selection_fields,
+    signed_in,
+    whole_number,
+)
 from shared.errors import ValidationFailed
 from shared.runs.search import DEFAULT_METRIC, DEFAULT_TRIALS, MAX_TRIALS, METRICS
 
@@ -40,12 +47,7 @@ def best_so_far(tuning: dict[str, Any]) -> dict[str, list[Any]]:
 
 def search_body(form: Any) -> dict[str, Any]:
     """A ``POST /tune`` body from the form's fields."""
-    body: dict[str, Any] = {}
-    if form.get("model_id", "").strip():
-        body["model_id"] = form["model_id"].strip()
-    tags = [t.strip() for t in form.get("data_tags", "").split(",") if t.strip()]
-    if tags:
-        body["data_tags"] = tags
+    body: dict[str, Any] = dict(selection_fields(form))
     search: dict[str, Any] = {"trials": whole_number(form, "trials", "Trials", 1, MAX_TRIALS)
                               or DEFAULT_TRIALS}
     if form.get("metric"):

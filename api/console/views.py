@@ -19,7 +19,7 @@ from wtforms import ValidationError
 
 from api.console import data, runs, schedules, tryit, tuning
 from api.console.auth import current_key, sign_in, sign_out
-from api.console.base import bp, checked_model_id, csrf, needs
+from api.console.base import bp, checked_model_id, csrf, needs, selection_fields
 from api.console.sessions import ConsoleSession, RedisConsoleSessions
 from api.context import services
 from shared.errors import DependencyUnavailable, ServiceError, ValidationFailed
@@ -182,12 +182,7 @@ def start_run() -> ResponseReturnValue:
 
 
 def _train_body(form: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {}
-    if form.get("model_id", "").strip():
-        body["model_id"] = form["model_id"].strip()
-    tags = [t.strip() for t in form.get("data_tags", "").split(",") if t.strip()]
-    if tags:
-        body["data_tags"] = tags
+    body: dict[str, Any] = dict(selection_fields(form))
     hyper: dict[str, Any] = {}
     for name in ("epochs", "no_components"):
         raw = form.get(name, "").strip()
