@@ -57,8 +57,7 @@ def train_model(self: Task, tenant: str, model_id: str, version: int) -> dict[st
             send_progress(self, meta)
 
     settings = svc.settings
-    with slots.TenantSlot(svc.redis, tenant, settings.tenant_concurrency,
-                          settings.heartbeat_stale_after, settings.heartbeat_interval) as slot:
+    with slots.tenant_slot(svc.redis, tenant, settings) as slot:
         if slot.held:
             return execute_run(svc, ref, report)
     # Every slot of the tenant is busy: wait in the broker, not on this worker.
@@ -77,8 +76,7 @@ def train_candidate(self: Task, tenant: str, model_id: str, version: int,
 
     svc = worker_services(self.app)
     settings = svc.settings
-    with slots.TenantSlot(svc.redis, tenant, settings.tenant_concurrency,
-                          settings.heartbeat_stale_after, settings.heartbeat_interval) as slot:
+    with slots.tenant_slot(svc.redis, tenant, settings) as slot:
         if slot.held:
             return help_run(svc, RunRef(tenant, model_id, int(version)), attempt)
     return {"outcome": "skipped", "reason": "no free slot: the run fits it itself"}

@@ -27,6 +27,7 @@ from typing import cast
 
 import redis
 
+from shared.config import Settings
 from shared.registry import redis_guard, tenant_key
 from shared.runs.records import FINAL_STATES, transact
 from shared.runs.ref import RunRef
@@ -152,3 +153,10 @@ class TenantSlot:
             release(self.r, self.tenant, self.token)
         except Exception:  # the lease runs out on its own
             log.warning("could not release a training slot of tenant %s", self.tenant)
+
+
+def tenant_slot(r: redis.Redis, tenant: str, settings: Settings) -> TenantSlot:
+    """One of ``tenant``'s training slots under the service's settings (the concurrency
+    limit, the heartbeat's lease and interval): runs, tuning trials and candidate fits."""
+    return TenantSlot(r, tenant, settings.tenant_concurrency, settings.heartbeat_stale_after,
+                      settings.heartbeat_interval)

@@ -36,8 +36,7 @@ def tune_trial(self: Task, tenant: str, model_id: str, version: int,
     settings = svc.settings
     # Trials share the tenant's training slots with its runs (RECSYS_TENANT_CONCURRENCY),
     # so one tenant's search never holds every worker while another tenant waits.
-    with slots.TenantSlot(svc.redis, tenant, settings.tenant_concurrency,
-                          settings.heartbeat_stale_after, settings.heartbeat_interval) as slot:
+    with slots.tenant_slot(svc.redis, tenant, settings) as slot:
         if slot.held:
             return execute_trial(svc, RunRef(tenant, model_id, int(version)), int(trial),
                                  str(self.request.hostname or "unknown"))
