@@ -231,17 +231,21 @@ class Offer:
             log.warning("could not clean the candidate keys of %s; they expire", self.ref)
 
 
-def _attempt_over(svc: WorkerServices, ref: RunRef, attempt: str) -> bool:
-    record = svc.runs.record(ref)
+def _over(record: dict[str, Any] | None, attempt: str) -> bool:
+    """Whether ``attempt`` no longer owns a live run (ended, requeued, or cancelling)."""
     return (record is None or record["status"] in FINAL_STATES
             or record.get("owner") != attempt or bool(record.get("cancel_requested")))
+
+
+def _attempt_over(svc: WorkerServices, ref: RunRef, attempt: str) -> bool:
+    return _over(svc.runs.record(ref), attempt)
 
 
 def help_run(svc: WorkerServices, ref: RunRef, attempt: str) -> dict[str, Any]:
     """The helper task's work: claim, load the run's data, fit without metadata, publish."""
     share = Share(svc.redis, ref, attempt, svc.settings.heartbeat_stale_after)
     record = svc.runs.record(ref)
-    if record is None or _attempt_over(svc, ref, attempt):
+    if record is None or _over(record, attempt):
         return {"outcome": "skipped", "reason": "the attempt is over"}
     who = worker_name()
     if not share.claim(who):

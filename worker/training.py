@@ -64,9 +64,6 @@ class TrainedModel:
     metadata_features: bool = False  # whether the served fit used metadata features
     curve: list[CurvePoint] = field(default_factory=list)  # of the chosen evaluation fit
     candidates: Candidates | None = None  # only when "auto" compared with and without
-    #: Wall seconds of each evaluation fit (with its scoring), in the order they ran: as
-    #: separate tasks they would run at once, so the longest is what a run waits for.
-    candidate_seconds: tuple[float, ...] = ()
     #: Per candidate ("with_metadata"/"without_metadata"): the process that fitted it
     #: (``host:pid``), its wall seconds, the epochs it fitted and whether it was dropped
     #: early for trailing the other (the run record's ``candidate_fits``).
@@ -162,7 +159,6 @@ def train(
             _trained(snapshot, choice.metrics, epoch_seconds, evaluation_seconds,
                      choice.scoring_seconds, choice.epochs, choice.metadata_features,
                      choice.curve, choice.candidates),
-            candidate_seconds=tuple(r.seconds for r in choice.results),
             candidate_fits=_candidate_fits(choice))
     epochs = hp.epochs
     if params.epochs_auto:  # no holdout to stop on (API.md): a fixed count
