@@ -9,14 +9,18 @@ PYTEST_ARGS ?=
 # (4.0 min against 5.8 with two, on a loaded 2-core machine). PYTEST_WORKERS=0: one process.
 PYTEST_WORKERS ?= 3
 
-.PHONY: run test lint demo bench clean-venv verify-deploy
+.PHONY: run test lint demo bench clean-venv verify-deploy browser-install
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "recsys needs Python 3.11 or newer (set PYTHON=...)")'
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	@echo "[recsys] installing the project into $(VENV) (first time takes about a minute)"
-	@$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
-	@$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	@echo "[recsys] installing the project into $(VENV) (first time takes about half a minute)"
+	@# uv resolves and installs the same requirements about 3x faster than pip (20 s against
+	@# 70 s here); pip stays the fallback when uv cannot be had or fails.
+	@($(PY) -m pip install --quiet --disable-pip-version-check 'uv>=0.5,<1' \
+	  && $(VENV)/bin/uv pip install --quiet --python $(PY) -e '.[test]') \
+	  || (echo "[recsys] uv failed; installing with pip" \
+	      && $(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]')
 	@touch $(STAMP)
 
 ## run: the whole stack in the foreground (embedded Redis unless RECSYS_REDIS_URL is set)
@@ -24,9 +28,15 @@ run: $(STAMP)
 	@exec $(PY) -m shared.stack.launcher
 
 ## test: every test (unit and integration); starts the servers it needs itself
-test: $(STAMP)
+test: browser-install $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) --dist loadfile \
 		--no-loadscope-reorder $(PYTEST_ARGS)
+
+# The browser tests' Chromium (Debian's packages): when missing, its install starts in the
+# background now, beside the Python install and the first tests; the browser tests' fixture
+# runs the same script, which waits for this one (a lock) and finds it done.
+browser-install:
+	@bash tests/helpers/install-chromium.sh --background
 
 ## lint: ruff and mypy --strict
 lint: $(STAMP)

@@ -2,8 +2,9 @@
 tests a real stack (embedded server, worker, API over HTTP) plus headless Chromium.
 
 Chromium and its driver come from the distribution's packages (``chromium``,
-``chromium-driver``); when missing they are installed here with apt-get (as
-root), and when that is impossible the browser tests skip with a loud message.
+``chromium-driver``); when missing they are installed with apt-get (as root) by
+tests/helpers/install-chromium.sh, which ``make test`` starts in the background
+first; when that is impossible the browser tests skip with a loud message.
 """
 
 from __future__ import annotations
@@ -31,19 +32,20 @@ CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
                   "--disable-dev-shm-usage", "--window-size=1280,1000")
 
 
+INSTALL_SCRIPT = Path(__file__).resolve().parents[1] / "helpers" / "install-chromium.sh"
+
+
 def _install_chromium() -> str | None:
-    """Install chromium and chromium-driver with apt-get if missing; why not, or None."""
+    """Install chromium and chromium-driver if missing (waiting for ``make test``'s background
+    install, tests/helpers/install-chromium.sh); why not, or None."""
     if os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER):
         return None
-    if shutil.which("apt-get") is None or os.geteuid() != 0:
-        return "apt-get is missing or this is not root"
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for cmd in (["apt-get", "update", "-q"],
-                ["apt-get", "install", "-y", "-q", "chromium", "chromium-driver"]):
-        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900,
-                              check=False)
-        if done.returncode != 0:
-            return f"{' '.join(cmd)} failed: {done.stderr.strip()[-500:]}"
+    if shutil.which("flock") is None:
+        return "flock (util-linux) is missing"
+    done = subprocess.run(["bash", str(INSTALL_SCRIPT)], capture_output=True, text=True,
+                          timeout=900, check=False)
+    if done.returncode != 0:
+        return f"{INSTALL_SCRIPT.name} failed: {done.stderr.strip()[-500:]}"
     return None if os.path.exists(CHROMEDRIVER) else "chromedriver still missing after install"
 
 
