@@ -18,8 +18,9 @@ test the service never sees, then compares on it (precision@10):
 
 Then the cost: a default run on about 1,000,000 interactions against bare
 LightFM's fit, on the same matrices and threads, at the epoch count the run
-chose (target: at most 2.5x). It also prints the run's time if its two
-evaluation fits ran as two tasks on two workers at once.
+chose (target: at most 2.5x), as the median of ``--repeats`` runs. The run
+fits its two candidates as the worker would on this host (see :func:`cost`);
+``--two-tasks`` offers the second to a second process instead.
 
 Run: ``.venv/bin/python bench/quality.py`` (``--quick`` for small sizes,
 ``--skip-cost`` to skip the 1M run).
@@ -199,7 +200,7 @@ def _helper(n_interactions: int, threads: int, out: Any) -> None:
 
 
 class ProcessOffload:
-    """:class:`worker.selection.Offload` on a spawned process (the bench's "free worker")."""
+    """:class:`worker.choice.Offload` on a spawned process (the bench's "free worker")."""
 
     def __init__(self, n_interactions: int, threads: int) -> None:
         import multiprocessing
@@ -234,42 +235,60 @@ def _cpu() -> float:
     return time.process_time() + children.ru_utime + children.ru_stime
 
 
-def cost(n_interactions: int, threads: int, two_tasks: bool) -> None:
-    """Default run vs bare LightFM's fit at the chosen epochs, same data and threads.
-
-    With ``two_tasks`` the candidate without metadata runs in a second process
-    that loads the data itself, as a second free worker does. Besides wall
-    time it prints CPU time (the work done, steadier on a shared machine).
-    """
-    entities, interactions = generate(n_interactions // 20, 20_000, n_interactions, seed=7)
-    dataset = build_dataset(entities, interactions, DatasetOptions(use_metadata_features="auto"))
-    params = train_params({}, threads)
-    offload = ProcessOffload(n_interactions, threads) if two_tasks else None
-    started, cpu_started = time.perf_counter(), _cpu()
-    trained = train(dataset, params, lambda p, f: None, lambda: False, offload=offload)
-    service, service_cpu = time.perf_counter() - started, _cpu() - cpu_started
-    data = dataset if trained.metadata_features else dataset.without_metadata()
+def _bare(data: Dataset, params: TrainParams, epochs: int) -> tuple[float, float]:
+    """(wall, CPU) seconds of bare LightFM's fit: same matrices, threads and epochs."""
     started, cpu_started = time.perf_counter(), _cpu()
     model = new_model(params.hyperparameters)
     inputs = fit_inputs(data, params.hyperparameters, None)
-    for _ in range(trained.epochs):
+    for _ in range(epochs):
         fit_epoch(model, data, *inputs, params.threads, lambda: False)
-    bare, bare_cpu = time.perf_counter() - started, _cpu() - cpu_started
+    return time.perf_counter() - started, _cpu() - cpu_started
+
+
+def cost(n_interactions: int, threads: int, two_tasks: bool, repeats: int) -> None:
+    """Default run vs bare LightFM's fit at the chosen epochs, same data and threads.
+
+    The run fits its candidates as the worker does on this host
+    (:func:`worker.candidates.worth_offering`): offered to a second worker
+    when the host has the cores for both, else both in this process at once,
+    each with half the threads. ``two_tasks`` forces the offer, to a second
+    process that loads the data itself, as a second free worker does. Each
+    repeat times the run, then the bare fit at the epochs it chose; the
+    ratios' medians are the figures. CPU time (the work done) is steadier on
+    a shared machine than wall time.
+    """
+    from worker.candidates import worth_offering
+
+    entities, interactions = generate(n_interactions // 20, 20_000, n_interactions, seed=7)
+    dataset = build_dataset(entities, interactions, DatasetOptions(use_metadata_features="auto"))
+    params = train_params({}, threads)
+    two_tasks = two_tasks or worth_offering(threads)
+    mode = ("the candidates as two tasks at once" if two_tasks else
+            "both candidates in this process at once, half the threads each")
     print(f"\nCost: {dataset.counts['interactions']:,} interactions, {dataset.rows.size:,} "
-          f"pairs, {threads} threads; chose {trained.epochs} epochs, metadata "
-          f"{'on' if trained.metadata_features else 'off'} (candidates {trained.candidates})")
-    mode = "two tasks at once" if two_tasks else "candidates one after the other"
-    print(f"  default run ({mode}; evaluation fits + scoring + served fit): {service:.1f} s "
-          f"wall, {service_cpu:.1f} s CPU")
-    print(f"  bare LightFM fit, {trained.epochs} epochs: {bare:.1f} s wall "
-          f"({bare / trained.epochs:.2f} s/epoch; served fit {trained.epoch_seconds:.2f} "
-          f"s/epoch), {bare_cpu:.1f} s CPU")
-    print(f"  ratio: {service / bare:.2f}x wall (target <= 2.5x), {service_cpu / bare_cpu:.2f}x "
-          f"CPU; scoring {trained.scoring_seconds:.1f} s, evaluation "
-          f"{trained.evaluation_seconds:.1f} s, served fit "
-          f"{trained.epoch_seconds * trained.epochs:.1f} s")
-    print(f"  candidate fits: {trained.candidate_fits}")
-    print(f"  curve: {[(p['epoch'], p['precision_at_k']) for p in trained.curve]}")
+          f"pairs, {threads} threads; {mode}; {repeats} repeats")
+    walls, cpus = [], []
+    for repeat in range(repeats):
+        offload = ProcessOffload(n_interactions, threads) if two_tasks else None
+        started, cpu_started = time.perf_counter(), _cpu()
+        trained = train(dataset, params, lambda p, f: None, lambda: False, offload=offload)
+        service, service_cpu = time.perf_counter() - started, _cpu() - cpu_started
+        data = dataset if trained.metadata_features else dataset.without_metadata()
+        bare, bare_cpu = _bare(data, params, trained.epochs)
+        walls.append(service / bare)
+        cpus.append(service_cpu / bare_cpu)
+        served = trained.epoch_seconds * trained.epochs
+        print(f"  {repeat + 1}: chose {trained.epochs} epochs, metadata "
+              f"{'on' if trained.metadata_features else 'off'} ({trained.candidates}); run "
+              f"{service:.1f} s wall / {service_cpu:.1f} s CPU (evaluation "
+              f"{trained.evaluation_seconds:.1f} s, of it scoring "
+              f"{trained.scoring_seconds:.1f} s; served fit {served:.1f} s); bare fit "
+              f"{bare:.1f} s wall / {bare_cpu:.1f} s CPU; ratio {walls[-1]:.2f}x wall, "
+              f"{cpus[-1]:.2f}x CPU", flush=True)
+        print(f"     candidate fits: {trained.candidate_fits}")
+        print(f"     curve: {[(p['epoch'], p['precision_at_k']) for p in trained.curve]}")
+    print(f"  ratio, median of {repeats}: {float(np.median(walls)):.2f}x wall (target <= 2.5x), "
+          f"{float(np.median(cpus)):.2f}x CPU")
 
 
 def main() -> None:
@@ -280,11 +299,13 @@ def main() -> None:
     parser.add_argument("--skip-cost", action="store_true")
     parser.add_argument("--cost-only", action="store_true")
     parser.add_argument("--cost-interactions", type=int, default=1_000_000)
-    parser.add_argument("--sequential", action="store_true",
-                        help="cost: fit both candidates in this process (one free worker)")
+    parser.add_argument("--two-tasks", action="store_true",
+                        help="cost: offer the second candidate to a second process even on a "
+                             "host without the cores for both")
+    parser.add_argument("--repeats", type=int, default=3, help="cost: runs (medians)")
     args = parser.parse_args()
     if args.cost_only:
-        cost(args.cost_interactions, args.threads, not args.sequential)
+        cost(args.cost_interactions, args.threads, args.two_tasks, args.repeats)
         return
     scale = 0.25 if args.quick else 1.0
     datasets = [
@@ -304,7 +325,7 @@ def main() -> None:
         print(rows[-1], flush=True)
     print("\n" + "\n".join(rows))
     if not args.skip_cost:
-        cost(args.cost_interactions, args.threads, not args.sequential)
+        cost(args.cost_interactions, args.threads, args.two_tasks, args.repeats)
 
 
 if __name__ == "__main__":

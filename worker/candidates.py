@@ -25,8 +25,9 @@ with none free it skips and the run fits the candidate itself.
 
 The run offers the candidate only when its host has the cores to run both
 fits at once (:func:`worth_offering`: at least twice the training threads);
-on fewer, two fits at once only share the cores, and fitting both itself,
-the second dropped early when it trails clearly, is quicker.
+on fewer, a second worker's fit would only share the run's cores, so the run
+fits both itself, at once, each with half its threads
+(:func:`worker.choice.choose`).
 """
 
 from __future__ import annotations
@@ -68,10 +69,9 @@ def worth_offering(threads: int) -> bool:
     """Whether this host's cores can run the two candidate fits at once at full speed.
 
     Two fits of ``threads`` threads each on fewer than ``2 * threads`` cores only
-    share them: the run takes no less time than fitting both itself (and
-    longer: the helper loads the data again, and the second candidate can no
-    longer be dropped early against the first's curve), so the candidate is
-    then not offered.
+    share them: the run takes no less time than fitting both itself at once
+    with half its threads each (and longer: the helper loads the data again),
+    so the candidate is then not offered.
     """
     affinity = getattr(os, "sched_getaffinity", None)
     cores = len(affinity(0)) if affinity is not None else (os.cpu_count() or 1)
@@ -167,7 +167,7 @@ def result_from_json(raw: dict[str, Any]) -> CandidateResult:
 class Offer:
     """The run's side: offer the candidate, then take it back or collect it.
 
-    Implements :class:`worker.selection.Offload`.
+    Implements :class:`worker.choice.Offload`.
     """
 
     def __init__(self, svc: WorkerServices, ref: RunRef, attempt: str,

@@ -1,13 +1,13 @@
-"""Choices made from the data: the epoch count and whether to use metadata features.
+"""One evaluation fit: the holdout curve, early stopping, and the candidate's figures.
 
 API.md, "Choices made from the data". An *evaluation fit* trains on the
 holdout split epoch by epoch and scores precision@k on the held-out pairs as
 it goes (:func:`worker.evaluation.holdout_precision`, one numpy pass); with
 early stopping it stops once the curve has not improved for a patience and
 keeps the best epoch. :func:`evaluation_fit` is one candidate and is pure, so
-each candidate can run as its own task; :func:`choose` runs the candidates
-(with and without metadata features, when ``"auto"`` compares them) and
-keeps the better, metadata winning ties.
+each candidate can run as its own task (:mod:`worker.candidates`) or beside
+the other in this process (:mod:`worker.racing`); :mod:`worker.choice`
+decides which candidates run where and keeps the better.
 
 Early stopping is written here rather than taken from a library: LightFM has
 none, and the loop must also report progress and honour cancellation
@@ -19,15 +19,16 @@ from __future__ import annotations
 import math
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 import numpy as np
 import scipy.sparse as sp
 
-from shared.contracts import Candidates, CurvePoint, Metrics
+from shared.contracts import CurvePoint, Metrics
 from shared.data.assembly import Dataset
 from worker.evaluation import Holdout, evaluate_holdout, holdout_precision, prepare_holdout
 from worker.fitting import (
@@ -108,35 +109,6 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-class Offload(Protocol):
-    """Where the second candidate may be fitted meanwhile (:mod:`worker.candidates`)."""
-
-    def offer(self) -> None:
-        """Make the second candidate available to another worker."""
-
-    def fraction(self) -> float:
-        """The other worker's progress on it, 0-1."""
-
-    def take(self) -> bool:
-        """Claim it for this process; False when another worker has it."""
-
-    def collect(self, data_hash: str, on_wait: CancelHook) -> CandidateResult | None:
-        """Its result from the other worker; None when this process must fit it."""
-
-
-@dataclass(frozen=True)
-class Choice:
-    """What :func:`choose` decided, with the figures the status shows."""
-
-    epochs: int
-    metadata_features: bool
-    curve: list[CurvePoint]
-    metrics: Metrics
-    candidates: Candidates | None
-    scoring_seconds: float
-    results: list[CandidateResult] = field(default_factory=list)
-
-
 @dataclass(frozen=True)
 class Split:
     """What every evaluation fit of a run shares: the holdouts and the fit's pair matrices.
@@ -172,19 +144,42 @@ class _Curve:
     scoring: float = 0.0
     trailing: int = 0
 
+    drop: DropToken | None = None
+
     def trails(self, epoch: int) -> bool:
-        """Whether this fit's best so far trails the rival's best up to ``epoch`` clearly."""
-        earlier = [p["precision_at_k"] for p in self.rival or [] if p["epoch"] <= epoch]
+        """Whether this fit's best so far trails the rival's best up to ``epoch`` clearly.
+
+        The rival's curve may still be growing (:func:`_concurrent_fits`): only
+        its points up to ``epoch`` count, and of two fits racing at once only
+        one can be dropped (``drop``).
+        """
+        earlier = [p["precision_at_k"] for p in list(self.rival or []) if p["epoch"] <= epoch]
         lags = bool(earlier) and self.stopper.best < max(earlier) * (1 - DROP_MARGIN)
         self.trailing = self.trailing + 1 if lags else 0
-        return self.trailing >= DROP_AFTER
+        return self.trailing >= DROP_AFTER and (self.drop is None or self.drop.take())
+
+
+class DropToken:
+    """Of two candidates fitted at once, only the first to trail clearly may be dropped."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._taken = False
+
+    def take(self) -> bool:
+        """True the first time only."""
+        with self._lock:
+            taken, self._taken = self._taken, True
+            return not taken
 
 
 def evaluation_fit(dataset: Dataset, params: TrainParams, test_mask: np.ndarray,
                    max_epochs: int, early_stopping: bool, on_epoch: Callable[[int], None],
                    should_cancel: CancelHook, start: ModelStart | None = None,
                    split: Split | None = None, full_metrics: bool = True,
-                   rival: list[CurvePoint] | None = None) -> CandidateResult:
+                   rival: list[CurvePoint] | None = None,
+                   points: list[CurvePoint] | None = None,
+                   drop: DropToken | None = None) -> CandidateResult:
     """Fit on the pairs outside ``test_mask`` and score the holdout as it trains.
 
     ``dataset`` decides the features (pass :meth:`Dataset.without_metadata`
@@ -193,12 +188,14 @@ def evaluation_fit(dataset: Dataset, params: TrainParams, test_mask: np.ndarray,
     ``max_epochs`` and reports the last. With a ``rival`` curve (the other
     candidate's), it also stops once it trails that curve clearly (``dropped``).
     ``full_metrics``: every metric now; otherwise precision@k alone, and the
-    representations are kept for :func:`complete`.
+    representations are kept for :func:`complete`. ``points``: the list the
+    curve is appended to as it grows (the rival of a fit running at once).
     """
     started = time.perf_counter()
     split = split if split is not None else prepare_split(dataset, params, test_mask)
     model = start(dataset) if start is not None else new_model(params.hyperparameters)
-    state = _Curve(EarlyStopping(max_epochs), rival if early_stopping else None)
+    state = _Curve(EarlyStopping(max_epochs), rival if early_stopping else None,
+                   points=points if points is not None else [], drop=drop)
     dropped = _train_scoring(model, dataset, params, split, state, early_stopping, on_epoch,
                              should_cancel)
     reprs = state.best_reprs if state.best_reprs is not None else representations(model, dataset)
@@ -263,89 +260,3 @@ def complete(result: CandidateResult, split: Split) -> CandidateResult:
     return replace(result, metrics=metrics,
                    scoring_seconds=result.scoring_seconds + spent,
                    seconds=result.seconds + spent)
-
-
-def choose(dataset: Dataset, params: TrainParams, test_mask: np.ndarray,
-           on_progress: Callable[[float], None], should_cancel: CancelHook,
-           start: ModelStart | None = None, offload: Offload | None = None) -> Choice:
-    """Run the candidates and keep the better (see module docstring).
-
-    With ``offload`` and two candidates, the one without metadata is offered
-    to another worker while this process fits the one with; this process
-    fits it too when nobody else took it (:mod:`worker.candidates`). Every
-    metric is computed for the winner alone; the loser only needs precision@k.
-    """
-    if params.metadata == "auto" and dataset.has_metadata:
-        variants = [dataset, dataset.without_metadata()]
-    elif params.metadata is not False and dataset.has_metadata:
-        variants = [dataset]
-    else:
-        variants = [dataset.without_metadata()]
-    max_epochs = params.max_epochs if params.epochs_auto else params.hyperparameters.epochs
-    split = prepare_split(dataset, params, test_mask)
-    if offload is not None and len(variants) == 2:
-        results = _shared_fits(variants, params, split, max_epochs, on_progress, should_cancel,
-                               start, offload)
-    else:
-        results = []
-        for i, variant in enumerate(variants):
-            def on_epoch(epoch: int, done: int = i) -> None:
-                on_progress((done + epoch / max_epochs) / len(variants))
-
-            results.append(evaluation_fit(
-                variant, params, test_mask, max_epochs, params.epochs_auto, on_epoch,
-                should_cancel, start, split=split, full_metrics=False,
-                rival=results[0].curve if results else None))
-    best = _winner(results)
-    on_progress(1.0)
-    return decide([complete(r, split) if r is best else r for r in results])
-
-
-def _shared_fits(variants: list[Dataset], params: TrainParams, split: Split,
-                 max_epochs: int, on_progress: Callable[[float], None],
-                 should_cancel: CancelHook, start: ModelStart | None,
-                 offload: Offload) -> list[CandidateResult]:
-    """The first candidate here, the second wherever it was claimed (see :func:`choose`)."""
-    offload.offer()
-    own = evaluation_fit(
-        variants[0], params, split.test_mask, max_epochs, params.epochs_auto,
-        lambda epoch: on_progress((epoch / max_epochs + offload.fraction()) / 2),
-        should_cancel, start, split=split, full_metrics=False)
-    other: CandidateResult | None = None
-    if not offload.take():
-        def on_wait() -> bool:
-            on_progress((1 + offload.fraction()) / 2)
-            return False
-
-        other = offload.collect(variants[0].data_hash(), on_wait)
-    if other is None:
-        other = evaluation_fit(
-            variants[1], params, split.test_mask, max_epochs, params.epochs_auto,
-            lambda epoch: on_progress((1 + epoch / max_epochs) / 2), should_cancel, start,
-            split=split, full_metrics=False, rival=own.curve)
-    return [own, other]
-
-
-def _winner(results: list[CandidateResult]) -> CandidateResult:
-    """The candidate kept: metadata unless it has the lower precision@k."""
-    with_meta = [r for r in results if r.metadata_features]
-    without = [r for r in results if not r.metadata_features]
-    if with_meta and without and with_meta[0].precision_at_k < without[0].precision_at_k:
-        return without[0]
-    return results[0] if not with_meta else with_meta[0]
-
-
-def decide(results: list[CandidateResult]) -> Choice:
-    """The better candidate (:func:`_winner`), whose metrics must be complete."""
-    with_meta = [r for r in results if r.metadata_features]
-    without = [r for r in results if not r.metadata_features]
-    candidates: Candidates | None = None
-    if with_meta and without:
-        candidates = {"with_metadata": with_meta[0].precision_at_k,
-                      "without_metadata": without[0].precision_at_k}
-    chosen = _winner(results)
-    if chosen.metrics is None:
-        raise ValueError("the chosen candidate's metrics were not computed (complete())")
-    return Choice(epochs=chosen.epochs, metadata_features=chosen.metadata_features,
-                  curve=chosen.curve, metrics=chosen.metrics, candidates=candidates,
-                  scoring_seconds=sum(r.scoring_seconds for r in results), results=results)

@@ -3,7 +3,7 @@
 No Celery here. :func:`train` fits the served model on every pair and (when
 evaluation is on) a second model on the holdout split, scored with
 :mod:`worker.evaluation`; with ``epochs: "auto"`` or ``use_metadata_features:
-"auto"`` the evaluation fits come first and choose (:mod:`worker.selection`).
+"auto"`` the evaluation fits come first and choose (:mod:`worker.choice`).
 It reports ``on_progress(phase, fraction)`` after each epoch and asks
 ``should_cancel()`` between epochs. LightFM is imported inside the
 functions, so importing this module in a prefork parent never touches
@@ -32,14 +32,17 @@ from worker.fitting import (
     Hyperparameters,
     ModelStart,
     TrainParams,
+    check_finite,
     fit,
+    fit_epoch,
     representations,
 )
 
 if TYPE_CHECKING:
     from lightfm import LightFM
 
-    from worker.selection import Choice, Offload
+    from worker.choice import Choice, Offload
+    from worker.racing import EarlyServed
 
 TrainPhase = Literal["training", "evaluating"]
 ProgressHook = Callable[[TrainPhase, float], None]
@@ -109,14 +112,30 @@ class _Snapshot:
 
 def _served(dataset: Dataset, hp: Hyperparameters, epochs: int, threads: int,
             on_progress: Callable[[float], None], should_cancel: CancelHook,
-            start: ModelStart | None = None) -> tuple[_Snapshot, float]:
-    """The served fit on all pairs: (its representations, seconds per epoch)."""
+            start: ModelStart | None = None,
+            early: EarlyServed | None = None) -> tuple[_Snapshot, float]:
+    """The served fit on all pairs: (its representations, seconds per epoch).
+
+    ``early``: the served fit started during the choice (:mod:`worker.racing`),
+    continued here to ``epochs`` (its seconds count in the figure per epoch).
+    """
     import time
 
     started = time.perf_counter()
-    model = fit(dataset, replace(hp, epochs=epochs), threads,
-                lambda epoch: on_progress(epoch / epochs), should_cancel, start=start)
-    return replace(_snapshot(model, dataset), model=model), (time.perf_counter() - started) / epochs
+    if early is None:
+        model = fit(dataset, replace(hp, epochs=epochs), threads,
+                    lambda epoch: on_progress(epoch / epochs), should_cancel, start=start)
+        return (replace(_snapshot(model, dataset), model=model),
+                (time.perf_counter() - started) / epochs)
+    model = early.model
+    for epoch in range(early.epochs, epochs):
+        fit_epoch(model, dataset, *early.inputs, threads, should_cancel)
+        on_progress((epoch + 1) / epochs)
+    if early.epochs >= epochs:
+        on_progress(1.0)
+    check_finite(model)
+    seconds = early.seconds + time.perf_counter() - started
+    return replace(_snapshot(model, dataset), model=model), seconds / epochs
 
 
 def train(
@@ -130,13 +149,14 @@ def train(
     """Fit the served model on all pairs; unless holdout is 0, evaluate on a split fit.
 
     With ``epochs_auto`` or ``metadata == "auto"`` (and a holdout), the
-    evaluation fits come first (:func:`worker.selection.choose`) and the served
+    evaluation fits come first (:func:`worker.choice.choose`) and the served
     fit then trains the chosen epochs with the chosen features (``offload``: see
     ``choose``). Otherwise one evaluation fit of the served fit's epochs follows.
     """
     import time
 
-    from worker.selection import choose, evaluation_fit
+    from worker.choice import choose
+    from worker.selection import evaluation_fit
 
     hp = params.hyperparameters
     use_metadata = params.metadata is not False and dataset.has_metadata
@@ -154,7 +174,7 @@ def train(
         data = dataset if choice.metadata_features else dataset.without_metadata()
         snapshot, epoch_seconds = _served(data, hp, choice.epochs, params.threads,
                                           lambda f: on_progress("training", f), should_cancel,
-                                          start)
+                                          start, choice.early)
         return replace(
             _trained(snapshot, choice.metrics, epoch_seconds, evaluation_seconds,
                      choice.scoring_seconds, choice.epochs, choice.metadata_features,

@@ -10,10 +10,11 @@ import pytest
 from shared.data.assembly import DatasetOptions, build_dataset
 from tests.helpers.synthetic import clustered
 from worker import selection
+from worker.choice import decide
 from worker.evaluation import EvaluationSettings
 from worker.fitting import Hyperparameters, TrainParams
 from worker.params import train_params
-from worker.selection import EarlyStopping, decide
+from worker.selection import EarlyStopping
 from worker.training import train
 
 
