@@ -120,19 +120,26 @@ def race(variants: list[Dataset], params: TrainParams, split: Split, max_epochs:
         fits = [pool.submit(fit_one, i) for i in range(2)]
         early: Future[EarlyServed | None] | None = None
         pending, cancelled = set(fits), False
-        while pending:
-            _, pending = wait(pending, timeout=POLL_SECONDS, return_when=FIRST_COMPLETED)
-            on_progress(sum(state.fractions) / 2)
-            if any(f.done() and f.exception() is not None for f in fits):
-                state.halt.set()
-            elif early is None and len(pending) == 1:
-                leader, bound = _leader(state, fits)
-                early = pool.submit(_serve_early, variants[leader], params.hyperparameters,
-                                    bound, state, start)
-            if not state.halt.is_set() and should_cancel():
-                cancelled = True
-                state.halt.set()
-        state.decided.set()
+        try:
+            while pending:
+                _, pending = wait(pending, timeout=POLL_SECONDS, return_when=FIRST_COMPLETED)
+                on_progress(sum(state.fractions) / 2)
+                if any(f.done() and f.exception() is not None for f in fits):
+                    state.halt.set()
+                elif early is None and len(pending) == 1:
+                    leader, bound = _leader(state, fits)
+                    early = pool.submit(_serve_early, variants[leader],
+                                        params.hyperparameters, bound, state, start)
+                if not state.halt.is_set() and should_cancel():
+                    cancelled = True
+                    state.halt.set()
+        except BaseException:
+            # Redis lost under the progress or cancel check, say: the run's error, and no
+            # thread may go on fitting for it (leaving the pool waits for every thread).
+            state.halt.set()
+            raise
+        finally:
+            state.decided.set()
     return _results(fits, cancelled), None if early is None else early.result()
 
 

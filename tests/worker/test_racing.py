@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import redis
 
 from shared.data.assembly import DatasetOptions, build_dataset
 from shared.errors import TrainingFailed
@@ -127,6 +128,32 @@ def test_cancel_stops_both_fits_at_their_next_epoch(monkeypatch: pytest.MonkeyPa
     with pytest.raises(TrainingCancelled):
         _choose(_params(threads=2, epochs=200, epochs_auto=False), should_cancel)
     # Then both fits stopped within an epoch or two of it (not after 200)
+    assert recorder.epochs(True) <= 5 and recorder.epochs(False) <= 5
+
+
+def test_a_failing_cancel_check_ends_the_run_with_its_error_and_stops_both_fits(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given two fits of 200 epochs at once, each held at its 3rd epoch until the run's
+    # cancel check has failed (Redis lost)
+    failed = threading.Event()
+
+    def hold(metadata: bool, n: int) -> None:
+        if n >= 3:
+            assert failed.wait(RENDEZVOUS), "the cancel check never failed"
+
+    monkeypatch.setattr(racing, "POLL_SECONDS", 0.01)
+    recorder = Recorder(monkeypatch, hold)
+
+    def should_cancel() -> bool:
+        if recorder.epochs(True) >= 3 and recorder.epochs(False) >= 3:
+            failed.set()
+            raise redis.ConnectionError("Redis is gone")
+        return False
+
+    # When the check fails
+    with pytest.raises(redis.ConnectionError):
+        _choose(_params(threads=2, epochs=200, epochs_auto=False), should_cancel)
+    # Then the run ends with that error at once: neither fit went on for 200 epochs
     assert recorder.epochs(True) <= 5 and recorder.epochs(False) <= 5
 
 
