@@ -1,4 +1,4 @@
-"""Keep one worker command running under ``make run``: restart it when it dies.
+"""Keep a worker or beat running under ``make run``: restart it when it dies.
 
 systemd (``Restart=``) and compose (``restart:``) restart a crashed worker in a
 deployment; honcho, which runs the Procfile for ``make run``, does not: when one
@@ -6,7 +6,10 @@ process exits it stops all the others. A Celery worker can die on its own, for
 example kombu's Redis transport raising on connection loss while a late-acked
 task is still running (celery#9250), so without this one Redis blip during
 training stops the whole local stack. The run itself is recovered by the
-reconciler once a worker consumes again.
+reconciler once a worker consumes again. Beat is restarted too: celery-redbeat
+retries its Redis calls through a Redis restart, but not those of its lock,
+so a restart that catches beat extending its lock ends beat (redbeat#314);
+the new beat takes the lock once the old one's expires.
 
 Usage: ``python -m shared.stack.supervise -- celery -A worker.celery_app worker ...``.
 SIGTERM or SIGINT is passed to the command and ends supervision; any other exit

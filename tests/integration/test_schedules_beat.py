@@ -37,8 +37,11 @@ TICKS = 6
 def _beat(stack: Stack, name: str) -> subprocess.Popen[bytes]:
     log = open(stack.data_dir / f"{name}.log", "ab")  # noqa: SIM115 - handed to the child
     try:
+        # Supervised as `make run` runs it (Procfile): a Redis restart can end beat
+        # (shared/stack/supervise.py), and the supervisor starts it again.
         return subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "worker.celery_app", "beat",
+            [sys.executable, "-m", "shared.stack.supervise", "--",
+             sys.executable, "-m", "celery", "-A", "worker.celery_app", "beat",
              "--scheduler", "redbeat.RedBeatScheduler", "--loglevel", "INFO",
              "--schedule", str(stack.data_dir / f"{name}-schedule")],
             cwd=ROOT, env=stack.env, stdout=log, stderr=subprocess.STDOUT,
