@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import threading
 import time
@@ -102,8 +103,10 @@ def readiness() -> Readiness:
         with _readiness_lock:
             found = extensions.get("recsys_readiness")
             if found is None:
-                svc = services()
-                found = extensions["recsys_readiness"] = Readiness(lambda: probe(svc))
+                # the probe is bound now: a prober thread of another app in this process
+                # never runs a probe replaced since (tests replace it per app)
+                found = extensions["recsys_readiness"] = Readiness(
+                    functools.partial(probe, services()))
     return cast(Readiness, found)
 
 
