@@ -16,9 +16,11 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@echo "[recsys] installing the project into $(VENV) (first time takes about half a minute)"
 	@# uv resolves and installs the same requirements about 3x faster than pip (20 s against
-	@# 70 s here); pip stays the fallback when uv cannot be had or fails.
+	@# 70 s here); pip stays the fallback when uv cannot be had or fails. --compile-bytecode
+	@# as pip does: with PYTHONDONTWRITEBYTECODE set, every process the tests start would
+	@# otherwise compile celery, numpy and the rest again.
 	@($(PY) -m pip install --quiet --disable-pip-version-check 'uv>=0.5,<1' \
-	  && $(VENV)/bin/uv pip install --quiet --python $(PY) -e '.[test]') \
+	  && $(VENV)/bin/uv pip install --quiet --compile-bytecode --python $(PY) -e '.[test]') \
 	  || (echo "[recsys] uv failed; installing with pip" \
 	      && $(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]')
 	@touch $(STAMP)
