@@ -182,12 +182,14 @@ def test_another_tenant_sees_none_of_it(client: FlaskClient, api_key: str, shop:
                                         sent: SentTasks,
                                         fake_redis: fakeredis.FakeRedis) -> None:
     sign_in(client, api_key)
-    _post(client, "/console/tuning", {"model_id": "m1", "trials": "2"}, page="/console/tuning")
+    # (a model id long enough never to turn up by chance in the page's random tokens)
+    _post(client, "/console/tuning", {"model_id": "acme-search", "trials": "2"},
+          page="/console/tuning")
     _post(client, "/console/runs/shop/schedule", {"interval_minutes": "60"})
     other, _ = create_key(fake_redis, "globex", ["data:read", "train", "recommend"])
     sign_in(client, other)
-    assert "m1" not in client.get("/console/tuning").get_data(as_text=True)
-    assert client.get("/console/tuning/m1").status_code == 404
+    assert "acme-search" not in client.get("/console/tuning").get_data(as_text=True)
+    assert client.get("/console/tuning/acme-search").status_code == 404
     assert client.get("/console/runs/shop").status_code == 404
     for path, data in (("/console/runs/shop/schedule", {"interval_minutes": "60"}),
                        ("/console/runs/shop/schedule/delete", {}),
