@@ -28,7 +28,7 @@ if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
     echo "apt-get is missing or this is not root" >&2
     exit 3
 fi
-export DEBIAN_FRONTEND=noninteractive
+export DEBIAN_FRONTEND=noninteractive NEEDRESTART_SUSPEND=1  # no process scan after the install
 apt-get update -q
 apt-get install -y -q --no-install-recommends chromium chromium-driver fonts-liberation
 present
