@@ -107,53 +107,31 @@ def test_one_thread_fits_the_candidates_in_turn(monkeypatch: pytest.MonkeyPatch)
     assert {ident for _, _, ident in recorder.calls} == {threading.get_ident()}
 
 
-def test_cancel_stops_both_fits_at_their_next_epoch(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("redis_lost", [False, True])
+def test_a_cancel_or_a_failing_cancel_check_stops_both_fits_at_their_next_epoch(
+        monkeypatch: pytest.MonkeyPatch, redis_lost: bool) -> None:
     # Given two fits of 200 epochs at once, each held at its 3rd epoch until the run's
-    # cancel check has answered yes
-    cancelled = threading.Event()
+    # cancel check has answered yes, or has failed (Redis lost)
+    answered = threading.Event()
 
     def hold(metadata: bool, n: int) -> None:
         if n >= 3:
-            assert cancelled.wait(RENDEZVOUS), "the cancel check never answered yes"
+            assert answered.wait(RENDEZVOUS), "the cancel check never answered"
 
     monkeypatch.setattr(racing, "POLL_SECONDS", 0.01)
     recorder = Recorder(monkeypatch, hold)
 
     def should_cancel() -> bool:
         if recorder.epochs(True) >= 3 and recorder.epochs(False) >= 3:
-            cancelled.set()
-        return cancelled.is_set()
+            answered.set()
+            if redis_lost:
+                raise redis.ConnectionError("Redis is gone")
+        return answered.is_set()
 
-    # When the run is cancelled
-    with pytest.raises(TrainingCancelled):
+    # When the run is cancelled, or its check fails
+    with pytest.raises(redis.ConnectionError if redis_lost else TrainingCancelled):
         _choose(_params(threads=2, epochs=200, epochs_auto=False), should_cancel)
-    # Then both fits stopped within an epoch or two of it (not after 200)
-    assert recorder.epochs(True) <= 5 and recorder.epochs(False) <= 5
-
-
-def test_a_failing_cancel_check_ends_the_run_with_its_error_and_stops_both_fits(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    # Given two fits of 200 epochs at once, each held at its 3rd epoch until the run's
-    # cancel check has failed (Redis lost)
-    failed = threading.Event()
-
-    def hold(metadata: bool, n: int) -> None:
-        if n >= 3:
-            assert failed.wait(RENDEZVOUS), "the cancel check never failed"
-
-    monkeypatch.setattr(racing, "POLL_SECONDS", 0.01)
-    recorder = Recorder(monkeypatch, hold)
-
-    def should_cancel() -> bool:
-        if recorder.epochs(True) >= 3 and recorder.epochs(False) >= 3:
-            failed.set()
-            raise redis.ConnectionError("Redis is gone")
-        return False
-
-    # When the check fails
-    with pytest.raises(redis.ConnectionError):
-        _choose(_params(threads=2, epochs=200, epochs_auto=False), should_cancel)
-    # Then the run ends with that error at once: neither fit went on for 200 epochs
+    # Then the run ends with that at once: both fits stopped within an epoch or two of it
     assert recorder.epochs(True) <= 5 and recorder.epochs(False) <= 5
 
 
