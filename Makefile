@@ -9,18 +9,23 @@ PYTEST_ARGS ?=
 # (4.0 min against 5.8 with two, on a loaded 2-core machine). PYTEST_WORKERS=0: one process.
 PYTEST_WORKERS ?= 3
 
-.PHONY: run test lint demo bench clean-venv verify-deploy browser-install
+.PHONY: run test lint demo bench clean-venv verify-deploy
+
+# Bytecode caches (gitignored) are written even where PYTHONDONTWRITEBYTECODE is set: uv
+# installs without them, and every process the stack and the tests start (workers, gunicorn,
+# beat: dozens in a test run) would otherwise compile celery, numpy and the rest again
+# (the tests took 238 s instead of 168 s). Writing them at first import costs less than
+# compiling every installed package up front (22 s of a 43 s install).
+unexport PYTHONDONTWRITEBYTECODE
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "recsys needs Python 3.11 or newer (set PYTHON=...)")'
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@echo "[recsys] installing the project into $(VENV) (first time takes about half a minute)"
 	@# uv resolves and installs the same requirements about 3x faster than pip (20 s against
-	@# 70 s here); pip stays the fallback when uv cannot be had or fails. --compile-bytecode
-	@# as pip does: with PYTHONDONTWRITEBYTECODE set, every process the tests start would
-	@# otherwise compile celery, numpy and the rest again.
+	@# 70 s here); pip stays the fallback when uv cannot be had or fails.
 	@($(PY) -m pip install --quiet --disable-pip-version-check 'uv>=0.5,<1' \
-	  && $(VENV)/bin/uv pip install --quiet --compile-bytecode --python $(PY) -e '.[test]') \
+	  && $(VENV)/bin/uv pip install --quiet --python $(PY) -e '.[test]') \
 	  || (echo "[recsys] uv failed; installing with pip" \
 	      && $(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]')
 	@touch $(STAMP)
@@ -29,16 +34,14 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	@exec $(PY) -m shared.stack.launcher
 
-## test: every test (unit and integration); starts the servers it needs itself
-test: browser-install $(STAMP)
+## test: every test (unit and integration); starts the servers it needs itself. When the
+## browser tests' Chromium (Debian's packages) is missing, its install starts first, in the
+## background beside the first tests; their fixture runs the same script, which waits for
+## it (a lock). The browser tests are not among the first modules, so they rarely wait.
+test: $(STAMP)
+	@bash tests/helpers/install-chromium.sh --background
 	$(PY) -m pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) --dist loadfile \
 		--no-loadscope-reorder $(PYTEST_ARGS)
-
-# The browser tests' Chromium (Debian's packages): when missing, its install starts in the
-# background now, beside the Python install and the first tests; the browser tests' fixture
-# runs the same script, which waits for this one (a lock) and finds it done.
-browser-install:
-	@bash tests/helpers/install-chromium.sh --background
 
 ## lint: ruff and mypy --strict
 lint: $(STAMP)

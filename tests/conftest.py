@@ -24,8 +24,8 @@ LONGEST_FIRST = tuple(f"tests/{name}.py" for name in (
     "integration/test_training_recovery", "integration/test_schedules_beat",
     "integration/test_flower", "integration/test_tuning", "integration/test_launcher",
     "integration/test_demo", "integration/test_locked_redis", "integration/test_slow_peers",
-    "integration/test_fairness", "console/test_browser",
-))
+    "integration/test_fairness",
+))  # not console/test_browser: on a fresh machine its Chromium is still installing then
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
