@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # (4.0 min against 5.8 with two, on a loaded 2-core machine). PYTEST_WORKERS=0: one process.
 PYTEST_WORKERS ?= 3
 
-.PHONY: run test lint demo bench clean-venv verify-deploy
+.PHONY: run test lint demo bench clean-venv verify-deploy browser-install
 
 # Bytecode caches (gitignored) are written even where PYTHONDONTWRITEBYTECODE is set: uv
 # installs without them, and every process the stack and the tests start (workers, gunicorn,
@@ -44,12 +44,15 @@ run: $(STAMP)
 
 ## test: every test (unit and integration); starts the servers it needs itself. When the
 ## browser tests' Chromium (Debian's packages) is missing, its install starts first, in the
-## background beside the first tests; their fixture runs the same script, which waits for
-## it (a lock). The browser tests are not among the first modules, so they rarely wait.
-test: $(STAMP)
-	@bash tests/helpers/install-chromium.sh --background
+## background at the lowest priority, beside the Python install and the first tests; their
+## fixture runs the same script, which waits for it (a lock). The browser tests are not
+## among the first modules, so they rarely wait.
+test: browser-install $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) --dist loadfile \
 		--no-loadscope-reorder $(PYTEST_ARGS)
+
+browser-install:
+	@bash tests/helpers/install-chromium.sh --background
 
 ## lint: ruff and mypy --strict
 lint: $(STAMP)
