@@ -56,6 +56,11 @@ MIN_IMPROVEMENT = 0.002
 SCORING_BUDGET = 0.1
 #: Never score less often than every this many epochs.
 MAX_SCORE_INTERVAL = 5
+#: A scoring pass this quick is always affordable: the curve is then scored after every
+#: epoch, however short the epochs (small data, where a pass of a few milliseconds still
+#: costs more than 10% of an epoch, would otherwise be scored every 5 epochs and stop on two
+#: points).
+CHEAP_SCORING_SECONDS = 0.05
 #: The curve scores at most this many sources (a fixed sample, so epochs compare), so that
 #: scoring after every epoch stays cheap; the metadata comparison uses the run's
 #: ``max_sources`` (default 10,000) at the kept epoch, and so do the reported metrics.
@@ -220,6 +225,8 @@ def _train_scoring(model: LightFM, dataset: Dataset, params: TrainParams, split:
     The curve is scored after the first epoch, then every ``interval`` epochs,
     so that scoring costs at most ``SCORING_BUDGET`` of the fit's time (one
     pass against one epoch, as last measured); the last epoch is always scored.
+    A pass under ``CHEAP_SCORING_SECONDS`` is affordable whatever the epoch's
+    time: the next epoch is scored too.
     """
     max_epochs, interval = state.stopper.max_epochs, 1
     for epoch in range(1, max_epochs + 1):
@@ -236,8 +243,8 @@ def _train_scoring(model: LightFM, dataset: Dataset, params: TrainParams, split:
         precision = holdout_precision(split.curve, *reprs)
         spent = time.perf_counter() - scoring_started
         state.scoring += spent
-        interval = min(MAX_SCORE_INTERVAL, max(1, math.ceil(
-            spent / max(SCORING_BUDGET * epoch_seconds, 1e-9))))
+        interval = 1 if spent < CHEAP_SCORING_SECONDS else min(MAX_SCORE_INTERVAL, max(1, (
+            math.ceil(spent / max(SCORING_BUDGET * epoch_seconds, 1e-9)))))
         state.points.append({"epoch": epoch, "precision_at_k": precision})
         stop = state.stopper.update(epoch, precision)
         if state.stopper.best_epoch == epoch or not early_stopping:

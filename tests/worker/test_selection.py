@@ -229,3 +229,19 @@ def test_every_metric_is_computed_for_the_winner_alone(monkeypatch: pytest.Monke
     # Then one full evaluation ran, and the winner's precision is its metrics' figure
     assert computed == [1] and model.candidates is not None and model.metrics is not None
     assert model.metrics["precision_at_k"] == max(model.candidates.values())
+
+
+def test_a_cheap_curve_is_scored_after_every_epoch_however_short_the_epochs() -> None:
+    # Given small data, where an epoch takes about a millisecond and a scoring pass a few
+    # (more than the 10% budget of an epoch, but cheap)
+    dataset = _data().without_metadata()
+    params = TrainParams(hyperparameters=Hyperparameters(no_components=8), epochs_auto=True,
+                         max_epochs=12, metadata=False, threads=1)
+    from worker.evaluation import holdout_split
+
+    # When the evaluation fit runs with early stopping
+    result = selection.evaluation_fit(dataset, params, holdout_split(dataset, 0.2), 12, True,
+                                      lambda e: None, lambda: False)
+    # Then every epoch it trained was scored: its stop is decided on the whole curve
+    epochs = [p["epoch"] for p in result.curve]
+    assert epochs == list(range(1, len(epochs) + 1)), epochs
