@@ -35,8 +35,6 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from typing import Any
 
-import scipy.sparse as sp
-
 from shared.contracts import CurvePoint
 from shared.data.assembly import Dataset
 from worker.fitting import (
@@ -63,7 +61,6 @@ class EarlyServed:
 
     metadata_features: bool
     model: Any  # LightFM
-    inputs: tuple[sp.coo_matrix, sp.coo_matrix | None]  # fit_inputs(data, hp, None)
     epochs: int
     seconds: float
 
@@ -198,4 +195,4 @@ def _serve_early(data: Dataset, hp: Hyperparameters, bound: Callable[[], int], s
         if not isinstance(exc, TrainingCancelled):
             log.warning("the early served fit stopped (%s); it will be redone", exc)
         return None
-    return EarlyServed(data.has_metadata, model, inputs, epochs, time.perf_counter() - started)
+    return EarlyServed(data.has_metadata, model, epochs, time.perf_counter() - started)

@@ -32,9 +32,7 @@ from worker.fitting import (
     Hyperparameters,
     ModelStart,
     TrainParams,
-    check_finite,
     fit,
-    fit_epoch,
     representations,
 )
 
@@ -122,19 +120,13 @@ def _served(dataset: Dataset, hp: Hyperparameters, epochs: int, threads: int,
     import time
 
     started = time.perf_counter()
-    if early is None:
-        model = fit(dataset, replace(hp, epochs=epochs), threads,
-                    lambda epoch: on_progress(epoch / epochs), should_cancel, start=start)
-        return (replace(_snapshot(model, dataset), model=model),
-                (time.perf_counter() - started) / epochs)
-    model = early.model
-    for epoch in range(early.epochs, epochs):
-        fit_epoch(model, dataset, *early.inputs, threads, should_cancel)
-        on_progress((epoch + 1) / epochs)
-    if early.epochs >= epochs:
+    done = 0 if early is None else early.epochs
+    model = fit(dataset, replace(hp, epochs=epochs - done), threads,
+                lambda epoch: on_progress((done + epoch) / epochs), should_cancel,
+                start=start if early is None else (lambda _data: early.model))
+    if done == epochs:  # every epoch was trained early
         on_progress(1.0)
-    check_finite(model)
-    seconds = early.seconds + time.perf_counter() - started
+    seconds = time.perf_counter() - started + (0.0 if early is None else early.seconds)
     return replace(_snapshot(model, dataset), model=model), seconds / epochs
 
 

@@ -18,7 +18,7 @@ import redis
 from shared.data.assembly import DatasetOptions, build_dataset
 from shared.errors import TrainingFailed
 from tests.helpers.synthetic import clustered
-from worker import racing, selection, training
+from worker import fitting, racing, selection, training
 from worker.choice import Choice, choose
 from worker.evaluation import EvaluationSettings, holdout_split
 from worker.fitting import Hyperparameters, TrainingCancelled, TrainParams, fit_inputs, new_model
@@ -198,7 +198,7 @@ def test_the_served_fit_starts_early_and_never_trains_past_the_leaders_best_epoc
     monkeypatch.setattr(selection, "SCORING_BUDGET", 1e9)  # score every epoch
     Recorder(monkeypatch, on_candidate_epoch)
     monkeypatch.setattr(racing, "fit_epoch", recording(racing.fit_epoch))
-    monkeypatch.setattr(training, "fit_epoch", recording(training.fit_epoch))
+    monkeypatch.setattr(fitting, "fit_epoch", recording(fitting.fit_epoch))
     # When a 2-thread run chooses and trains
     model = training.train(dataset, _params(threads=2, epochs=30), lambda p, f: None,
                            lambda: False)
@@ -219,7 +219,7 @@ def test_a_served_fit_continued_from_an_early_start_equals_one_fit_in_one_go() -
     model, inputs = new_model(hp), fit_inputs(dataset, hp, None)
     for _ in range(2):
         selection.fit_epoch(model, dataset, *inputs, 1, lambda: False)
-    early = EarlyServed(True, model, inputs, epochs=2, seconds=0.0)
+    early = EarlyServed(True, model, epochs=2, seconds=0.0)
     # When it is continued to 5 epochs, and when the same fit runs in one go
     continued, _ = training._served(dataset, hp, 5, 1, lambda f: None, lambda: False,
                                     early=early)
